@@ -1,0 +1,28 @@
+"""A model registry in timm's style: ``@register_model`` on a factory, ``create_model(name, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a factory under its function name."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model '{fn.__name__}' registered twice")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; unknown names list the valid ones."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model '{name}'; registered models: {', '.join(list_models())}")
+    return _MODELS[name](**kwargs)

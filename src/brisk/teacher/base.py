@@ -1,0 +1,60 @@
+"""The contract between the trainer loop and a teacher-student (distillation) module.
+
+Built with ``hydra.utils.instantiate(cfg.teacher)``. The loop computes the student's ordinary loss and
+hands it, with the student's output and the whole batch, to :meth:`Teacher.loss`, which returns the loss
+to optimise; the ``none`` teacher returns it unchanged. A teacher that has to be trained first (stage 1)
+does so in :meth:`Teacher.setup` through the ``fit`` callable the runner passes in, so the same loop,
+logging and checkpointing serve both stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class TeacherContext:
+    """What a teacher may use while it gets ready.
+
+    ``fit(model, input_key, stage)`` trains ``model`` with the runner's own loop on the batches' field
+    ``input_key`` (for example ``"rgb"``), checkpointing under ``run_dir / stage``; it returns the model
+    with its best weights and skips the work when that stage already finished in this run directory.
+    """
+
+    run_dir: Path
+    device: torch.device
+    num_classes: int
+    fit: Callable[[nn.Module, str, str], nn.Module]
+    log: Callable[[str], None] = print
+
+
+class Teacher:
+    """Base class and the ``teacher=none`` implementation."""
+
+    name: str = "none"
+
+    def setup(self, context: TeacherContext) -> None:
+        """Load or train the teacher before the student's training starts."""
+
+    def attach(self, student: nn.Module) -> None:
+        """Register hooks on the student (feature mimicking); called after :meth:`setup`."""
+
+    def loss(self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The loss to optimise and named scalar parts of it for the logs."""
+        return hard_loss, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class NoTeacher(Teacher):
+    """Train the student on the labels alone."""
