@@ -1,0 +1,275 @@
+"""Inception-v1 I3D (Carreira & Zisserman, 2017), laid out so the public pytorch-i3d checkpoints load.
+
+The RGB teacher of the video task. What must match the public files (``rgb_imagenet.pt``,
+``rgb_charades.pt``) is the module tree: end points named ``Conv3d_1a_7x7`` ... ``Mixed_5c`` and
+``logits``, each conv unit holding ``conv3d`` and ``bn``, Inception branches ``b0, b1a, b1b, b2a, b2b,
+b3b``. Matching also needs TensorFlow's "SAME" padding, computed from the input size at every call (the
+weights were trained with it; a fixed symmetric padding shifts every feature map by one pixel on even
+sizes), and BatchNorm with eps 1e-3.
+
+Inputs are RGB clips scaled to [-1, 1], shaped (B, 3, T, H, W). The head averages the per-time logits.
+Its (2, 7, 7) average pool shrinks to the feature map when the clip is smaller than 9 x 193 x 193, so
+CPU tests can run tiny clips; at the standard 224 px the output equals the public network's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brisk.models.registry import register_model
+
+_Triple = tuple[int, int, int]
+
+# Output widths of the six branch convs (b0, b1a, b1b, b2a, b2b, b3b) of each Inception module.
+INCEPTION_WIDTHS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "Mixed_3b": (64, 96, 128, 16, 32, 32),
+    "Mixed_3c": (128, 128, 192, 32, 96, 64),
+    "Mixed_4b": (192, 96, 208, 16, 48, 64),
+    "Mixed_4c": (160, 112, 224, 24, 64, 64),
+    "Mixed_4d": (128, 128, 256, 24, 64, 64),
+    "Mixed_4e": (112, 144, 288, 32, 64, 64),
+    "Mixed_4f": (256, 160, 320, 32, 128, 128),
+    "Mixed_5b": (256, 160, 320, 32, 128, 128),
+    "Mixed_5c": (384, 192, 384, 48, 128, 128),
+}
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one dimension as (front, back); the smaller half goes in front."""
+    # A dimension the stride divides needs kernel - stride; otherwise the remainder decides.
+    overhang = stride if size % stride == 0 else size % stride
+    total = max(kernel - overhang, 0)
+    return total // 2, total - total // 2
+
+
+def _pad_same(x: Tensor, kernel: _Triple, stride: _Triple) -> Tensor:
+    pads: list[int] = []
+    # F.pad wants the last dimension first: (W_front, W_back, H_front, H_back, T_front, T_back).
+    for dim in (4, 3, 2):
+        pads.extend(same_padding(x.shape[dim], kernel[dim - 2], stride[dim - 2]))
+    return F.pad(x, pads) if any(pads) else x
+
+
+class Unit3D(nn.Module):
+    """Conv3d with "SAME" padding, then BatchNorm (eps 1e-3) and ReLU; the classifier unit has neither."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: _Triple = (1, 1, 1),
+        stride: _Triple = (1, 1, 1),
+        batch_norm: bool = True,
+        relu: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.relu = kernel, stride, relu
+        self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, padding=0, bias=bias)
+        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=0.01) if batch_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv3d(_pad_same(x, self.kernel, self.stride))
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x, inplace=True) if self.relu else x
+
+
+class MaxPoolSame(nn.Module):
+    """Max pool with "SAME" zero padding (zeros are harmless: the inputs come out of a ReLU)."""
+
+    def __init__(self, kernel: _Triple, stride: _Triple) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool3d(_pad_same(x, self.kernel, self.stride), self.kernel, self.stride)
+
+
+class InceptionModule(nn.Module):
+    """Four parallel branches (1x1; 1x1->3x3x3; 1x1->3x3x3; max pool->1x1), concatenated on channels."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]) -> None:
+        super().__init__()
+        w0, w1a, w1b, w2a, w2b, w3b = widths
+        self.b0 = Unit3D(in_channels, w0)
+        self.b1a = Unit3D(in_channels, w1a)
+        self.b1b = Unit3D(w1a, w1b, (3, 3, 3))
+        self.b2a = Unit3D(in_channels, w2a)
+        self.b2b = Unit3D(w2a, w2b, (3, 3, 3))
+        self.b3a = MaxPoolSame((3, 3, 3), (1, 1, 1))
+        self.b3b = Unit3D(in_channels, w3b)
+        self.out_channels = w0 + w1b + w2b + w3b
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat(
+            [self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1
+        )
+
+
+class InceptionI3d(nn.Module):
+    """I3D for (B, 3, T, H, W) clips in [-1, 1]; returns (B, num_classes) time-averaged logits.
+
+    ``width_mult`` < 1 narrows every conv for tiny CPU runs (such a model no longer takes the public
+    weights). ``feature_channels`` lists the end points that feature mimicking may hook.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 400,
+        in_channels: int = 3,
+        num_frames: int = 64,
+        width_mult: float = 1.0,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or width_mult <= 0:
+            raise ValueError(
+                f"InceptionI3d: need num_classes >= 1 and width_mult > 0, got {num_classes}, {width_mult}"
+            )
+        self.num_classes, self.in_channels, self.num_frames = num_classes, in_channels, num_frames
+
+        def w(c: int) -> int:
+            return max(1, int(round(c * width_mult)))
+
+        self.feature_channels: dict[str, int] = {}
+        self.Conv3d_1a_7x7 = Unit3D(in_channels, w(64), (7, 7, 7), (2, 2, 2))
+        self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        self.Conv3d_2b_1x1 = Unit3D(w(64), w(64))
+        self.Conv3d_2c_3x3 = Unit3D(w(64), w(192), (3, 3, 3))
+        self.MaxPool3d_3a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
+        channels = w(192)
+        self.feature_channels["Conv3d_2c_3x3"] = channels
+        pools = {"Mixed_4b": ("MaxPool3d_4a_3x3", 3, 2), "Mixed_5b": ("MaxPool3d_5a_2x2", 2, 2)}
+        for name, widths in INCEPTION_WIDTHS.items():
+            if name in pools:
+                pool_name, k, s = pools[name]
+                self.add_module(pool_name, MaxPoolSame((k, k, k), (s, s, s)))
+            module = InceptionModule(channels, tuple(w(c) for c in widths))  # type: ignore[arg-type]
+            self.add_module(name, module)
+            channels = module.out_channels
+            self.feature_channels[name] = channels
+        self.dropout = nn.Dropout(dropout)
+        self.logits = Unit3D(channels, num_classes, batch_norm=False, relu=False, bias=True)
+        # End points in the order the forward pass visits them.
+        self.end_points = [n for n, _ in self.named_children() if n not in ("dropout", "logits")]
+
+    def standard_input_shape(self, size: int = 224) -> tuple[int, int, int, int]:
+        return (self.in_channels, self.num_frames, size, size)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"InceptionI3d expects clips shaped (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}"
+            )
+        for name in self.end_points:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.forward_features(x)
+        kernel = tuple(min(k, s) for k, s in zip((2, 7, 7), h.shape[2:]))
+        h = F.avg_pool3d(h, kernel, stride=1)
+        return self.logits(self.dropout(h)).mean(dim=(2, 3, 4))
+
+    def replace_logits(self, num_classes: int) -> None:
+        """A fresh classifier for another label set (e.g. Kinetics-400 weights on HMDB51)."""
+        self.logits = Unit3D(
+            self.logits.conv3d.in_channels, num_classes, batch_norm=False, relu=False, bias=True
+        )
+        self.num_classes = num_classes
+
+
+@register_model
+def i3d(
+    num_classes: int,
+    in_channels: int = 3,
+    num_frames: int = 64,
+    width_mult: float = 1.0,
+    dropout: float = 0.5,
+) -> InceptionI3d:
+    """Inception-v1 I3D; inputs in [-1, 1]. ``num_frames`` only sets the standard clip for cost reports."""
+    return InceptionI3d(num_classes, in_channels, num_frames, width_mult, dropout)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a checkpoint, recorded so a resumed run can tell that the file changed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A bare state dict from a checkpoint file, unwrapping the usual containers and DDP prefixes.
+
+    Accepts a plain state dict (the pytorch-i3d files), ``{"state_dict": ...}``, ``{"model": ...}``
+    (brisk and most trainers) and keys prefixed ``module.`` (saved from DDP).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors have many types; the path is what the user needs
+        raise ValueError(
+            f"checkpoint '{path}' could not be read as a torch state dict: {err}"
+        ) from err
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
+    """Load pytorch-i3d weights (e.g. ``rgb_imagenet.pt``) into ``model``.
+
+    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics' 400
+    against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh classifier.
+    Only ``num_batches_tracked`` may be missing (the 2018 files predate it); any other missing or extra
+    key, or a shape mismatch, is an error naming the keys. Returns what was done, for the run log.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    report: dict[str, Any] = {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "replaced_logits": False,
+    }
+    file_logits = state.get("logits.conv3d.weight")
+    if file_logits is not None and file_logits.shape != own["logits.conv3d.weight"].shape:
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+        report["replaced_logits"] = True
+        report["checkpoint_classes"] = int(file_logits.shape[0])
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    allowed_missing = {k for k in missing if k.endswith("num_batches_tracked")}
+    if report["replaced_logits"]:
+        allowed_missing |= {k for k in missing if k.startswith("logits.")}
+    bad_missing = [k for k in missing if k not in allowed_missing]
+    if bad_missing or unexpected:
+        raise ValueError(
+            f"checkpoint '{path}' does not fit InceptionI3d (pytorch-i3d layout expected): "
+            f"missing {bad_missing[:8]}{' ...' if len(bad_missing) > 8 else ''}, "
+            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if v.shape != own[k].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"checkpoint '{path}' has shapes that do not fit this InceptionI3d: {mismatched[:8]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return report
