@@ -208,10 +208,11 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A bare state dict from a checkpoint file, unwrapping the usual containers and DDP prefixes.
+    """A bare state dict from a checkpoint file, unwrapping the usual containers and prefixes.
 
     Accepts a plain state dict (the pytorch-i3d files), ``{"state_dict": ...}``, ``{"model": ...}``
-    (brisk and most trainers) and keys prefixed ``module.`` (saved from DDP).
+    (brisk's run checkpoints and most trainers), keys prefixed ``module.`` (saved from DDP) and keys
+    prefixed ``net.`` (brisk's input-normalising wrapper around a teacher network).
     """
     path = Path(path)
     if not path.is_file():
@@ -225,40 +226,42 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {k.removeprefix("module."): v for k, v in obj.items()}
+    if all(k.startswith("net.") for k in state):
+        state = {k.removeprefix("net."): v for k, v in state.items()}
+    return state
 
 
-def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
-    """Load pytorch-i3d weights (e.g. ``rgb_imagenet.pt``) into ``model``.
+def load_pretrained(
+    model: nn.Module, state: dict[str, Tensor], head_prefix: str, source: str
+) -> dict[str, Any]:
+    """Load ``state`` into ``model``, keeping ``model``'s fresh classifier when the class counts differ.
 
-    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics' 400
-    against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh classifier.
-    Only ``num_batches_tracked`` may be missing (the 2018 files predate it); any other missing or extra
-    key, or a shape mismatch, is an error naming the keys. Returns what was done, for the run log.
+    ``head_prefix`` names the classifier's parameters (``logits.`` in I3D, ``classifier.`` in MFNet).
+    Only ``num_batches_tracked`` may be missing (files from before PyTorch 0.4.1 lack it); any other
+    missing or extra key, or a shape mismatch outside the classifier, is an error naming the keys and
+    ``source``. Returns what was done, for the run log.
     """
-    state = read_state_dict(path)
     own = model.state_dict()
-    report: dict[str, Any] = {
-        "path": str(path),
-        "sha256": file_sha256(path),
-        "replaced_logits": False,
-    }
-    file_logits = state.get("logits.conv3d.weight")
-    if file_logits is not None and file_logits.shape != own["logits.conv3d.weight"].shape:
-        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-        report["replaced_logits"] = True
-        report["checkpoint_classes"] = int(file_logits.shape[0])
+    report: dict[str, Any] = {"replaced_classifier": False}
+    head_keys = [k for k in state if k.startswith(head_prefix)]
+    if any(k in own and state[k].shape != own[k].shape for k in head_keys):
+        report["replaced_classifier"] = True
+        report["checkpoint_classes"] = int(state[head_keys[0]].shape[0])
+        state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    allowed_missing = {k for k in missing if k.endswith("num_batches_tracked")}
-    if report["replaced_logits"]:
-        allowed_missing |= {k for k in missing if k.startswith("logits.")}
-    bad_missing = [k for k in missing if k not in allowed_missing]
+    bad_missing = [
+        k
+        for k in missing
+        if not k.endswith("num_batches_tracked")
+        and not (report["replaced_classifier"] and k.startswith(head_prefix))
+    ]
     if bad_missing or unexpected:
         raise ValueError(
-            f"checkpoint '{path}' does not fit InceptionI3d (pytorch-i3d layout expected): "
+            f"checkpoint '{source}' does not fit {type(model).__name__}: "
             f"missing {bad_missing[:8]}{' ...' if len(bad_missing) > 8 else ''}, "
             f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
         )
@@ -269,7 +272,18 @@ def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]
     ]
     if mismatched:
         raise ValueError(
-            f"checkpoint '{path}' has shapes that do not fit this InceptionI3d: {mismatched[:8]}"
+            f"checkpoint '{source}' has shapes that do not fit this {type(model).__name__}: {mismatched[:8]}"
         )
     model.load_state_dict(state, strict=False)
+    return report
+
+
+def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
+    """Load pytorch-i3d weights (e.g. ``rgb_imagenet.pt``, ``rgb_charades.pt``) into ``model``.
+
+    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics' 400
+    against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh classifier.
+    """
+    report = load_pretrained(model, read_state_dict(path), "logits.", str(path))
+    report.update(path=str(path), sha256=file_sha256(path))
     return report

@@ -1,0 +1,332 @@
+"""Knowledge distillation from a frozen raw-RGB teacher into the compressed-domain student.
+
+The student is trained on
+
+    L = ce_weight * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
+        + beta * sum_l mean((A_l(f_s^l) - f_t^l)^2)
+
+(Hinton et al., 2015; the T^2 keeps the soft-label gradients at the scale of the hard ones when T
+changes). The last term is optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage
+to the teacher's width, and both maps are average-pooled to their common size. The teacher sees
+``batch["rgb"]``, the decoded RGB frames of the student's GOP in [0, 1], and normalises them itself.
+
+The teacher is never part of the student: it is not in the optimizer, not wrapped by DDP and not in the
+student's checkpoint. Its :meth:`~DistillationTeacher.state_dict` records where the weights came from
+and a hash of them, so a resumed run can verify it distils from the same teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from brisk.models.i3d import InceptionI3d, file_sha256, load_pretrained, read_state_dict
+from brisk.models.mfnet3d import NormalizedInput, mfnet_rgb
+from brisk.teacher.base import Teacher, TeacherContext
+
+log = logging.getLogger("brisk")
+
+
+def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch."""
+    t = float(temperature)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def feature_mimic_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """Mean squared difference after pooling both (B, C, T, H, W) maps to their common size.
+
+    Student and teacher may downsample differently (I3D halves time three times, MFNet once); pooling to
+    the elementwise-smaller size compares the same regions of the clip.
+    """
+    if student_feature.shape[:2] != teacher_feature.shape[:2]:
+        raise ValueError(
+            f"feature mimicking: adapted student map {tuple(student_feature.shape)} and teacher map "
+            f"{tuple(teacher_feature.shape)} differ in batch or channels"
+        )
+    size = tuple(min(a, b) for a, b in zip(student_feature.shape[2:], teacher_feature.shape[2:]))
+    s = F.adaptive_avg_pool3d(student_feature.float(), size)
+    t = F.adaptive_avg_pool3d(teacher_feature.float(), size)
+    return F.mse_loss(s, t)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A fingerprint of a model's weights, independent of device and of how they were produced."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class DistillationTeacher(Teacher):
+    """A frozen RGB network whose logits (and optionally features) the student mimics.
+
+    Subclasses say which network (:meth:`build_model`, returning a module that takes [0, 1] RGB) and
+    how its classifier is named (``head_prefix``); everything else is shared.
+
+    Args:
+        checkpoint: weights to load (a pytorch-i3d file, an MFNet-3D file, or a brisk run's
+            ``checkpoints/best.pt``). Without one, the runner trains the teacher first (stage 1).
+        alpha: weight of the KL term. temperature: the softening T.
+        ce_weight: weight of the student's hard-label loss (0.5 with alpha 0.5 is Hinton's weighting).
+        beta: weight of feature mimicking; 0 disables it.
+        layers: ``{student_module: teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
+        num_frames, width_mult, dropout: the teacher network's shape (width_mult < 1 for CPU runs).
+    """
+
+    head_prefix = ""
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        alpha: float = 1.0,
+        temperature: float = 4.0,
+        ce_weight: float = 1.0,
+        beta: float = 0.0,
+        layers: Mapping[str, str] | None = None,
+        num_frames: int = 12,
+        width_mult: float = 1.0,
+        dropout: float = 0.0,
+        input_key: str = "rgb",
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
+        if alpha < 0 or beta < 0 or ce_weight < 0:
+            raise ValueError(
+                f"teacher.alpha, teacher.beta, teacher.ce_weight must be >= 0, got {alpha}, {beta}, {ce_weight}"
+            )
+        self.checkpoint = str(checkpoint) if checkpoint else None
+        self.alpha, self.temperature, self.ce_weight, self.beta = (
+            alpha,
+            temperature,
+            ce_weight,
+            beta,
+        )
+        self.layers = dict(layers or {})
+        if beta > 0 and not self.layers:
+            raise ValueError(
+                "teacher.beta > 0 needs teacher.layers, e.g. {conv5: conv5}: the layers to mimic"
+            )
+        self.num_frames, self.width_mult, self.dropout, self.input_key = (
+            num_frames,
+            width_mult,
+            dropout,
+            input_key,
+        )
+        self.model: nn.Module | None = None
+        self.device = torch.device("cpu")
+        self.source: dict[str, Any] = {}
+        self._hooks: list[RemovableHandle] = []
+        self._student_features: dict[str, Tensor] = {}
+        self._teacher_features: dict[str, Tensor] = {}
+        self.adapters: nn.ModuleDict | None = None
+
+    # ------------------------------------------------------------------ building
+    def build_model(self, num_classes: int) -> nn.Module:
+        """The teacher network behind an input normalisation, taking (B, 3, T, H, W) RGB in [0, 1]."""
+        raise NotImplementedError
+
+    @property
+    def network(self) -> nn.Module:
+        """The bare teacher network (inside the normalisation), whose modules feature mimicking hooks."""
+        if self.model is None:
+            raise RuntimeError(f"teacher '{self.name}': call setup() before using the teacher")
+        return self.model.net if isinstance(self.model, NormalizedInput) else self.model
+
+    def setup(self, context: TeacherContext) -> None:
+        """Load the checkpoint, or have the runner fit the teacher (stage 1), then freeze it."""
+        model = self.build_model(context.num_classes)
+        if self.checkpoint:
+            net = model.net if isinstance(model, NormalizedInput) else model
+            report = load_pretrained(
+                net, read_state_dict(self.checkpoint), self.head_prefix, self.checkpoint
+            )
+            self.source = {
+                "kind": "checkpoint",
+                "path": self.checkpoint,
+                "file_sha256": file_sha256(self.checkpoint),
+            }
+            context.log(
+                f"teacher {self.name}: loaded {self.checkpoint}"
+                + (
+                    f" (classifier for {report['checkpoint_classes']} classes replaced by a fresh one for "
+                    f"{context.num_classes}; it stays untrained unless you fine-tune the teacher)"
+                    if report["replaced_classifier"]
+                    else ""
+                )
+            )
+        else:
+            context.log(
+                f"teacher {self.name}: no teacher.checkpoint, fitting it on '{self.input_key}' first (stage 'teacher')"
+            )
+            model = context.fit(model, self.input_key, "teacher")
+            self.source = {"kind": "fitted", "path": str(Path(context.run_dir) / "teacher")}
+        self.device = context.device
+        self.model = _freeze(model.to(context.device))
+        self.source["weights_sha256"] = weights_sha256(self.model)
+
+    def attach(self, student: nn.Module) -> None:
+        """Feature mimicking: adapters join the student (so its optimizer trains them), hooks record maps.
+
+        The adapters are registered as ``student.distill_adapters`` and must exist before the
+        student's optimizer is built. The adapter runs inside the student's forward hook, so under DDP
+        it is part of the forward pass like any other student parameter.
+        """
+        self.detach()
+        if not self.layers:
+            return
+        student_channels = getattr(student, "feature_channels", None)
+        teacher_channels = getattr(self.network, "feature_channels", None)
+        if student_channels is None or teacher_channels is None:
+            raise ValueError(
+                "feature mimicking (teacher.beta > 0) needs models that list their feature_channels; "
+                f"student {type(student).__name__} / teacher {type(self.network).__name__} do not"
+            )
+        adapters = nn.ModuleDict()
+        for s_name, t_name in self.layers.items():
+            if s_name not in student_channels:
+                raise ValueError(
+                    f"teacher.layers: student has no feature layer '{s_name}' (has {sorted(student_channels)})"
+                )
+            if t_name not in teacher_channels:
+                raise ValueError(
+                    f"teacher.layers: teacher has no feature layer '{t_name}' (has {sorted(teacher_channels)})"
+                )
+            key = s_name.replace(".", "_")
+            adapters[key] = nn.Conv3d(
+                student_channels[s_name], teacher_channels[t_name], 1, bias=False
+            )
+            self._hooks.append(
+                student.get_submodule(s_name).register_forward_hook(self._student_hook(s_name, key))
+            )
+            self._hooks.append(
+                self.network.get_submodule(t_name).register_forward_hook(self._teacher_hook(s_name))
+            )
+        param = next(student.parameters(), None)
+        if param is not None:
+            adapters.to(param.device)
+        student.add_module("distill_adapters", adapters)
+        self.adapters = adapters
+
+    def _student_hook(self, layer: str, key: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            if torch.is_grad_enabled() and self.adapters is not None:  # skip evaluation passes
+                self._student_features[layer] = self.adapters[key](output)
+
+        return hook
+
+    def _teacher_hook(self, layer: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            self._teacher_features[layer] = output
+
+        return hook
+
+    def detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    # ------------------------------------------------------------------ training
+    def teacher_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        if self.model is None:
+            raise RuntimeError(f"teacher '{self.name}': call setup() before loss()")
+        if self.input_key not in batch:
+            raise KeyError(
+                f"teacher '{self.name}' needs batch['{self.input_key}'] (decoded RGB frames of the clip); "
+                f"the batch has {sorted(batch)}: use a video data set that provides '{self.input_key}'"
+            )
+        rgb = batch[self.input_key].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            return self.model(rgb).float()
+
+    def loss(
+        self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        teacher_out = self.teacher_logits(batch)
+        if teacher_out.shape != student_out.shape:
+            raise ValueError(
+                f"teacher '{self.name}' returned logits {tuple(teacher_out.shape)} but the student "
+                f"{tuple(student_out.shape)}: teacher and student must share the label set"
+            )
+        kl = distillation_kl(student_out, teacher_out, self.temperature)
+        loss = self.ce_weight * hard_loss + self.alpha * kl
+        logs = {"distill/ce": hard_loss.item(), "distill/kl": kl.item()}
+        if self.beta > 0:
+            missing = [
+                s
+                for s in self.layers
+                if s not in self._student_features or s not in self._teacher_features
+            ]
+            if missing:
+                raise RuntimeError(
+                    f"feature mimicking: no features recorded for {missing}; was attach(student) called?"
+                )
+            mimic = sum(
+                feature_mimic_loss(self._student_features[s], self._teacher_features[s])
+                for s in self.layers
+            )
+            loss = loss + self.beta * mimic
+            logs["distill/feat"] = float(mimic)
+        self._student_features.clear()
+        self._teacher_features.clear()
+        return loss, logs
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Where the teacher came from and a hash of its weights; never the weights themselves."""
+        return {"name": self.name, **self.source}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """On resume: refuse to continue with a teacher whose weights differ from the run's."""
+        saved = state.get("weights_sha256")
+        current = self.source.get("weights_sha256")
+        if saved and current and saved != current:
+            raise ValueError(
+                f"teacher '{self.name}': the run was distilled from teacher weights {saved[:12]}... "
+                f"({state.get('path')}) but now has {current[:12]}... ({self.source.get('path')}); "
+                "resuming would switch teachers mid-run: restore that file or start a new run"
+            )
+
+
+class RGBI3DTeacher(DistillationTeacher):
+    """Inception-v1 I3D on RGB (``teacher=rgb_i3d``); public pytorch-i3d files load via ``checkpoint``."""
+
+    name = "rgb_i3d"
+    head_prefix = "logits."
+
+    def __init__(self, *args: Any, dropout: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, dropout=dropout, **kwargs)
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        net = InceptionI3d(num_classes, 3, self.num_frames, self.width_mult, self.dropout)
+        # I3D was trained on RGB scaled to [-1, 1]: (x - 0.5) / 0.5.
+        return NormalizedInput(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+class RGBMFNetTeacher(DistillationTeacher):
+    """MFNet-3D on RGB (``teacher=rgb_mfnet``): the student's own architecture, so features align 1:1."""
+
+    name = "rgb_mfnet"
+    head_prefix = "classifier."
+
+    def build_model(self, num_classes: int) -> nn.Module:
+        return mfnet_rgb(num_classes, self.num_frames, self.width_mult, self.dropout)
