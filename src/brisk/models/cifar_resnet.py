@@ -34,7 +34,9 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs."""
 
-    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16) -> None:
+    def __init__(
+        self, depth: int, num_classes: int = 10, in_channels: int = 3, width: int = 16
+    ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")

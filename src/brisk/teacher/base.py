@@ -45,7 +45,9 @@ class Teacher:
     def attach(self, student: nn.Module) -> None:
         """Register hooks on the student (feature mimicking); called after :meth:`setup`."""
 
-    def loss(self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
         """The loss to optimise and named scalar parts of it for the logs."""
         return hard_loss, {}
 

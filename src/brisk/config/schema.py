@@ -1,0 +1,135 @@
+"""Typed schemas for the config groups whose keys the runner itself reads.
+
+Registered in Hydra's ConfigStore and listed first in each YAML's defaults, so a misspelt key
+(``optimizer.lrr=0.1``) or a wrongly typed value (``trainer.epochs=ten``) fails at composition time,
+before any work starts. Plugin groups (whitening, teacher, dataset, model) are validated by the same
+struct mode: their YAML defines the keys, and ``instantiate`` checks them against the constructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Backend(StrEnum):
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+PRECISIONS = ("32", "bf16", "16-mixed")
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # optional cap on optimizer steps; ends training early
+    batch_size: int = 128  # global batch: split across ranks under torchrun
+    eval_batch_size: int | None = None  # defaults to batch_size
+    num_workers: int = 0
+    log_every: int = 50  # optimizer steps between train rows in metrics.csv
+    val_every: int = 1  # epochs between validations
+    checkpoint_every: int | None = (
+        None  # optimizer steps between mid-epoch checkpoints (None: epoch ends)
+    )
+    deterministic: bool = False
+    device: Device = Device.auto
+    backend: Backend = Backend.auto
+    precision: str = "32"  # 32 | bf16 | 16-mixed
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    limit_train_batches: int | None = None  # batches per epoch (debugging)
+    limit_eval_batches: int | None = None
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "./data"
+    output_dir: str = "./outputs"  # where runs and sweeps land
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    momentum: float = 0.9
+    dampening: float = 0.0
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "torch.optim.AdamW"
+    _partial_: bool = True
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+
+
+@dataclass
+class CosineConfig:
+    _target_: str = "brisk.trainer.schedulers.warmup_cosine"
+    _partial_: bool = True
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class MultiStepConfig:
+    _target_: str = "brisk.trainer.schedulers.warmup_multistep"
+    _partial_: bool = True
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
+    gamma: float = 0.1
+
+
+@dataclass
+class TaskConfig:
+    name: str = "digits"
+    monitor: str = "acc1"  # validation metric that picks best.pt (video tasks: video_acc1)
+
+
+@dataclass
+class RunConfig:
+    """The root: every run has these keys; groups are filled by the defaults list."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    dataset: Any = None
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    whitening: Any = None
+    teacher: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    resume: str | None = None  # null | auto
+    ckpt_path: str | None = None
+    eval_only: bool = False
+    name: str = "run"  # a label for the run, shown in logs and summaries
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)
+    cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
+    cs.store(group="optimizer", name="base_adamw", node=AdamWConfig)
+    cs.store(group="scheduler", name="base_cosine", node=CosineConfig)
+    cs.store(group="scheduler", name="base_multistep", node=MultiStepConfig)

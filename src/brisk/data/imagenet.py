@@ -1,0 +1,82 @@
+"""ImageNet (or any image classification set) in ``train/`` and ``val/`` class folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+from brisk.data.base import DataModule, DatasetNotFoundError
+from brisk.data.seeded import SeededTransformDataset
+
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ImageNetDataModule(DataModule):
+    """Validation doubles as the test split: ImageNet's test labels are not public."""
+
+    def __init__(
+        self, root: str, image_size: int = 224, resize_size: int = 256, seed: int = 0
+    ) -> None:
+        self.root, self.image_size, self.resize_size, self.seed = (
+            Path(root),
+            image_size,
+            resize_size,
+            seed,
+        )
+        self._splits: dict[str, Dataset] = {}
+
+    def setup(self) -> None:
+        for split in ("train", "val"):
+            folder = self.root / split
+            if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+                raise DatasetNotFoundError(
+                    "imagenet",
+                    folder,
+                    "train/<class>/*.JPEG and val/<class>/*.JPEG (one folder per class, same class names)",
+                    "get ILSVRC2012 from https://image-net.org and sort val/ into class folders "
+                    "(e.g. with the valprep.sh script used by the PyTorch examples)",
+                )
+        to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(_MEAN, _STD)]
+        train_tf = v2.Compose(
+            [
+                v2.RandomResizedCrop(self.image_size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                *to_tensor,
+            ]
+        )
+        eval_tf = v2.Compose(
+            [
+                v2.Resize(self.resize_size, antialias=True),
+                v2.CenterCrop(self.image_size),
+                *to_tensor,
+            ]
+        )
+        train = ImageFolder(str(self.root / "train"))
+        val = ImageFolder(str(self.root / "val"))
+        if train.classes != val.classes:
+            raise DatasetNotFoundError(
+                "imagenet",
+                self.root,
+                "the same class folders under train/ and val/",
+                "re-sort val/ by class",
+            )
+        self.num_classes = len(train.classes)
+        evaluation = SeededTransformDataset(val, eval_tf)
+        self._splits = {
+            "train": SeededTransformDataset(train, train_tf, self.seed),
+            "val": evaluation,
+            "test": evaluation,
+        }
+
+    def train_dataset(self) -> Dataset:
+        return self._splits["train"]
+
+    def val_dataset(self) -> Dataset:
+        return self._splits["val"]
+
+    def test_dataset(self) -> Dataset:
+        return self._splits["test"]

@@ -1,0 +1,104 @@
+"""Clip- and video-level metrics, exact under data parallelism.
+
+Clip metrics are sums reduced across ranks. When batches carry a ``"video"`` index (video data sets yield
+one item per GOP clip), softmax scores are also summed per video and the video's prediction is the argmax
+of that sum, the protocol of CoViAR and MFCD-Net.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from brisk.trainer.distributed import all_reduce_sum
+
+
+class EvalAccumulator:
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.loss_sum, self.top1, self.top5, self.count = 0.0, 0, 0, 0
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.video_scores: dict[int, Tensor] = {}
+        self.video_labels: dict[int, int] = {}
+
+    def add(self, logits: Tensor, target: Tensor, video: Tensor | None = None) -> None:
+        logits, target = logits.detach().cpu(), target.detach().cpu()
+        self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        self.top1 += (topk[:, 0] == target).sum().item()
+        self.top5 += (topk == target[:, None]).any(1).sum().item()
+        self.count += len(target)
+        if video is None:
+            self.confusion += _confusion(topk[:, 0], target, self.num_classes)
+            return
+        probs = logits.softmax(1)
+        for v, p, y in zip(video.cpu().tolist(), probs, target.tolist()):
+            self.video_scores[v] = self.video_scores.get(v, 0) + p
+            self.video_labels[v] = y
+
+    def compute(self) -> dict[str, float]:
+        sums = all_reduce_sum(
+            torch.tensor([self.loss_sum, self.top1, self.top5, self.count], dtype=torch.float64)
+        )
+        n = max(sums[3].item(), 1)
+        metrics = {
+            "loss": sums[0].item() / n,
+            "acc1": sums[1].item() / n,
+            "acc5": sums[2].item() / n,
+        }
+        if self.video_scores or _any_rank_has_videos(bool(self.video_scores)):
+            scores, labels = self._gather_videos()
+            top = scores.topk(min(5, scores.shape[1]), dim=1).indices
+            self.confusion = _confusion(top[:, 0], labels, self.num_classes)
+            metrics["video_acc1"] = (top[:, 0] == labels).float().mean().item()
+            metrics["video_acc5"] = (top == labels[:, None]).any(1).float().mean().item()
+            metrics["videos"] = float(len(labels))
+        else:
+            all_reduce_sum(self.confusion)
+        return metrics
+
+    def _gather_videos(self) -> tuple[Tensor, Tensor]:
+        local = {v: (s, self.video_labels[v]) for v, s in self.video_scores.items()}
+        if dist.is_available() and dist.is_initialized():
+            parts: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(parts, local)
+            merged: dict[int, tuple[Tensor, int]] = {}
+            for part in parts:  # clips of one video may be spread over ranks
+                for v, (s, y) in part.items():
+                    merged[v] = (merged[v][0] + s, y) if v in merged else (s, y)
+            local = merged
+        keys = sorted(local)
+        return torch.stack([local[v][0] for v in keys]), torch.tensor([local[v][1] for v in keys])
+
+    def confusion_figure(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cm = self.confusion.float()
+        cm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(cm.numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion (row-normalised)")
+        fig.tight_layout()
+        return fig
+
+
+def _confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    return torch.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
+
+
+def _any_rank_has_videos(local: bool) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    flag = torch.tensor([int(local)])
+    all_reduce_sum(flag)
+    return bool(flag.item())
