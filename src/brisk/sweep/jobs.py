@@ -1,0 +1,239 @@
+"""Read one job directory of a Hydra multirun into a :class:`JobRecord`.
+
+A sweep directory is whatever the jobs managed to leave behind: a job that crashed while composing
+its config has only ``.hydra/``, one killed mid-training has ``metrics.csv`` but no final
+``status.json``, and files may be truncated. Every reader here therefore records what it could not
+read in ``JobRecord.problems`` instead of raising, so one broken job never hides the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+DEFAULT_METRIC = "acc1"
+MISSING_STATUS_ERROR = "no status.json: the job stopped before writing it, or is still running"
+
+
+@dataclass
+class Curve:
+    """One metric against optimizer steps, in the order the job logged it."""
+
+    steps: list[int] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+
+    def last(self) -> float | None:
+        return self.values[-1] if self.values else None
+
+    def best(self) -> float | None:
+        return max(self.values) if self.values else None
+
+    def first_step_reaching(self, target: float) -> int | None:
+        """The first logged step whose value is at least ``target`` (None if never reached)."""
+        for step, value in zip(self.steps, self.values):
+            if value >= target - 1e-12:
+                return step
+        return None
+
+
+@dataclass
+class JobRecord:
+    """Everything the summary needs from one job; ``None`` marks a number the job did not produce."""
+
+    name: str
+    path: Path
+    overrides: list[str]
+    status: str  # status.json's value (ok | failed | running), or "missing" / "unreadable"
+    error: str | None
+    seed: str | None
+    monitor: str | None  # task.monitor from the job's config, when it names one
+    val: Curve = field(default_factory=Curve)  # validation accuracy (the chosen metric)
+    train_loss: Curve = field(default_factory=Curve)
+    status_best_val: float | None = None
+    test_acc: float | None = None
+    test_from_metrics: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def final_val_acc(self) -> float | None:
+        return self.val.last()
+
+    @property
+    def best_val_acc(self) -> float | None:
+        """The curve's maximum; status.json's figure only when the job has no validation rows."""
+        best = self.val.best()
+        return best if best is not None else self.status_best_val
+
+    @property
+    def final_train_loss(self) -> float | None:
+        return self.train_loss.last()
+
+    @property
+    def final_test_acc(self) -> float | None:
+        return self.test_acc if self.test_acc is not None else self.test_from_metrics
+
+
+def find_job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job folders of a sweep, in job order (``0/, 1/, ..., 10/``, then any non-numeric names).
+
+    A folder counts as a job when it has ``.hydra/``, ``metrics.csv`` or ``status.json``; hidden
+    folders (``.submitit/`` from the SLURM launcher) never do.
+    """
+    markers = (".hydra", "metrics.csv", "status.json")
+    jobs = [
+        p
+        for p in sweep_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any((p / m).exists() for m in markers)
+    ]
+    return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+
+
+def override_key(override: str) -> str:
+    """The config key or group an override sets: ``+trainer.epochs=3`` -> ``trainer.epochs``."""
+    try:
+        return OverridesParser.create().parse_override(override).key_or_group
+    except Exception:  # a string Hydra would not accept: fall back to the text before '='
+        return override.split("=", 1)[0].lstrip("+~")
+
+
+def read_job(job_dir: Path, metric: str | None, seed_key: str = "seed") -> JobRecord:
+    """Read one job; ``metric=None`` uses the job's ``task.monitor`` (or ``acc1``)."""
+    problems: list[str] = []
+    overrides = _read_overrides(job_dir / ".hydra" / "overrides.yaml", problems)
+    config = _read_config(job_dir / ".hydra" / "config.yaml", problems)
+    monitor = (
+        config.get("task", {}).get("monitor") if isinstance(config.get("task"), dict) else None
+    )
+    seed = next((o.split("=", 1)[1] for o in overrides if override_key(o) == seed_key), None)
+    if seed is None and config.get(seed_key) is not None:
+        seed = str(config[seed_key])
+
+    status, error, best, test = _read_status(job_dir / "status.json", problems)
+    record = JobRecord(
+        name=job_dir.name,
+        path=job_dir,
+        overrides=overrides,
+        status=status,
+        error=error,
+        seed=seed,
+        monitor=monitor if isinstance(monitor, str) else None,
+        status_best_val=best,
+        test_acc=test,
+        problems=problems,
+    )
+    _read_metrics(job_dir / "metrics.csv", metric or record.monitor or DEFAULT_METRIC, record)
+    return record
+
+
+def _read_overrides(path: Path, problems: list[str]) -> list[str]:
+    if not path.is_file():
+        problems.append(f"{path.name} missing: grouped as a job without overrides")
+        return []
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{path} unreadable ({exc.__class__.__name__}: {exc})")
+        return []
+    if data is None:
+        return []
+    if not isinstance(data, list) or not all(isinstance(o, str) for o in data):
+        problems.append(
+            f"{path} should hold a list of override strings, found {type(data).__name__}"
+        )
+        return []
+    return [o.strip() for o in data]
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        problems.append(f"{path} unreadable ({exc.__class__.__name__}: {exc})")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_status(
+    path: Path, problems: list[str]
+) -> tuple[str, str | None, float | None, float | None]:
+    if not path.is_file():
+        return "missing", MISSING_STATUS_ERROR, None, None
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            raise ValueError('expected an object with a string "status"')
+    except (OSError, ValueError) as exc:
+        message = f"{path} unreadable ({exc.__class__.__name__}: {exc})"
+        problems.append(message)
+        return "unreadable", message, None, None
+    error = data.get("error")
+    return (
+        data["status"],
+        None if error is None else str(error),
+        _number(data.get("best_val_acc1")),
+        _number(data.get("test_acc1")),
+    )
+
+
+def _read_metrics(path: Path, metric: str, record: JobRecord) -> None:
+    if not path.is_file():
+        return
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            missing = [c for c in ("step", "split") if c not in columns]
+            if missing:
+                record.problems.append(f"{path} lacks column(s) {missing}; found {columns}")
+                return
+            bad_rows = 0
+            for row in reader:
+                step = _number(row.get("step"))
+                if step is None:
+                    bad_rows += 1
+                    continue
+                split = row.get("split")
+                if split == "train":
+                    _append(record.train_loss, int(step), _number(row.get("loss")))
+                elif split == "val":
+                    _append(record.val, int(step), _number(row.get(metric)))
+                elif split == "test":
+                    value = _number(row.get(metric))
+                    if value is not None:
+                        record.test_from_metrics = value
+            if bad_rows:
+                record.problems.append(f"{path}: skipped {bad_rows} row(s) without a numeric step")
+            if metric not in columns:
+                record.problems.append(f"{path} has no '{metric}' column")
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        record.problems.append(f"{path} unreadable ({exc.__class__.__name__}: {exc})")
+
+
+def _append(curve: Curve, step: int, value: float | None) -> None:
+    if value is not None:
+        curve.steps.append(step)
+        curve.values.append(value)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for blanks, nulls, NaN and anything that is not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

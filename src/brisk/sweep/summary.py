@@ -1,0 +1,334 @@
+"""Summarise a Hydra multirun directory: one table and one picture comparing its configurations.
+
+Jobs are grouped by their overrides minus ``seed=`` (and minus any key in ``group_ignore``), so a
+sweep ``optimizer.lr=0.05,0.1 seed=0,1,2`` gives two configurations of three seeds each. Only jobs
+whose ``status.json`` says ``ok`` enter the statistics; every other job is listed with its error.
+
+Steps-to-target measures convergence speed, the number a whitening or teacher sweep is about: the
+first validation step at which a job reaches the target accuracy. By default the target is the
+final mean validation accuracy of the best *baseline* configuration (one whose overrides include
+``whitening=none`` or ``teacher=none``; when no configuration does, every configuration counts as a
+baseline), so the column answers "how many steps does each method need to match the baseline?".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from brisk.sweep.jobs import JobRecord, find_job_dirs, override_key, read_job
+
+DEFAULT_BASELINES = ("whitening=none", "teacher=none")
+PER_JOB_CSV = "summary.csv"
+GROUPED_CSV = "summary_grouped.csv"
+MARKDOWN = "summary.md"
+CURVES_PNG = "summary_curves.png"
+
+
+@dataclass(frozen=True)
+class SummaryPaths:
+    """The files :func:`summarize` wrote, all inside the sweep directory."""
+
+    per_job_csv: Path
+    grouped_csv: Path
+    markdown: Path
+    curves_png: Path
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n-1) over the seeds that produced a value."""
+
+    mean: float | None
+    std: float | None  # None with fewer than two values
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        present = [v for v in values if v is not None]
+        if not present:
+            return cls(None, None, 0)
+        std = statistics.stdev(present) if len(present) > 1 else None
+        return cls(statistics.fmean(present), std, len(present))
+
+
+@dataclass
+class ConfigGroup:
+    """The jobs of one configuration (same overrides up to the seed and ignored keys)."""
+
+    key: tuple[str, ...]
+    label: str = ""
+    jobs: list[JobRecord] = field(default_factory=list)
+
+    @property
+    def ok_jobs(self) -> list[JobRecord]:
+        return [j for j in self.jobs if j.ok]
+
+    def stat(self, value: Callable[[JobRecord], float | None]) -> Stat:
+        return Stat.of(value(j) for j in self.ok_jobs)
+
+
+@dataclass(frozen=True)
+class Target:
+    value: float | None
+    reason: str
+
+
+def summarize(
+    sweep_dir: str | os.PathLike[str],
+    target_acc: float | None = None,
+    group_ignore: Sequence[str] = (),
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    metric: str | None = None,
+    seed_key: str = "seed",
+) -> SummaryPaths:
+    """Read every job of ``sweep_dir`` and write the per-job CSV, grouped CSV, Markdown and PNG.
+
+    ``metric`` is the validation column to compare (default: the jobs' ``task.monitor``, else
+    ``acc1``). Accuracies are fractions in [0, 1] as the runner logs them. Files are replaced
+    atomically, so a summary refreshed while jobs still run is never half-written.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory {root} does not exist or is not a directory")
+    job_dirs = find_job_dirs(root)
+    if not job_dirs:
+        raise ValueError(
+            f"{root} holds no job directories: expected sub-folders 0/, 1/, ... each with "
+            ".hydra/overrides.yaml (and metrics.csv, status.json once the job ran)"
+        )
+    jobs = [read_job(d, metric, seed_key) for d in job_dirs]
+    metric_name = metric or _common_monitor(jobs)
+    groups = group_jobs(jobs, ignore={seed_key, *group_ignore})
+    target = choose_target(groups, target_acc, baselines)
+
+    paths = SummaryPaths(root / PER_JOB_CSV, root / GROUPED_CSV, root / MARKDOWN, root / CURVES_PNG)
+    _write_text(paths.per_job_csv, per_job_csv(jobs, groups, target, metric_name))
+    _write_text(paths.grouped_csv, grouped_csv(groups, target, metric_name))
+    _write_text(paths.markdown, markdown(root, jobs, groups, target, metric_name, paths))
+    from brisk.sweep.plots import plot_curves  # matplotlib only when a summary is written
+
+    plot_curves(groups, metric_name, paths.curves_png, target.value)
+    return paths
+
+
+def group_jobs(jobs: Sequence[JobRecord], ignore: set[str]) -> list[ConfigGroup]:
+    """Group jobs by overrides minus the ignored keys, in order of first appearance.
+
+    Each group is labelled by the overrides that differ between groups; overrides shared by every
+    job (``debug=fast``, say) would only repeat themselves on each row.
+    """
+    groups: dict[tuple[str, ...], ConfigGroup] = {}
+    for job in jobs:
+        key = tuple(sorted(o for o in job.overrides if override_key(o) not in ignore))
+        groups.setdefault(key, ConfigGroup(key)).jobs.append(job)
+    shared = set.intersection(*(set(k) for k in groups)) if groups else set()
+    for group in groups.values():
+        first = group.jobs[0].overrides  # command-line order reads better than sorted order
+        varying = [o for o in first if o in group.key and o not in shared]
+        group.label = " ".join(varying) or " ".join(group.key) or "(no overrides)"
+    return list(groups.values())
+
+
+def choose_target(
+    groups: Sequence[ConfigGroup], target_acc: float | None, baselines: Sequence[str]
+) -> Target:
+    """The accuracy whose first crossing is counted in steps (see the module docstring)."""
+    if target_acc is not None:
+        return Target(float(target_acc), "given")
+    scored = [(g, g.stat(lambda j: j.final_val_acc).mean) for g in groups]
+    scored = [(g, m) for g, m in scored if m is not None]
+    if not scored:
+        return Target(None, "no completed job has validation rows")
+    marked = [(g, m) for g, m in scored if any(b in g.key for b in baselines)]
+    pool, kind = (marked, "baseline") if marked else (scored, "")
+    best, mean = max(pool, key=lambda gm: gm[1])
+    what = f"best {kind} configuration" if kind else "best configuration"
+    return Target(mean, f"final mean of the {what} `{best.label}`")
+
+
+def per_job_csv(
+    jobs: Sequence[JobRecord], groups: Sequence[ConfigGroup], target: Target, metric: str
+) -> str:
+    label_of = {id(j): g.label for g in groups for j in g.jobs}
+    rows = [
+        {
+            "job": j.name,
+            "config": label_of[id(j)],
+            "overrides": " ".join(j.overrides),
+            "seed": j.seed,
+            "status": j.status,
+            "metric": metric,
+            "final_val_acc": j.final_val_acc,
+            "best_val_acc": j.best_val_acc,
+            "test_acc": j.final_test_acc,
+            "final_train_loss": j.final_train_loss,
+            "last_step": max(j.val.steps + j.train_loss.steps, default=None),
+            "target_acc": target.value,
+            "steps_to_target": _steps_to_target(j, target),
+            "error": j.error,
+            "problems": "; ".join(j.problems) or None,
+        }
+        for j in jobs
+    ]
+    return _csv(rows)
+
+
+def grouped_csv(groups: Sequence[ConfigGroup], target: Target, metric: str) -> str:
+    rows = []
+    for g in groups:
+        row: dict[str, object] = {
+            "config": g.label,
+            "overrides": " ".join(g.key),
+            "metric": metric,
+            "n_jobs": len(g.jobs),
+            "n_ok": len(g.ok_jobs),
+            "seeds": " ".join(str(j.seed) for j in g.ok_jobs if j.seed is not None),
+        }
+        for name, stat in _group_stats(g, target).items():
+            row[f"{name}_mean"], row[f"{name}_std"] = stat.mean, stat.std
+        row["steps_to_target_reached"] = _reached(g, target)
+        row["target_acc"] = target.value
+        rows.append(row)
+    return _csv(rows)
+
+
+def markdown(
+    root: Path,
+    jobs: Sequence[JobRecord],
+    groups: Sequence[ConfigGroup],
+    target: Target,
+    metric: str,
+    paths: SummaryPaths,
+) -> str:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    shared = set.intersection(*(set(g.key) for g in groups))
+    common = [o for o in jobs[0].overrides if o in shared]
+    target_text = (
+        f"{100 * target.value:.2f}% ({target.reason})"
+        if target.value is not None
+        else target.reason
+    )
+    lines = [
+        f"# Sweep summary: {root.name}",
+        "",
+        f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+        f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs that "
+        "finished ok; accuracies in %.",
+        f"Target accuracy for steps-to-target: {target_text}.",
+    ]
+    if common:
+        lines.append("Overrides shared by every job: " + " ".join(f"`{o}`" for o in common) + ".")
+    lines += [
+        "",
+        "| config | ok/jobs | final val acc | best val acc | test acc | final train loss "
+        "| steps to target (reached) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        s = _group_stats(g, target)
+        cells = [
+            f"`{_md(g.label)}`",
+            f"{len(g.ok_jobs)}/{len(g.jobs)}",
+            _fmt(s["final_val_acc"], percent=True),
+            _fmt(s["best_val_acc"], percent=True),
+            _fmt(s["test_acc"], percent=True),
+            _fmt(s["final_train_loss"], digits=4),
+            f"{_fmt(s['steps_to_target'], digits=0)} ({_reached(g, target)})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"![validation accuracy and training loss]({paths.curves_png.name})", ""]
+
+    failed = [j for j in jobs if not j.ok]
+    if failed:
+        lines += ["## Failed or unfinished jobs", "", "| job | overrides | status | error |"]
+        lines.append("|---|---|---|---|")
+        for j in failed:
+            lines.append(
+                f"| {j.name} | `{_md(' '.join(j.overrides))}` | {j.status} | "
+                f"{_md(_last_line(j.error))} |"
+            )
+        lines += [
+            "",
+            f"Full tracebacks: the `error` column of `{paths.per_job_csv.name}` "
+            "and each job's `status.json`.",
+            "",
+        ]
+    noted = [j for j in jobs if j.problems]
+    if noted:
+        lines += ["## Files that could not be read", ""]
+        lines += [f"- job {j.name}: " + "; ".join(_md(p) for p in j.problems) for j in noted]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _group_stats(g: ConfigGroup, target: Target) -> dict[str, Stat]:
+    return {
+        "final_val_acc": g.stat(lambda j: j.final_val_acc),
+        "best_val_acc": g.stat(lambda j: j.best_val_acc),
+        "test_acc": g.stat(lambda j: j.final_test_acc),
+        "final_train_loss": g.stat(lambda j: j.final_train_loss),
+        "steps_to_target": g.stat(lambda j: _as_float(_steps_to_target(j, target))),
+    }
+
+
+def _steps_to_target(job: JobRecord, target: Target) -> int | None:
+    return None if target.value is None else job.val.first_step_reaching(target.value)
+
+
+def _reached(g: ConfigGroup, target: Target) -> str:
+    hits = sum(_steps_to_target(j, target) is not None for j in g.ok_jobs)
+    return f"{hits}/{len(g.ok_jobs)}"
+
+
+def _common_monitor(jobs: Sequence[JobRecord]) -> str:
+    monitors = {j.monitor for j in jobs if j.monitor}
+    return monitors.pop() if len(monitors) == 1 else "acc1"
+
+
+def _as_float(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _fmt(stat: Stat, percent: bool = False, digits: int = 2) -> str:
+    if stat.mean is None:
+        return "—"
+    scale = 100.0 if percent else 1.0
+    mean = f"{scale * stat.mean:.{digits}f}" if digits else f"{stat.mean:.0f}"
+    if stat.std is None:
+        return mean
+    std = f"{scale * stat.std:.{digits}f}" if digits else f"{stat.std:.0f}"
+    return f"{mean} ± {std}"
+
+
+def _md(text: str) -> str:
+    """Keep a cell on one line and its pipes from splitting the table."""
+    return " ".join(text.split()).replace("|", "\\|").replace("`", "'")
+
+
+def _last_line(error: str | None) -> str:
+    """The exception line of a traceback: what went wrong, without the stack."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no error recorded)"
+
+
+def _csv(rows: list[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+    return buffer.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
