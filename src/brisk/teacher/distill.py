@@ -285,7 +285,7 @@ class DistillationTeacher(Teacher):
                 for s in self.layers
             )
             loss = loss + self.beta * mimic
-            logs["distill/feat"] = float(mimic)
+            logs["distill/feat"] = mimic.item()
         self._student_features.clear()
         self._teacher_features.clear()
         return loss, logs

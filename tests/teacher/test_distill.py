@@ -1,0 +1,253 @@
+"""Teacher-student module: the loss pieces on hand-made logits, setup (fit or load), freezing, state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from torch import nn
+
+from brisk.models import create_model
+from brisk.teacher import (
+    RGBI3DTeacher,
+    RGBMFNetTeacher,
+    TeacherContext,
+    distillation_kl,
+    feature_mimic_loss,
+)
+
+CLASSES = 4
+
+
+# ---------------------------------------------------------------------------------------------- loss pieces
+def test_kl_is_zero_for_identical_logits() -> None:
+    logits = torch.randn(5, CLASSES)
+    assert distillation_kl(logits, logits.clone(), temperature=4.0).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+
+
+def test_kl_matches_a_hand_computed_value_and_scales_with_t_squared() -> None:
+    student = torch.zeros(1, 2)  # uniform: p_s = (1/2, 1/2)
+    teacher = torch.tensor([[math.log(3.0), 0.0]])  # p_t = (3/4, 1/4) at T = 1
+    by_hand = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # = 0.130812
+    assert distillation_kl(student, teacher, 1.0).item() == pytest.approx(by_hand, rel=1e-5)
+    # At T = 2 the teacher's logits doubled give the same softened p_t; the loss carries T^2 = 4.
+    assert distillation_kl(student, 2 * teacher, 2.0).item() == pytest.approx(4 * by_hand, rel=1e-5)
+    # Batch mean: an identical second row halves it.
+    both_s = torch.cat([student, teacher])
+    both_t = torch.cat([teacher, teacher])
+    assert distillation_kl(both_s, both_t, 1.0).item() == pytest.approx(by_hand / 2, rel=1e-5)
+
+
+def test_kl_direction_is_teacher_to_student() -> None:
+    p = torch.tensor([[2.0, 0.0, -1.0]])
+    q = torch.tensor([[0.0, 1.0, 0.0]])
+    expected = F.kl_div(F.log_softmax(q, 1), F.softmax(p, 1), reduction="batchmean")  # KL(p || q)
+    assert distillation_kl(q, p, 1.0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distillation_kl(p, q, 1.0).item() != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_feature_mimic_loss_pools_to_the_common_size() -> None:
+    teacher = torch.arange(8.0).view(1, 1, 2, 2, 2)
+    student = teacher.repeat_interleave(2, dim=2)  # twice the time steps, same content
+    assert feature_mimic_loss(student, teacher).item() == pytest.approx(0.0, abs=1e-7)
+    assert feature_mimic_loss(student + 1.0, teacher).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in batch or channels"):
+        feature_mimic_loss(torch.zeros(1, 2, 1, 1, 1), torch.zeros(1, 3, 1, 1, 1))
+
+
+# ---------------------------------------------------------------------------------------------- setup
+class FakeRunner:
+    """Stands in for the runner's stage-1 fit: records the call and changes the weights it returns."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.calls: list[tuple[nn.Module, str, str]] = []
+        self.context = TeacherContext(
+            run_dir, torch.device("cpu"), CLASSES, self.fit, log=lambda _m: None
+        )
+
+    def fit(self, model: nn.Module, input_key: str, stage: str) -> nn.Module:
+        self.calls.append((model, input_key, stage))
+        model.train()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01)
+        return model
+
+
+def small_mfnet_teacher(**kw) -> RGBMFNetTeacher:
+    return RGBMFNetTeacher(width_mult=0.25, **kw)
+
+
+def test_teacher_without_checkpoint_is_fitted_on_rgb_then_frozen(tmp_path: Path) -> None:
+    runner = FakeRunner(tmp_path)
+    teacher = small_mfnet_teacher()
+    teacher.setup(runner.context)
+    assert len(runner.calls) == 1
+    fitted, key, stage = runner.calls[0]
+    assert (key, stage) == ("rgb", "teacher") and fitted is teacher.model
+    assert not teacher.model.training
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    state = teacher.state_dict()
+    assert state["kind"] == "fitted" and state["path"] == str(tmp_path / "teacher")
+    assert not any(
+        isinstance(v, torch.Tensor) for v in state.values()
+    )  # no weights in the student's checkpoint
+
+
+def test_loss_is_weighted_ce_plus_scaled_kl(tmp_path: Path) -> None:
+    teacher = small_mfnet_teacher(alpha=0.7, temperature=3.0, ce_weight=0.5)
+    teacher.setup(FakeRunner(tmp_path).context)
+    rgb = torch.rand(2, 3, 4, 32, 32)
+    student_logits = torch.randn(2, CLASSES, requires_grad=True)
+    hard = F.cross_entropy(student_logits, torch.tensor([0, 1]))
+    loss, logs = teacher.loss(student_logits, {"rgb": rgb, "target": torch.tensor([0, 1])}, hard)
+    with torch.no_grad():
+        teacher_logits = teacher.model(rgb)
+    kl = distillation_kl(student_logits, teacher_logits, 3.0)
+    assert loss.item() == pytest.approx(0.5 * hard.item() + 0.7 * kl.item(), rel=1e-5)
+    assert logs == pytest.approx({"distill/ce": hard.item(), "distill/kl": kl.item()}, rel=1e-5)
+    loss.backward()
+    assert student_logits.grad is not None
+    assert all(p.grad is None for p in teacher.model.parameters())
+
+
+def test_loss_without_rgb_names_the_missing_key(tmp_path: Path) -> None:
+    teacher = small_mfnet_teacher()
+    teacher.setup(FakeRunner(tmp_path).context)
+    with pytest.raises(KeyError, match=r"batch\['rgb'\].*\['input', 'target'\]"):
+        teacher.loss(
+            torch.zeros(1, CLASSES),
+            {"input": torch.zeros(1), "target": torch.zeros(1)},
+            torch.tensor(0.0),
+        )
+
+
+def test_i3d_teacher_sees_rgb_scaled_to_minus_one_one(tmp_path: Path) -> None:
+    teacher = RGBI3DTeacher(width_mult=0.25)
+    teacher.setup(FakeRunner(tmp_path).context)
+    seen: list[torch.Tensor] = []
+    teacher.network.Conv3d_1a_7x7.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    rgb = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1, 1).expand(1, 3, 2, 16, 16)
+    teacher.teacher_logits({"rgb": rgb})
+    assert torch.allclose(seen[0][0, :, 0, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_i3d_teacher_loads_a_pytorch_i3d_file_without_fitting(tmp_path: Path) -> None:
+    source = create_model("i3d", num_classes=157)  # pytorch-i3d layout, Charades head
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "rgb_charades.pt")
+
+    def must_not_fit(*_args):
+        raise AssertionError("a teacher with a checkpoint must not be fitted")
+
+    context = TeacherContext(
+        tmp_path, torch.device("cpu"), CLASSES, must_not_fit, log=lambda _m: None
+    )
+    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"))
+    teacher.setup(context)
+    net = teacher.network
+    assert torch.equal(net.Mixed_4e.b1b.conv3d.weight, state["Mixed_4e.b1b.conv3d.weight"])
+    assert net.logits.conv3d.weight.shape == (CLASSES, 1024, 1, 1, 1)
+    saved = teacher.state_dict()
+    assert saved["kind"] == "checkpoint" and saved["path"].endswith("rgb_charades.pt")
+    assert len(saved["file_sha256"]) == 64
+
+
+def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path: Path) -> None:
+    torch.save(
+        create_model("mfcd_net", num_classes=CLASSES, width_mult=0.25).state_dict(),
+        tmp_path / "mf.pt",
+    )
+    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "mf.pt"), width_mult=0.25)
+    with pytest.raises(ValueError, match=r"mf\.pt.*does not fit InceptionI3d"):
+        teacher.setup(FakeRunner(tmp_path).context)
+
+
+def test_resume_accepts_the_same_teacher_and_refuses_another(tmp_path: Path) -> None:
+    def fitted(seed: int) -> RGBMFNetTeacher:
+        torch.manual_seed(seed)
+        teacher = small_mfnet_teacher()
+        teacher.setup(FakeRunner(tmp_path).context)
+        return teacher
+
+    saved = fitted(0).state_dict()
+    fitted(0).load_state_dict(saved)  # a finished stage 1 returns the same weights: accepted
+    with pytest.raises(ValueError, match="switch teachers"):
+        fitted(1).load_state_dict(saved)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def test_feature_mimicking_trains_adapters_in_the_student_only(tmp_path: Path) -> None:
+    teacher = small_mfnet_teacher(beta=1.0, layers={"conv5": "conv5", "conv4": "conv4"})
+    teacher.setup(FakeRunner(tmp_path).context)
+    student = create_model("mfcd_net", num_classes=CLASSES, width_mult=0.25)
+    teacher.attach(student)
+    adapters = student.distill_adapters
+    assert set(adapters) == {"conv5", "conv4"}
+    teacher_ids = {id(p) for p in teacher.model.parameters()}
+    assert not teacher_ids & {id(p) for p in student.parameters()}
+    optimizer = torch.optim.SGD(
+        student.parameters(), lr=0.1
+    )  # built after attach, as the runner does
+    batch = {
+        "input": torch.randn(2, 3, 4, 32, 32),
+        "rgb": torch.rand(2, 3, 4, 32, 32),
+        "target": torch.tensor([1, 2]),
+    }
+    out = student(batch["input"])
+    hard = F.cross_entropy(out, batch["target"])
+    loss, logs = teacher.loss(out, batch, hard)
+    assert logs["distill/feat"] > 0
+    assert loss.item() == pytest.approx(
+        logs["distill/ce"] + logs["distill/kl"] + logs["distill/feat"], rel=1e-5
+    )
+    loss.backward()
+    assert (
+        adapters["conv5"].weight.grad is not None and adapters["conv5"].weight.grad.abs().sum() > 0
+    )
+    assert all(p.grad is None for p in teacher.model.parameters())
+    before = adapters["conv4"].weight.clone()
+    optimizer.step()
+    assert not torch.equal(before, adapters["conv4"].weight)
+    teacher.detach()
+    with torch.no_grad():
+        student(batch["input"])
+    assert teacher._student_features == {}
+
+
+def test_feature_mimicking_rejects_unknown_layers(tmp_path: Path) -> None:
+    teacher = small_mfnet_teacher(beta=1.0, layers={"conv9": "conv5"})
+    teacher.setup(FakeRunner(tmp_path).context)
+    with pytest.raises(ValueError, match="student has no feature layer 'conv9'"):
+        teacher.attach(create_model("mfcd_net", num_classes=CLASSES, width_mult=0.25))
+    with pytest.raises(ValueError, match="needs teacher.layers"):
+        small_mfnet_teacher(beta=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    ("option", "cls"), [("rgb_i3d", RGBI3DTeacher), ("rgb_mfnet", RGBMFNetTeacher)]
+)
+def test_teacher_configs_instantiate(option: str, cls: type) -> None:
+    from brisk.config.schema import register_schemas
+
+    register_schemas()
+    with initialize_config_module("brisk.conf", version_base=None):
+        cfg = compose(
+            "config", overrides=[f"teacher={option}", "teacher.alpha=0.3", "teacher.temperature=2"]
+        )
+    teacher = instantiate(cfg.teacher)
+    assert isinstance(teacher, cls)
+    assert (teacher.alpha, teacher.temperature, teacher.beta, teacher.checkpoint) == (
+        0.3,
+        2,
+        0.0,
+        None,
+    )
