@@ -52,6 +52,7 @@ class JobRecord:
     overrides: list[str]
     status: str  # status.json's value (ok | failed | running), or "missing" / "unreadable"
     error: str | None
+    traceback: str | None  # status.json's "traceback", when the runner recorded one
     seed: str | None
     monitor: str | None  # task.monitor from the job's config, when it names one
     val: Curve = field(default_factory=Curve)  # validation accuracy (the chosen metric)
@@ -119,13 +120,14 @@ def read_job(job_dir: Path, metric: str | None, seed_key: str = "seed") -> JobRe
     if seed is None and config.get(seed_key) is not None:
         seed = str(config[seed_key])
 
-    status, error, best, test = _read_status(job_dir / "status.json", problems)
+    status, error, tb, best, test = _read_status(job_dir / "status.json", problems)
     record = JobRecord(
         name=job_dir.name,
         path=job_dir,
         overrides=overrides,
         status=status,
         error=error,
+        traceback=tb,
         seed=seed,
         monitor=monitor if isinstance(monitor, str) else None,
         status_best_val=best,
@@ -168,9 +170,9 @@ def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
 
 def _read_status(
     path: Path, problems: list[str]
-) -> tuple[str, str | None, float | None, float | None]:
+) -> tuple[str, str | None, str | None, float | None, float | None]:
     if not path.is_file():
-        return "missing", MISSING_STATUS_ERROR, None, None
+        return "missing", MISSING_STATUS_ERROR, None, None, None
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
@@ -178,11 +180,12 @@ def _read_status(
     except (OSError, ValueError) as exc:
         message = f"{path} unreadable ({exc.__class__.__name__}: {exc})"
         problems.append(message)
-        return "unreadable", message, None, None
-    error = data.get("error")
+        return "unreadable", message, None, None, None
+    error, tb = data.get("error"), data.get("traceback")
     return (
         data["status"],
         None if error is None else str(error),
+        None if tb is None else str(tb),
         _number(data.get("best_val_acc1")),
         _number(data.get("test_acc1")),
     )

@@ -172,6 +172,7 @@ def per_job_csv(
             "target_acc": target.value,
             "steps_to_target": _steps_to_target(j, target),
             "error": j.error,
+            "traceback": j.traceback,
             "problems": "; ".join(j.problems) or None,
         }
         for j in jobs
@@ -257,8 +258,7 @@ def markdown(
             )
         lines += [
             "",
-            f"Full tracebacks: the `error` column of `{paths.per_job_csv.name}` "
-            "and each job's `status.json`.",
+            f"Full errors and tracebacks: `{paths.per_job_csv.name}` and each job's `status.json`.",
             "",
         ]
     noted = [j for j in jobs if j.problems]
