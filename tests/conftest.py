@@ -22,3 +22,58 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+def run_train(
+    *overrides: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: int = 600,
+):
+    """Run ``python -m brisk.train`` in a subprocess, as a user would; fail with its output shown."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "brisk.train", *overrides],
+        cwd=cwd or REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"train {' '.join(overrides)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def write_fake_cifar(
+    root: Path, per_class_train: int = 20, per_class_test: int = 5, classes: int = 10
+) -> Path:
+    """A tiny CIFAR-10 in the official python layout (random pixels, correct structure)."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n_per_class: int) -> dict:
+        labels = np.repeat(np.arange(classes), n_per_class)
+        rng.shuffle(labels)
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)  # a learnable red channel
+        return {b"data": data, b"labels": labels.tolist()}
+
+    for i in range(1, 6):
+        with (folder / f"data_batch_{i}").open("wb") as f:
+            pickle.dump(batch(per_class_train // 5 or 1), f)
+    with (folder / "test_batch").open("wb") as f:
+        pickle.dump(batch(per_class_test), f)
+    return root
