@@ -1,0 +1,79 @@
+"""Name the missing pip extra before Hydra fails on a launcher or sweeper plugin that is absent.
+
+brisk ships ``hydra/launcher=slurm``, ``hydra/launcher=parallel`` and ``+hparams_search=optuna``;
+each builds on a Hydra plugin that is an optional extra. Without the plugin Hydra only says
+``Could not load 'hydra/launcher/submitit_slurm'``, which does not tell a user what to install.
+:func:`check_plugin_overrides` looks at the command-line overrides first and raises
+:class:`MissingExtraError` with the exact install command instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Extra:
+    name: str  # the [project.optional-dependencies] key in pyproject.toml
+    modules: tuple[str, ...]  # what must be importable
+    pip_package: str
+
+
+SLURM = Extra(
+    "slurm", ("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher"
+)
+JOBLIB = Extra("joblib", ("hydra_plugins.hydra_joblib_launcher",), "hydra-joblib-launcher")
+OPTUNA = Extra("optuna", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), "hydra-optuna-sweeper")
+
+# (config group, option) -> the extra it needs; brisk's own configs and the plugins' names
+PLUGIN_OPTIONS: dict[tuple[str, str], Extra] = {
+    ("hydra/launcher", "slurm"): SLURM,
+    ("hydra/launcher", "submitit_slurm"): SLURM,
+    ("hydra/launcher", "submitit_local"): SLURM,
+    ("hydra/launcher", "parallel"): JOBLIB,
+    ("hydra/launcher", "joblib"): JOBLIB,
+    ("hydra/sweeper", "optuna"): OPTUNA,
+    ("hparams_search", "optuna"): OPTUNA,
+}
+
+
+class MissingExtraError(RuntimeError):
+    """A requested launcher or sweeper needs an optional extra that is not installed."""
+
+
+def missing_modules(extra: Extra) -> list[str]:
+    missing = []
+    for module in extra.modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
+def check_plugin_overrides(overrides: Sequence[str]) -> None:
+    """Raise :class:`MissingExtraError` if an override selects a plugin that is not installed.
+
+    Meant for the first line of the ``train`` entry point, with ``sys.argv[1:]``; arguments that
+    are not group selections (``-m``, ``optimizer.lr=0.1``) are ignored.
+    """
+    for override in overrides:
+        if "=" not in override or override.startswith("-"):
+            continue
+        key, value = override.split("=", 1)
+        key = key.lstrip("+~").removeprefix("/")
+        extra = PLUGIN_OPTIONS.get((key, value.strip()))
+        if extra is None:
+            continue
+        missing = missing_modules(extra)
+        if missing:
+            raise MissingExtraError(
+                f"'{override}' needs the '{extra.name}' extra ({extra.pip_package}), but "
+                f"{', '.join(missing)} cannot be imported. Install it with "
+                f'pip install -e ".[{extra.name}]" in a checkout, or '
+                f'pip install "brisk[{extra.name}]" for an installed brisk.'
+            )
