@@ -77,3 +77,24 @@ def write_fake_cifar(
     with (folder / "test_batch").open("wb") as f:
         pickle.dump(batch(per_class_test), f)
     return root
+
+
+@pytest.fixture(scope="session")
+def shared_cifar10(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real CIFAR-10 rebuilt into the standard python layout; returns the folder to use as data_dir."""
+    import subprocess
+    import sys
+
+    data_dir = tmp_path_factory.mktemp("cifar10")
+    tool = shared_data.parent / "tools" / "build_cifar10.py"
+    subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            str(shared_data / "cifar10"),
+            str(data_dir / "cifar-10-batches-py"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return data_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -313,7 +314,15 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            from brisk.config.diagnose import explain_unknown_keys
+
+            for message in explain_unknown_keys(sys.argv[1:]):
+                print(f"brisk: {message}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
