@@ -50,7 +50,7 @@ def explain_unknown_keys(overrides: list[str]) -> list[str]:
             parent_key, _, leaf = key.rpartition(".")
             parent = OmegaConf.select(cfg, parent_key)
             if isinstance(parent, DictConfig):
-                valid = sorted(str(k) for k in parent.keys())
+                valid = sorted(str(k) for k in parent)
                 close = difflib.get_close_matches(leaf, valid, n=1)
                 hint = f" Did you mean '{parent_key}.{close[0]}'?" if close else ""
                 messages.append(
