@@ -25,6 +25,7 @@ from torch import nn
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH, PRECISIONS
 from brisk.data.base import DataModule
+from brisk.sweep.hparams import log_hparams
 from brisk.teacher.base import NoTeacher, Teacher, TeacherContext
 from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
 from brisk.trainer.distributed import DistInfo, barrier, cleanup, init_distributed
@@ -59,6 +60,14 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
         result = _run(cfg, run_dir, device, dist, identity, resume_from)
         if dist.is_main:
             write_status(run_dir, status="ok", **result)
+            log_hparams(
+                run_dir / "tensorboard",
+                yaml.safe_load(identity),
+                {
+                    "best_val_acc1": result.get("best_val_acc1"),
+                    "test_acc1": result.get("test_acc1"),
+                },
+            )
         best = result.get("best_val_acc1")
         return float("nan") if best is None else float(best)
     except Exception as exc:
