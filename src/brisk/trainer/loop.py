@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,16 +36,19 @@ from brisk.trainer.data_loading import (
     make_loader,
     to_device,
 )
-from brisk.trainer.distributed import DistInfo, all_reduce_sum, barrier
+from brisk.trainer.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    maybe_inject_fault,
+)
 from brisk.trainer.evaluation import EvalAccumulator
 from brisk.trainer.logging import RunLogger
 from brisk.trainer.optim import build_optimizer
 from brisk.whitening.base import Whitening
 
 log = logging.getLogger("brisk")
-
-# Test hook: a run SIGKILLs itself after this many optimizer steps, to prove resume is exact.
-FAULT_ENV = "BRISK_FAULT_AT_STEP"
 
 
 @dataclass
@@ -171,11 +172,19 @@ class Trainer:
             state["batch_in_epoch"],
         )
         self.best_val = state["best_val"]
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        # each rank continues its own random streams (augmentation differs per rank); after a change
+        # of world size the ranks reuse the saved streams in turn
+        set_rng_state(per_rank[self.dist.rank % len(per_rank)])
 
     def save(self, name: str) -> None:
+        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each stream."""
+        rng_per_rank = all_gather_objects(rng_state()) if self.dist.enabled else None
         if self.dist.is_main:
-            atomic_save(self.state_dict(), self.run_dir / "checkpoints" / name)
+            state = self.state_dict()
+            if rng_per_rank is not None:
+                state["rng_per_rank"] = rng_per_rank
+            atomic_save(state, self.run_dir / "checkpoints" / name)
         barrier()
 
     # ------------------------------------------------------------------ training
@@ -193,10 +202,7 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg = self.cfg
         self.open_logger()
-        total_steps = self.steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            total_steps = min(total_steps, cfg.max_steps)
-        fault_at = int(os.environ.get(FAULT_ENV, "0"))
+        total_steps = self.total_steps
         t_start, steps_this_session = time.perf_counter(), 0
         window = _Window()
         while self.epoch < cfg.epochs and self.step < total_steps:
@@ -213,8 +219,7 @@ class Trainer:
                     self._log_train(window, t_start, steps_this_session, total_steps)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save("last.pt")
-                if fault_at and self.step == fault_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                maybe_inject_fault(self.step, self.dist.rank)
             self.epoch += 1
             self.batch_in_epoch = 0
             if (
@@ -320,7 +325,12 @@ class Trainer:
         dataset = (
             self.datamodule.val_dataset() if split == "val" else self.datamodule.test_dataset()
         )
-        batch_size = self.cfg.eval_batch_size or self.per_rank_batch
+        # eval_batch_size is global like batch_size; EvalShard needs no even split, so round up
+        batch_size = (
+            -(-self.cfg.eval_batch_size // self.dist.world_size)
+            if self.cfg.eval_batch_size
+            else self.per_rank_batch
+        )
         loader = make_loader(
             dataset, EvalShard(dataset, self.dist), batch_size, self.cfg.num_workers, train=False
         )

@@ -1,7 +1,7 @@
 """Learning-rate schedules stepped once per optimizer step, with an optional linear warm-up.
 
 Configs name these with ``_partial_: true``; the runner completes them with the optimizer and the
-training length, which are only known once the data set is loaded.
+training length (``total_steps`` honours ``trainer.max_steps``), known only once the data set is loaded.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ def _warmup(step: int, warmup_steps: int) -> float:
 def warmup_cosine(
     optimizer: Optimizer,
     steps_per_epoch: int,
-    epochs: int,
+    total_steps: int,
     warmup_epochs: float = 0.0,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
-    total = max(1, steps_per_epoch * epochs)
+    total = max(1, total_steps)
     warmup = round(warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -38,12 +38,12 @@ def warmup_cosine(
 def warmup_multistep(
     optimizer: Optimizer,
     steps_per_epoch: int,
-    epochs: int,
+    total_steps: int,
     warmup_epochs: float = 0.0,
     milestones: list[float] | tuple[float, ...] = (0.5, 0.75),
     gamma: float = 0.1,
 ) -> LambdaLR:
-    total = max(1, steps_per_epoch * epochs)
+    total = max(1, total_steps)
     warmup = round(warmup_epochs * steps_per_epoch)
     bounds = sorted(round(m * total) for m in milestones)
 
