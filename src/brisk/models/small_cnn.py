@@ -8,15 +8,28 @@ from brisk.models.registry import register_model
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+    """Two conv stages and a linear head.
+
+    ``batch_norm=False`` swaps BatchNorm for identity (and gives the convolutions a bias): BatchNorm
+    normalises with the statistics of each rank's share of the batch, so only a BN-free model trains to
+    the same weights under any number of processes.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True
+    ) -> None:
         super().__init__()
+
+        def norm(channels: int) -> nn.Module:
+            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=not batch_norm),
+            norm(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(2 * width),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=not batch_norm),
+            norm(2 * width),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
         )
@@ -27,5 +40,7 @@ class SmallCNN(nn.Module):
 
 
 @register_model
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Module:
-    return SmallCNN(num_classes, in_channels, width)
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True
+) -> nn.Module:
+    return SmallCNN(num_classes, in_channels, width, batch_norm)

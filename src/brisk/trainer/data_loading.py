@@ -16,11 +16,22 @@ class ResumableSampler(DistributedSampler):
 
     Used in single-process runs too (num_replicas=1), so one code path serves both; ``start_index``
     skips the samples a resumed run already trained on without loading them.
+
+    Rank r takes positions r, r+W, r+2W, ... of the epoch's permutation, which does not depend on W.
+    With a per-rank batch of B/W, step k of every rank therefore draws from positions [kB, (k+1)B) of
+    the permutation: together the ranks train on exactly the global batch a single process would.
+    ``drop_last`` keeps it that way: the tail that does not split evenly is dropped rather than padded
+    with repeated samples, so the steps per epoch equal ``len(dataset) // batch_size`` for any W.
     """
 
     def __init__(self, dataset: Dataset, dist: DistInfo, seed: int, shuffle: bool = True) -> None:
         super().__init__(
-            dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=shuffle, seed=seed
+            dataset,
+            num_replicas=dist.world_size,
+            rank=dist.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
         )
         self.start_index = 0
 
@@ -33,7 +44,12 @@ class ResumableSampler(DistributedSampler):
 
 
 class EvalShard(torch.utils.data.Sampler[int]):
-    """Rank r evaluates indices r, r+W, r+2W, ...: no padding, so reduced metrics are exact."""
+    """Rank r evaluates indices r, r+W, r+2W, ...: no padding, so reduced metrics are exact.
+
+    DistributedSampler would pad the last shard with repeated samples so that every rank runs the same
+    number of batches; the evaluator only all-reduces sums and counts once at the end, so ranks may run
+    different numbers of batches and every sample counts exactly once.
+    """
 
     def __init__(self, dataset: Dataset, dist: DistInfo) -> None:
         self.indices = list(range(dist.rank, len(dataset), dist.world_size))  # type: ignore[arg-type]

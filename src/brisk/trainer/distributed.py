@@ -1,15 +1,36 @@
-"""torch.distributed plumbing: a single process never needs a process group.
+"""torch.distributed plumbing for runs launched by ``torchrun``; a single process never needs a group.
 
-torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; we pick gloo on CPU and nccl on CUDA unless told otherwise.
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every worker (and ``TORCHELASTIC_RUN_ID``
+and ``TORCHELASTIC_RESTART_COUNT``). The backend follows the device (gloo on CPU, nccl on CUDA) unless
+``trainer.backend`` names one. Every collective runs under a finite timeout, so a rank that diverged
+(an exception on one rank that leaves the others waiting in a collective) ends the run with an error
+instead of hanging it.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import signal
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# Seconds a collective may wait for the other ranks before it raises. Long enough for rank 0 to prepare
+# a data set or write a checkpoint while the others wait at a barrier; raise it for slow data preparation.
+TIMEOUT_ENV = "BRISK_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+# Fault injection for tests of resume and elastic restarts: SIGKILL after optimizer step N ...
+FAULT_STEP_ENV = "BRISK_FAULT_AT_STEP"
+# ... on this rank only (default 0) ...
+FAULT_RANK_ENV = "BRISK_FAULT_RANK"
+# ... and only in torchrun's first attempt, so the restarted group runs to the end.
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
 
 
 @dataclass(frozen=True)
@@ -28,14 +49,45 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
+    """Join the process group torchrun set up; a plain ``train`` (WORLD_SIZE unset or 1) joins nothing."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    backend = str(getattr(backend, "value", backend))
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend, init_method="env://", timeout=collective_timeout())
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if not info.is_main:
+        quiet_console()
+    return info
+
+
+def collective_timeout() -> timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"environment variable {TIMEOUT_ENV} must be a number of seconds, got '{raw}'"
+        ) from None
+    if seconds <= 0:
+        raise ValueError(f"environment variable {TIMEOUT_ENV} must be positive, got '{raw}'")
+    return timedelta(seconds=seconds)
+
+
+def quiet_console() -> None:
+    """Only warnings reach the terminal from ranks other than 0: N ranks would print every line N times.
+
+    Their full log still goes to their own ``train_rank<N>.log`` (a file handler, left untouched).
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in (
+            sys.stdout,
+            sys.stderr,
+        ):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -52,6 +104,22 @@ def broadcast_object(obj: object) -> object:
     return obj
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """Every rank's ``obj`` in rank order (``[obj]`` in a single process).
+
+    ``obj`` travels as ``torch.save`` bytes and is read back with ``weights_only=True``: pickling
+    tensors straight through ``all_gather_object`` fails to unpickle CPU tensors in this torch version,
+    and the bytes route only accepts the plain types a checkpoint may hold anyway.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    parts: list[bytes] = [b""] * dist.get_world_size()
+    dist.all_gather_object(parts, buffer.getvalue())
+    return [torch.load(io.BytesIO(part), weights_only=True) for part in parts]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -60,3 +128,23 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def maybe_inject_fault(step: int, rank: int) -> None:
+    """SIGKILL this process after ``step`` when ``BRISK_FAULT_AT_STEP`` asks for it (tests only).
+
+    SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer strikes.
+    """
+    fault_at = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
+    if not fault_at or step != fault_at:
+        return
+    if rank != int(os.environ.get(FAULT_RANK_ENV, "0") or 0):
+        return
+    if int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
+        return
+    logging.getLogger("brisk").warning(
+        "%s=%d: killing rank %d after step %d", FAULT_STEP_ENV, fault_at, rank, step
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), signal.SIGKILL)

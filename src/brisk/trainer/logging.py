@@ -104,6 +104,9 @@ def write_status(run_dir: Path, **fields: Any) -> None:
     """status.json: {"status": "ok"|"failed"|"running", "best_val_acc1", "test_acc1", "error", ...}."""
     path = run_dir / "status.json"
     current = json.loads(path.read_text()) if path.is_file() else {}
+    if fields.get("status") == "running":
+        # a (re)start: an elastic restart or a resume must not carry the error of the attempt before
+        current = {}
     current.update(fields)
     current.setdefault("best_val_acc1", None)
     current.setdefault("test_acc1", None)
