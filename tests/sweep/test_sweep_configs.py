@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,7 +87,9 @@ CASES = [
 )
 def test_plugin_configs_compose_or_fail_clearly(override, extra, missing_config, check) -> None:
     if missing_modules(extra):
-        with pytest.raises(MissingConfigException, match=f"Could not (load|find) '{missing_config}'"):
+        with pytest.raises(
+            MissingConfigException, match=f"Could not (load|find) '{missing_config}'"
+        ):
             compose_root(override)
         with pytest.raises(MissingExtraError, match=rf'pip install -e "\.\[{extra.name}\]"'):
             check_plugin_overrides(["-m", override, "seed=0,1"])
@@ -126,3 +130,28 @@ def test_video_teacher_preset_is_a_multirun_over_teachers_and_seeds() -> None:
         assert (CONF / "teacher" / f"{option}.yaml").is_file(), option
     if not (CONF / "task" / "video.yaml").is_file():
         pytest.skip("conf/task/video.yaml is not in the config tree yet")
+
+
+def test_train_prints_the_install_command_after_hydras_error(tmp_path: Path) -> None:
+    if not missing_modules(JOBLIB):
+        pytest.skip("hydra-joblib-launcher is installed: nothing is missing")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "brisk.train",
+            "-m",
+            "hydra/launcher=parallel",
+            "seed=0,1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    assert "Could not load 'hydra/launcher/joblib'" in done.stderr
+    assert "brisk: 'hydra/launcher=parallel' needs the 'joblib' extra" in done.stderr
+    assert 'pip install -e ".[joblib]"' in done.stderr
+    assert not (tmp_path / "sweep").exists()  # nothing ran

@@ -3,8 +3,8 @@
 brisk ships ``hydra/launcher=slurm``, ``hydra/launcher=parallel`` and ``+hparams_search=optuna``;
 each builds on a Hydra plugin that is an optional extra. Without the plugin Hydra only says
 ``Could not load 'hydra/launcher/submitit_slurm'``, which does not tell a user what to install.
-:func:`check_plugin_overrides` looks at the command-line overrides first and raises
-:class:`MissingExtraError` with the exact install command instead.
+:func:`missing_extra_messages` turns the command-line overrides into the exact install command,
+which ``train`` prints after Hydra's own error.
 """
 
 from __future__ import annotations
@@ -55,25 +55,32 @@ def missing_modules(extra: Extra) -> list[str]:
     return missing
 
 
-def check_plugin_overrides(overrides: Sequence[str]) -> None:
-    """Raise :class:`MissingExtraError` if an override selects a plugin that is not installed.
+def missing_extra_messages(overrides: Sequence[str]) -> list[str]:
+    """One install instruction per override that selects a plugin which is not installed.
 
-    Meant for the first line of the ``train`` entry point, with ``sys.argv[1:]``; arguments that
-    are not group selections (``-m``, ``optimizer.lr=0.1``) are ignored.
+    Arguments that are not group selections (``-m``, ``optimizer.lr=0.1``) are ignored, so the
+    whole ``sys.argv[1:]`` of ``train`` can be passed.
     """
+    messages = []
     for override in overrides:
         if "=" not in override or override.startswith("-"):
             continue
         key, value = override.split("=", 1)
         key = key.lstrip("+~").removeprefix("/")
         extra = PLUGIN_OPTIONS.get((key, value.strip()))
-        if extra is None:
-            continue
-        missing = missing_modules(extra)
-        if missing:
-            raise MissingExtraError(
+        missing = missing_modules(extra) if extra is not None else []
+        if extra is not None and missing:
+            messages.append(
                 f"'{override}' needs the '{extra.name}' extra ({extra.pip_package}), but "
                 f"{', '.join(missing)} cannot be imported. Install it with "
                 f'pip install -e ".[{extra.name}]" in a checkout, or '
                 f'pip install "brisk[{extra.name}]" for an installed brisk.'
             )
+    return messages
+
+
+def check_plugin_overrides(overrides: Sequence[str]) -> None:
+    """Raise :class:`MissingExtraError` if an override selects a plugin that is not installed."""
+    messages = missing_extra_messages(overrides)
+    if messages:
+        raise MissingExtraError("\n".join(messages))
