@@ -331,6 +331,10 @@ def main() -> None:
 
             for message in explain_unknown_keys(sys.argv[1:]):
                 print(f"brisk: {message}", file=sys.stderr)
+            from brisk.sweep.extras import missing_extra_messages
+
+            for message in missing_extra_messages(sys.argv[1:]):
+                print(f"brisk: {message}", file=sys.stderr)
         raise
 
 
