@@ -9,6 +9,7 @@ read in ``JobRecord.problems`` instead of raising, so one broken job never hides
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
 
 
+@functools.lru_cache(maxsize=4096)
 def override_key(override: str) -> str:
     """The config key or group an override sets: ``+trainer.epochs=3`` -> ``trainer.epochs``."""
     try:
