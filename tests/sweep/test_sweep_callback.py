@@ -85,14 +85,19 @@ def test_summary_written_at_multirun_end(tmp_path: Path) -> None:
         "lr=0.1,0.2",
         "seed=0,1",
         f"hydra.sweep.dir={sweep}",
-        "+hydra.callbacks.sweep_summary.refresh_each_job=false",
+        "++hydra.callbacks.sweep_summary.refresh_each_job=false",
+        "++hydra.callbacks.sweep_summary.target_acc=0.25",
     )
     assert done.returncode == 0, done.stderr
+    assert f"sweep summary: {sweep / 'summary.md'}" in done.stdout + done.stderr  # on_multirun_end
     rows = grouped(sweep)
     assert [r["config"] for r in rows] == ["lr=0.1", "lr=0.2"]
     assert [r["n_ok"] for r in rows] == ["2", "2"]
     # lr=0.1: final acc 0.3 (seed 0) and 0.4 (seed 1)
     assert float(rows[0]["final_val_acc_mean"]) == pytest.approx(0.35)
+    # target 0.25: lr=0.1 reaches it at step 3 (seed 0: 0.3) and step 2 (seed 1: 0.3)
+    assert float(rows[0]["target_acc"]) == 0.25
+    assert float(rows[0]["steps_to_target_mean"]) == pytest.approx(2.5)
     for name in ("summary.csv", "summary.md", "summary_curves.png"):
         assert (sweep / name).is_file(), name
 
@@ -104,6 +109,7 @@ def test_failed_job_still_gets_a_summary(tmp_path: Path) -> None:
     # per-job refresh is what leaves a summary behind
     assert done.returncode != 0
     assert "negative learning rate" in done.stderr
+    assert "sweep summary:" not in done.stdout + done.stderr  # on_multirun_end never came
     text = (sweep / "summary.md").read_text()
     assert "2 jobs: 1 failed, 1 ok." in text
     assert "| 1 | `lr=-1` | failed | ValueError: negative learning rate |" in text
