@@ -293,3 +293,17 @@ def test_cost_report_has_ratios_and_run_metrics() -> None:
     lines: list[str] = []
     logged = log_run_costs(student, (3, 4, 32, 32), 10, teacher, (3, 4, 32, 32), log=lines.append)
     assert logged == metrics and "| teacher |" in lines[0]
+
+
+def test_bench_script_measures_every_model_in_both_layouts() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = {"student": create_model("mfcd_net", num_classes=3, width_mult=0.25)}
+    speed = bench.throughput(tiny, (3, 2, 16, 16), batch=1, rounds=2, device=torch.device("cpu"))
+    assert set(speed) == {"student, ndhwc", "student, ncdhw"}
+    assert all(s["rounds"] == 2 and s["clips_per_s"] > 0 for s in speed.values())

@@ -81,6 +81,20 @@ class FakeRunner:
         return model
 
 
+class TinyStudent(nn.Module):
+    """The smallest student feature mimicking accepts: one named layer listed in feature_channels."""
+
+    feature_channels = {"body": 8}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv3d(3, 8, 3, stride=(1, 4, 4), padding=1)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean(dim=(2, 3, 4)))
+
+
 def small_mfnet_teacher(**kw) -> RGBMFNetTeacher:
     return RGBMFNetTeacher(width_mult=0.25, **kw)
 
@@ -220,6 +234,28 @@ def test_feature_mimicking_trains_adapters_in_the_student_only(tmp_path: Path) -
     with torch.no_grad():
         student(batch["input"])
     assert teacher._student_features == {}
+
+
+@pytest.mark.parametrize("optimizer_first", [True, False])
+def test_untrained_adapters_are_reported(tmp_path: Path, caplog, optimizer_first: bool) -> None:
+    teacher = small_mfnet_teacher(beta=1.0, layers={"body": "conv5"})
+    teacher.setup(FakeRunner(tmp_path).context)
+    student = TinyStudent()
+    if optimizer_first:  # the adapters are not among the optimizer's parameters
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+        teacher.attach(student)
+    else:
+        teacher.attach(student)
+        optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    batch = {"rgb": torch.rand(2, 3, 2, 16, 16), "target": torch.tensor([0, 1])}
+    with caplog.at_level("WARNING", logger="brisk"):
+        for _ in range(3):
+            out = student(torch.randn(2, 3, 2, 16, 16))
+            loss, _ = teacher.loss(out, batch, F.cross_entropy(out, batch["target"]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert ("optimizer was built before teacher.attach" in caplog.text) == optimizer_first
 
 
 def test_feature_mimicking_rejects_unknown_layers(tmp_path: Path) -> None:

@@ -139,6 +139,8 @@ class DistillationTeacher(Teacher):
         self._student_features: dict[str, Tensor] = {}
         self._teacher_features: dict[str, Tensor] = {}
         self.adapters: nn.ModuleDict | None = None
+        self._adapter_snapshot: list[Tensor] = []
+        self._mimic_steps = 0
 
     # ------------------------------------------------------------------ building
     def build_model(self, num_classes: int) -> nn.Module:
@@ -226,6 +228,8 @@ class DistillationTeacher(Teacher):
             adapters.to(param.device)
         student.add_module("distill_adapters", adapters)
         self.adapters = adapters
+        self._adapter_snapshot = [p.detach().clone() for p in adapters.parameters()]
+        self._mimic_steps = 0
 
     def _student_hook(self, layer: str, key: str):
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
@@ -286,9 +290,27 @@ class DistillationTeacher(Teacher):
             )
             loss = loss + self.beta * mimic
             logs["distill/feat"] = mimic.item()
+            self._check_adapters_train()
         self._student_features.clear()
         self._teacher_features.clear()
         return loss, logs
+
+    def _check_adapters_train(self) -> None:
+        """Warn once if the adapters never move: the student's optimizer was built before attach()."""
+        self._mimic_steps += 1
+        if self._mimic_steps != 3 or self.adapters is None:
+            return
+        params = list(self.adapters.parameters())
+        if any(p.grad is not None for p in params) and all(
+            torch.equal(p.detach(), s.to(p.device)) for p, s in zip(params, self._adapter_snapshot)
+        ):
+            log.warning(
+                "teacher '%s': feature-mimicking adapters are unchanged after 2 steps although they receive "
+                "gradients: the student's optimizer was built before teacher.attach(student), so "
+                "teacher.beta has no trained adapter to work through",
+                self.name,
+            )
+        self._adapter_snapshot = []
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
