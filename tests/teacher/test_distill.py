@@ -277,7 +277,13 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
     register_schemas()
     with initialize_config_module("brisk.conf", version_base=None):
         cfg = compose(
-            "config", overrides=[f"teacher={option}", "teacher.alpha=0.3", "teacher.temperature=2"]
+            "config",
+            overrides=[
+                f"teacher={option}",
+                "teacher.alpha=0.3",
+                "teacher.temperature=2",
+                "teacher.epochs=3",
+            ],
         )
     teacher = instantiate(cfg.teacher)
     assert isinstance(teacher, cls)

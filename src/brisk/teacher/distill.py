@@ -91,6 +91,7 @@ class DistillationTeacher(Teacher):
         beta: weight of feature mimicking; 0 disables it.
         layers: ``{student_module: teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
         num_frames, width_mult, dropout: the teacher network's shape (width_mult < 1 for CPU runs).
+        input_key: the batch field the teacher reads. epochs: length of stage 1 (null: trainer.epochs).
     """
 
     head_prefix = ""
@@ -107,6 +108,7 @@ class DistillationTeacher(Teacher):
         width_mult: float = 1.0,
         dropout: float = 0.0,
         input_key: str = "rgb",
+        epochs: int | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
