@@ -1,0 +1,397 @@
+"""The on-disk cache: re-encoded videos and per-GOP clip arrays, with a manifest and a failure report.
+
+Layout under ``<cache_dir>/<variant>/`` (the variant names the encoding settings, so changing the
+resolution or GOP size never mixes incompatible files)::
+
+    videos/<rel>.mp4          re-encoded MPEG-4 Part 2, GOP ``gop_size``, I/P only
+    clips/<rel>.rgb.npy       uint8 (G, T, H, W, 3)   decoded RGB frames of every GOP (frame 0 = I-frame)
+    clips/<rel>.res.npy       uint8 (G, T-1, H, W, 3) accumulated residuals, clip(R + 128, 0, 255)
+    clips/<rel>.mv.npy        int8  (G, T-1, H, W, 2) accumulated motion (x, y), clipped to +-127 px
+    records/<rel>.json        one record per source video, written last: its presence means "done"
+    manifest.json             settings + every record, rewritten after each preparation
+    failures.txt              undecodable videos with the reason, one per line
+
+Short GOPs are padded to ``T`` frames by repeating the last frame (and its residual); the record keeps
+the real frame count of every GOP. Each video is prepared by one worker and every file is written
+under a temporary name and renamed, so an interrupted preparation resumes where it stopped and never
+reads a half-written file. A failed video gets a record too (keyed by the source's size and mtime):
+it is reported again, not retried, until the source file changes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from brisk.video.codec import reencode
+from brisk.video.reader import Gop, GopReader
+
+log = logging.getLogger("brisk.video")
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What the cache holds; everything that changes the bytes on disk is in :attr:`variant`."""
+
+    size: tuple[int, int] = (340, 256)
+    gop_size: int = 12
+    qscale: int = 1
+    motion_vectors: bool = False
+    clips: bool = True
+
+    @property
+    def variant(self) -> str:
+        return f"mpeg4_{self.size[0]}x{self.size[1]}_gop{self.gop_size}_q{self.qscale}"
+
+
+@dataclass
+class ClipArrays:
+    """One GOP as the data sets consume it (see the module docstring for shapes)."""
+
+    rgb: np.ndarray
+    residual: np.ndarray
+    motion: np.ndarray | None = None
+
+
+def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
+    """Pad/quantise a decoded GOP into fixed-length clip arrays (shared by the cache and live paths)."""
+    n = gop.num_frames
+    h, w = gop.rgb.shape[1:3]
+    rgb = np.empty((frames, h, w, 3), dtype=np.uint8)
+    rgb[: min(n, frames)] = gop.rgb[:frames]
+    rgb[n:] = gop.rgb[-1]
+    res = np.full((frames - 1, h, w, 3), 128, dtype=np.uint8)
+    k = min(n, frames) - 1
+    if k > 0:
+        res[:k] = gop.acc_residual_u8[:k]
+        res[k:] = gop.acc_residual_u8[k - 1]
+    motion = None
+    if motion_vectors:
+        motion = np.zeros((frames - 1, h, w, 2), dtype=np.int8)
+        if k > 0:
+            motion[:k] = np.clip(gop.acc_mv[:k], -127, 127)
+            motion[k:] = motion[k - 1]
+    return ClipArrays(rgb, res, motion)
+
+
+def clip_reader(path: str | Path, motion_vectors: bool) -> GopReader:
+    """A reader configured to produce exactly what :func:`gop_to_clip` needs."""
+    return GopReader(
+        path, residuals="accumulated", accumulated_mv=motion_vectors, quantised_only=True
+    )
+
+
+@dataclass
+class PrepareReport:
+    """What one preparation did. ``records`` maps the relative name of every usable video to its record."""
+
+    records: dict[str, dict] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    prepared: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+def _safe_rel(rel: str) -> str:
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or not parts:
+        raise ValueError(f"video name {rel!r} must be a relative path inside the data set")
+    return Path(rel).as_posix()
+
+
+def _fingerprint(src: Path) -> dict:
+    try:
+        st = src.stat()
+        return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"source_size": None, "source_mtime_ns": None}
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.save(fh, array)
+
+    _atomic_write_bytes(path, write)
+
+
+class VideoCache:
+    """Paths and records of one cache variant; safe to use from several processes."""
+
+    def __init__(self, cache_dir: str | Path, settings: CacheSettings) -> None:
+        self.settings = settings
+        self.root = Path(cache_dir) / settings.variant
+
+    def video_path(self, rel: str) -> Path:
+        return self.root / "videos" / f"{rel}.mp4"
+
+    def clip_path(self, rel: str, kind: str) -> Path:
+        return self.root / "clips" / f"{rel}.{kind}.npy"
+
+    def record_path(self, rel: str) -> Path:
+        return self.root / "records" / f"{rel}.json"
+
+    def read_record(self, rel: str) -> dict | None:
+        try:
+            return json.loads(self.record_path(rel).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _is_current(self, record: dict | None, src: Path) -> bool:
+        s = self.settings
+        if record is None or record.get("version") != RECORD_VERSION:
+            return False
+        if {k: record.get(k) for k in ("source_size", "source_mtime_ns")} != _fingerprint(src):
+            return False
+        if record["status"] == "failed":
+            return True
+        if not self.video_path(record["rel"]).is_file():
+            return False
+        if s.clips and not record.get("has_clips"):
+            return False
+        return not (s.clips and s.motion_vectors and not record.get("has_mv"))
+
+    def current_record(self, src: str | Path, rel: str) -> dict | None:
+        """The record of a video that needs no work (done, or failed with an unchanged source)."""
+        record = self.read_record(_safe_rel(rel))
+        return record if self._is_current(record, Path(src)) else None
+
+    def prepare_one(self, src: str | Path, rel: str) -> tuple[dict, bool]:
+        """Re-encode and extract one video unless its record is current. Returns (record, reused)."""
+        src, rel = Path(src), _safe_rel(rel)
+        record = self.read_record(rel)
+        if self._is_current(record, src):
+            return record, True
+        s = self.settings
+        start = time.perf_counter()
+        record = {"version": RECORD_VERSION, "rel": rel, "source": str(src), **_fingerprint(src)}
+        try:
+            index = reencode(src, self.video_path(rel), s.size, s.gop_size, s.qscale)
+            record.update(
+                status="ok",
+                num_frames=index.num_frames,
+                gop_frames=list(index.gop_frames),
+                has_clips=False,
+                has_mv=False,
+            )
+            if s.clips:
+                self._extract_clips(rel)
+                record.update(has_clips=True, has_mv=s.motion_vectors)
+        except Exception as exc:  # noqa: BLE001 - any failure of one video is reported, never fatal
+            record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        _atomic_write_bytes(
+            self.record_path(rel), lambda tmp: tmp.write_text(json.dumps(record, indent=1))
+        )
+        return record, False
+
+    def _extract_clips(self, rel: str) -> None:
+        s = self.settings
+        with clip_reader(self.video_path(rel), s.motion_vectors) as reader:
+            clips = [gop_to_clip(g, s.gop_size, s.motion_vectors) for g in reader.iter_gops()]
+        if len(clips) != reader.num_gops:
+            raise RuntimeError(f"{rel}: decoded {len(clips)} of {reader.num_gops} GOPs")
+        _save_npy(self.clip_path(rel, "rgb"), np.stack([c.rgb for c in clips]))
+        _save_npy(self.clip_path(rel, "res"), np.stack([c.residual for c in clips]))
+        if s.motion_vectors:
+            _save_npy(self.clip_path(rel, "mv"), np.stack([c.motion for c in clips]))
+
+    def write_manifest(self, report: PrepareReport, name: str) -> None:
+        manifest = {
+            "dataset": name,
+            "settings": asdict(self.settings),
+            "variant": self.settings.variant,
+            "videos_ok": len(report.records),
+            "videos_failed": len(report.failures),
+            "records": [report.records[k] for k in sorted(report.records)],
+            "failures": report.failures,
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(
+            self.root / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest, indent=1))
+        )
+        lines = [f"{f['source']}\t{f['reason']}" for f in report.failures]
+        _atomic_write_bytes(
+            self.root / "failures.txt",
+            lambda tmp: tmp.write_text("".join(line + "\n" for line in lines)),
+        )
+
+
+def _prepare_in_worker(cache_dir: str, settings: CacheSettings, src: str, rel: str):
+    return VideoCache(cache_dir, settings).prepare_one(src, rel)
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def prepare(
+    cache: VideoCache,
+    jobs: Sequence[tuple[str | Path, str]],
+    workers: int = 0,
+    name: str = "video",
+    progress_every: float = 10.0,
+) -> PrepareReport:
+    """Prepare every ``(source path, relative name)`` job; failures are reported, never raised.
+
+    ``workers=0`` runs in this process (tests, tiny data sets); otherwise a pool of spawned processes
+    shares the videos. Progress with an ETA is logged every ``progress_every`` seconds (plain log lines,
+    no carriage returns, so the run's log file stays readable).
+    """
+    report = PrepareReport()
+    start = time.perf_counter()
+    total = len(jobs)
+    last_log = start
+    done = 0
+
+    def account(record: dict, reused: bool) -> None:
+        nonlocal done, last_log
+        done += 1
+        if record["status"] == "ok":
+            report.records[record["rel"]] = record
+        else:
+            report.failures.append(
+                {"rel": record["rel"], "source": record["source"], "reason": record["reason"]}
+            )
+        if reused:
+            report.reused += 1
+        else:
+            report.prepared += 1
+        now = time.perf_counter()
+        if (not reused and now - last_log >= progress_every) or done == total:
+            last_log = now
+            rate = report.prepared / max(now - start, 1e-9)
+            remaining = total - done
+            eta = _eta(remaining / rate) if rate > 0 and remaining else "0m00s"
+            log.info(
+                "%s: %d/%d videos (%d reused, %d failed), %.1f videos/s, ETA %s",
+                name,
+                done,
+                total,
+                report.reused,
+                len(report.failures),
+                rate,
+                eta,
+            )
+
+    todo = []
+    for src, rel in jobs:
+        record = cache.current_record(src, rel)
+        if record is None:
+            todo.append((src, rel))
+        else:
+            account(record, True)
+    if workers <= 0 or len(todo) <= 1:
+        for src, rel in todo:
+            account(*cache.prepare_one(src, rel))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(
+                    _prepare_in_worker, str(cache.root.parent), cache.settings, str(s), r
+                ): (
+                    s,
+                    r,
+                )
+                for s, r in todo
+            }
+            for fut in as_completed(futures):
+                try:
+                    account(*fut.result())
+                except Exception as exc:  # noqa: BLE001 - a crashed worker loses only its videos
+                    src, rel = futures[fut]
+                    reason = f"worker process failed: {type(exc).__name__}: {exc}"
+                    account(
+                        {"rel": rel, "source": str(src), "status": "failed", "reason": reason},
+                        False,
+                    )
+    report.seconds = time.perf_counter() - start
+    report.failures.sort(key=lambda f: f["rel"])
+    cache.write_manifest(report, name)
+    if report.failures:
+        shown = "; ".join(f"{f['rel']}: {f['reason']}" for f in report.failures[:5])
+        log.warning(
+            "%s: %d of %d videos could not be used and are left out (see %s): %s%s",
+            name,
+            len(report.failures),
+            total,
+            cache.root / "failures.txt",
+            shown,
+            " ..." if len(report.failures) > 5 else "",
+        )
+    return report
+
+
+class ClipStore:
+    """Reads one GOP's clip arrays, from the cache arrays or live from the re-encoded video.
+
+    Both paths return identical arrays (they share :func:`gop_to_clip`); the live path trades disk for
+    decode time. Open files are kept per process (a small LRU), so DataLoader workers each get their own.
+    """
+
+    def __init__(self, cache: VideoCache, max_open: int = 32) -> None:
+        self.cache = cache
+        self.max_open = max_open
+        self._open: dict[str, object] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
+    def _get(self, key: str, make: Callable[[], object]):
+        obj = self._open.pop(key, None)
+        if obj is None:
+            obj = make()
+            if len(self._open) >= self.max_open:
+                old = self._open.pop(next(iter(self._open)))
+                if isinstance(old, GopReader):
+                    old.close()
+        self._open[key] = obj
+        return obj
+
+    def load(self, rel: str, gop: int) -> ClipArrays:
+        s = self.cache.settings
+        if s.clips:
+            rgb = self._get(
+                rel + ".rgb", lambda: np.load(self.cache.clip_path(rel, "rgb"), mmap_mode="r")
+            )
+            res = self._get(
+                rel + ".res", lambda: np.load(self.cache.clip_path(rel, "res"), mmap_mode="r")
+            )
+            mv = None
+            if s.motion_vectors:
+                mv = self._get(
+                    rel + ".mv", lambda: np.load(self.cache.clip_path(rel, "mv"), mmap_mode="r")
+                )
+            return ClipArrays(
+                np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
+            )
+        reader = self._get(rel, lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors))
+        return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)
