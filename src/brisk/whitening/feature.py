@@ -1,0 +1,163 @@
+"""``whitening=feature``: classical feature whitening, the reference the gradient transform must match.
+
+Each whitened layer computes ``y = W~ P (x - mu) + b~`` on its input patches: the samples are
+transformed in the forward pass and, through autograd, their gradients in the backward pass
+(``P^T P = c (R + eps I)^-1``, ``P = sqrt(c) Lambda^-1/2 U^T`` from an eigen-decomposition; ``c`` is
+the mean eigenvalue when ``normalize``).  The module's parameters *are* the whitened-coordinate
+weights ``W~, b~``: the optimizer steps in whitened space, which is what classical whitening means.
+When P is refreshed the weights are re-expressed so that the network function does not change
+(``W~ <- W~ P_old P_new^-1``, PRONG's re-parametrisation), and so are SGD momentum buffers
+(``momentum_buffer`` entries of any optimizer that steps these parameters), which keeps this
+algorithm step-for-step equal to ``evd`` under SGD with momentum, Nesterov and weight decay.  Other
+optimizer state (Adam moments) is left as is: adaptive optimizers are not whitening-invariant.
+
+Inputs are centred only for layers with a bias, which absorbs the shift; a bias-free layer keeps
+``y = W~ P x`` (P still from the centred covariance), matching the gradient transform exactly.
+It is deliberately simple and slow: every forward pass unfolds the whole batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from brisk.whitening.core import LayerWhitening, WhitenedLayer, condition_number, damped_eigh
+
+__all__ = ["FeatureWhitening"]
+
+
+class FeatureWhitening(LayerWhitening):
+    """Whitening of the layer inputs in the forward pass (baseline for correctness and cost)."""
+
+    name = "feature"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._optimizers: list[weakref.ref] = []
+        self._refreshed_at: dict[str, int] = {}
+
+    def _init_layer(self, layer: WhitenedLayer) -> None:
+        layer.state.update(P=None, P_inv=None, mu=None)
+
+    def _register_hooks(self) -> None:
+        for layer in self.layers:
+            self._handles.append(layer.module.register_forward_hook(self._forward_hook(layer)))
+        self._handles.append(register_optimizer_step_pre_hook(self._remember_optimizer))
+
+    def _remember_optimizer(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        """Find the optimizers that step our weights, to re-map their momentum on a refresh."""
+        if any(ref() is optimizer for ref in self._optimizers):
+            return
+        ours = {id(layer.module.weight) for layer in self.layers}
+        if any(id(p) in ours for group in optimizer.param_groups for p in group["params"]):
+            self._optimizers.append(weakref.ref(optimizer))
+
+    # ------------------------------------------------------------------------------ forward
+    def _forward_hook(self, layer: WhitenedLayer):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            x = args[0]
+            if module.training and torch.is_grad_enabled():
+                if self._collect:
+                    with self._timed("stats"):
+                        layer.stats.accumulate(
+                            layer.adapter.rows(x, self.stats_max_rows, self._generator)
+                        )
+                    self._commit([layer])
+                step = self._step
+                if self._refresh_due(layer, step) and self._refreshed_at.get(layer.name) != step:
+                    self._refreshed_at[layer.name] = step
+                    with self._timed("decomposition"), torch.no_grad():
+                        self._refresh(layer)
+                    layer.refreshes += 1
+            if layer.state["P"] is None:
+                return output
+            with self._timed("transform"):
+                return self._whitened_forward(layer, x)
+
+        return hook
+
+    def _whitened_forward(self, layer: WhitenedLayer, x: Tensor) -> Tensor:
+        adapter, module = layer.adapter, layer.module
+        rows = adapter.rows(x)  # (N, G, M)
+        p = layer.state["P"].to(x.dtype)
+        if layer.state["mu"] is not None:
+            rows = rows - layer.state["mu"].to(x.dtype)
+        white = torch.einsum("ngm,gkm->ngk", rows, p)
+        w = adapter.weight_matrix(module.weight)  # (G, S_g, M)
+        y = torch.einsum("ngk,gsk->ngs", white, w).reshape(rows.shape[0], -1)
+        if module.bias is not None:
+            y = y + module.bias
+        return adapter.output_from_rows(y, x)
+
+    # ------------------------------------------------------------------------------ refresh
+    def _refresh(self, layer: WhitenedLayer) -> None:
+        damping = self.damping(layer)
+        decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
+        if decomposed is None:
+            self.fallbacks += 1
+            return
+        evals, evecs = decomposed
+        scale = evals.mean(-1, keepdim=True) if self.normalize else torch.ones_like(evals[:, :1])
+        root = (scale / evals).sqrt()  # (G, M)
+        dtype = layer.stats.cov.dtype
+        p_new = (root.unsqueeze(-1) * evecs.transpose(-1, -2)).to(dtype)
+        p_inv_new = (evecs / root.unsqueeze(-2)).to(dtype)
+        mu_new = layer.stats.mean.clone() if (layer.has_bias and self.center) else None
+        self._reparametrise(layer, p_new, p_inv_new, mu_new)
+        raw = evals - damping.to(evals.dtype)[:, None]
+        layer.kappa_r = condition_number(raw)
+        layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
+
+    def _to_plain(self, layer: WhitenedLayer, w_tilde: Tensor) -> Tensor:
+        """``W~ P`` as ``(G, S_g, M)`` in the preconditioner's dtype."""
+        w = layer.adapter.weight_matrix(w_tilde).to(layer.stats.cov.dtype)
+        return w if layer.state["P"] is None else w @ layer.state["P"]
+
+    def _reparametrise(
+        self, layer: WhitenedLayer, p_new: Tensor | None, p_inv_new: Tensor | None, mu_new
+    ) -> None:
+        """Switch to new whitening coordinates without changing the function or the SGD path."""
+        module = layer.module
+        mu_old = layer.state["mu"]
+        dmu = None
+        if module.bias is not None and (mu_old is not None or mu_new is not None):
+            zero = torch.zeros_like(layer.stats.mean)
+            dmu = (zero if mu_new is None else mu_new) - (zero if mu_old is None else mu_old)
+
+        def remap(w_like: Tensor, b_like: Tensor | None) -> None:
+            plain = self._to_plain(layer, w_like)
+            if b_like is not None and dmu is not None:
+                shift = (plain @ dmu.unsqueeze(-1))[..., 0].reshape(b_like.shape)
+                b_like.add_(shift.to(b_like.dtype))
+            new = plain if p_inv_new is None else plain @ p_inv_new
+            w_like.copy_(new.reshape(w_like.shape).to(w_like.dtype))
+
+        with torch.no_grad():
+            remap(module.weight.data, None if module.bias is None else module.bias.data)
+            for ref in self._optimizers:
+                opt = ref()
+                if opt is None:
+                    continue
+                w_buf = opt.state.get(module.weight, {}).get("momentum_buffer")
+                if w_buf is None:
+                    continue
+                b_buf = None
+                if module.bias is not None:
+                    b_buf = opt.state.get(module.bias, {}).get("momentum_buffer")
+                remap(w_buf, b_buf)
+        layer.state.update(P=p_new, P_inv=p_inv_new, mu=mu_new)
+
+    def detach(self) -> None:
+        """Put the ordinary weights ``W = W~ P`` (and their momentum) back into the model."""
+        for layer in self.layers:
+            if layer.state["P"] is not None:
+                self._reparametrise(layer, None, None, None)
+        super().detach()
+        self._optimizers = []
+
+    def precondition(self, step: int) -> None:
+        """Nothing to do: the optimizer already steps in whitened coordinates."""

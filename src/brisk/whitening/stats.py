@@ -1,0 +1,316 @@
+"""Input statistics of a whitened layer: patch rows and their running covariance.
+
+Every algorithm needs the covariance of the inputs *as the layer multiplies them*: the rows of
+``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding (including
+``padding='same'`` and non-zero ``padding_mode``), dilation and groups must be reproduced exactly or
+the preconditioner silently whitens the wrong quantity.  One small adapter per layer type turns a
+layer input into rows ``(N, G, M)``: ``N`` samples, ``G`` weight groups (one covariance per group,
+because a grouped convolution's output channels only see their group's inputs), ``M`` features.
+
+Statistics collection, not the decomposition, dominates the cost of input whitening (an unfold of
+a whole ResNet batch is several SGD steps), so adapters sub-sample rows *before* copying patches:
+random (image, position) pairs are gathered from a strided view of the padded input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ConvAdapter",
+    "LayerAdapter",
+    "LinearAdapter",
+    "RunningCovariance",
+    "commit_all",
+    "make_adapter",
+]
+
+
+class LayerAdapter:
+    """Maps a layer's input to patch rows and its weight to per-group matrices ``(G, S_g, M)``."""
+
+    groups: int = 1
+    dim: int
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def num_rows(self, x: Tensor) -> int:
+        raise NotImplementedError
+
+    def rows(
+        self, x: Tensor, max_rows: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Patch rows ``(N, G, M)``; with ``max_rows`` a uniform random subset (with replacement)."""
+        raise NotImplementedError
+
+    def output_from_rows(self, y: Tensor, x: Tensor) -> Tensor:
+        """Reshape per-row outputs ``(N, S)`` to the layer's output layout for input ``x``."""
+        raise NotImplementedError
+
+    def weight_matrix(self, weight: Tensor) -> Tensor:
+        """The weight (or its gradient) as ``(G, S_g, M)``; a view when possible."""
+        out = weight.shape[0]
+        return weight.reshape(self.groups, out // self.groups, self.dim)
+
+    def _sample(self, total: int, max_rows: int | None, generator: torch.Generator | None):
+        if max_rows is None or total <= max_rows:
+            return None
+        return torch.randint(total, (max_rows,), generator=generator)
+
+
+class LinearAdapter(LayerAdapter):
+    """``nn.Linear``: every leading index of the input is one sample."""
+
+    def __init__(self, module: nn.Linear) -> None:
+        super().__init__(module)
+        self.dim = module.in_features
+
+    def num_rows(self, x: Tensor) -> int:
+        return x.numel() // self.dim
+
+    def rows(self, x, max_rows=None, generator=None):
+        flat = x.reshape(-1, self.dim)
+        idx = self._sample(flat.shape[0], max_rows, generator)
+        if idx is not None:
+            flat = flat[idx.to(flat.device)]
+        return flat.unsqueeze(1)
+
+    def output_from_rows(self, y, x):
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class ConvAdapter(LayerAdapter):
+    """``nn.Conv1d/2d/3d`` with any stride, padding, padding_mode, dilation and groups.
+
+    Patches come from ``Tensor.unfold`` on each spatial dimension of the padded input with a window
+    of the dilated kernel extent, then every ``dilation``-th tap; the row order (channel, then kernel
+    taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous block
+    ``[j*M, (j+1)*M)``.
+    """
+
+    def __init__(self, module: nn.modules.conv._ConvNd) -> None:
+        super().__init__(module)
+        if getattr(module, "transposed", False):
+            raise TypeError(f"transposed convolutions are not supported: {type(module).__name__}")
+        self.nd = len(module.kernel_size)
+        self.groups = module.groups
+        self.dim = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        self.pad = self._explicit_padding(module)
+        self.pad_mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+
+    @staticmethod
+    def _explicit_padding(module) -> list[int]:
+        """``F.pad`` amounts (last dimension first) reproducing the convolution's own padding."""
+        pairs = []
+        for i in range(len(module.kernel_size)):
+            if module.padding == "same":
+                total = module.dilation[i] * (module.kernel_size[i] - 1)
+                pairs.append((total // 2, total - total // 2))
+            elif module.padding == "valid":
+                pairs.append((0, 0))
+            else:
+                pairs.append((module.padding[i], module.padding[i]))
+        return [p for pair in reversed(pairs) for p in pair]
+
+    def _windows(self, x: Tensor) -> Tensor:
+        """A strided view ``(B, C, L_1..L_n, k_1..k_n)`` of every patch; nothing copied yet."""
+        if x.dim() == self.nd + 1:  # unbatched input
+            x = x.unsqueeze(0)
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        m = self.module
+        for i in range(self.nd):
+            extent = m.dilation[i] * (m.kernel_size[i] - 1) + 1
+            x = x.unfold(2 + i, extent, m.stride[i])
+        if any(d > 1 for d in m.dilation):
+            x = x[(Ellipsis, *(slice(None, None, d) for d in m.dilation))]
+        return x
+
+    def num_rows(self, x: Tensor) -> int:
+        w = self._windows(x)
+        return w.shape[0] * math.prod(w.shape[2 : 2 + self.nd])
+
+    def rows(self, x, max_rows=None, generator=None):
+        w = self._windows(x)
+        batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
+        total = batch * math.prod(spatial)
+        idx = self._sample(total, max_rows, generator)
+        if idx is None:
+            # (B, C, L.., k..) -> (B, L.., C, k..) -> rows
+            perm = (0, *range(2, 2 + self.nd), 1, *range(2 + self.nd, 2 + 2 * self.nd))
+            flat = w.permute(perm).reshape(total, self.groups, self.dim)
+            return flat
+        idx = idx.to(x.device)
+        coords = []
+        rest = idx
+        for size in reversed((batch, *spatial)):
+            coords.append(rest % size)
+            rest = rest // size
+        coords.reverse()
+        # advanced indices split by the channel slice: result is (n, C, k..)
+        picked = w[(coords[0], slice(None), *coords[1:])]
+        return picked.reshape(idx.shape[0], self.groups, self.dim)
+
+    def output_from_rows(self, y, x):
+        w = self._windows(x)
+        batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
+        out = y.reshape(batch, *spatial, y.shape[-1])
+        out = out.permute(0, self.nd + 1, *range(1, self.nd + 1))
+        return out if x.dim() == self.nd + 2 else out.squeeze(0)
+
+
+LAYER_TYPES: dict[str, type[nn.Module]] = {
+    "Linear": nn.Linear,
+    "Conv1d": nn.Conv1d,
+    "Conv2d": nn.Conv2d,
+    "Conv3d": nn.Conv3d,
+}
+
+
+def make_adapter(module: nn.Module) -> LayerAdapter:
+    """The adapter for a supported layer; a clear error for anything else."""
+    if isinstance(module, nn.Linear):
+        return LinearAdapter(module)
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return ConvAdapter(module)
+    raise TypeError(
+        f"no whitening adapter for {type(module).__name__}; supported: {', '.join(LAYER_TYPES)}"
+    )
+
+
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """Statistics never accumulate in half precision (AMP); float64 inputs stay float64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class RunningCovariance:
+    """Exponential moving average of the centred covariance (and mean) of a layer's input rows.
+
+    Rows are first summed into sufficient statistics (``sum x x^T``, ``sum x``, ``sum |x|^2``,
+    count) so that micro-batches of one optimizer step and the ranks of a distributed run combine
+    exactly: :func:`commit_all` all-reduces the sums of every layer in one bucket and only then
+    centres them.  An optional per-group ``transform`` T makes the tracked matrix ``T R T^T``
+    (the recursive algorithm keeps its whitened covariance this way at O(N M^2) per update); the
+    trace of the raw covariance is tracked in any case because it sets damping and step scale.
+    """
+
+    def __init__(self, groups: int, dim: int, momentum: float, center: bool = True) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"whitening.momentum must be in [0, 1), got {momentum}")
+        self.groups, self.dim, self.momentum, self.center = groups, dim, momentum, center
+        self.transform: Tensor | None = None
+        self.cov: Tensor | None = None  # (G, M, M)  T R T^T (R when no transform)
+        self.mean: Tensor | None = None  # (G, M)    raw input mean
+        self.trace: Tensor | None = None  # (G,)      trace of the raw covariance R
+        self.updates = 0
+        self.rejected = 0
+        self._reset_pending()
+
+    def _reset_pending(self) -> None:
+        self._sxx: Tensor | None = None
+        self._sx: Tensor | None = None
+        self._sq: Tensor | None = None
+        self._n = 0
+
+    @property
+    def pending(self) -> bool:
+        return self._n > 0
+
+    def accumulate(self, rows: Tensor) -> None:
+        """Add rows ``(N, G, M)`` to the pending sums (float32 at least)."""
+        rows = rows.detach()
+        rows = rows.to(stats_dtype(rows))
+        by_group = rows.transpose(0, 1)  # (G, N, M)
+        tr = by_group if self.transform is None else by_group @ self.transform.transpose(1, 2)
+        sxx = tr.transpose(1, 2) @ tr
+        sx = by_group.sum(1)
+        sq = by_group.square().sum((1, 2))
+        if self._n == 0:
+            self._sxx, self._sx, self._sq = sxx, sx, sq
+        else:
+            self._sxx += sxx
+            self._sx += sx
+            self._sq += sq
+        self._n += rows.shape[0]
+
+    def pending_tensors(self) -> list[Tensor]:
+        n = torch.full((1,), float(self._n), dtype=self._sxx.dtype, device=self._sxx.device)
+        return [self._sxx, self._sx, self._sq, n]
+
+    def fold(self, sxx: Tensor, sx: Tensor, sq: Tensor, n: float) -> bool:
+        """Centre the (reduced) sums and fold them into the average; reject non-finite batches."""
+        self._reset_pending()
+        mean = sx / n
+        if self.center:
+            tmean = (
+                mean if self.transform is None else (self.transform @ mean.unsqueeze(-1))[..., 0]
+            )
+            cov = sxx / n - tmean.unsqueeze(-1) * tmean.unsqueeze(-2)
+            trace = sq / n - mean.square().sum(-1)
+        else:
+            cov, trace = sxx / n, sq / n
+            mean = torch.zeros_like(mean)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        if not (torch.isfinite(cov).all() and torch.isfinite(mean).all()):
+            self.rejected += 1
+            return False
+        if self.cov is None:
+            self.cov, self.mean, self.trace = cov, mean, trace
+        else:
+            b = self.momentum
+            self.cov.mul_(b).add_(cov, alpha=1 - b)
+            self.mean.mul_(b).add_(mean, alpha=1 - b)
+            self.trace.mul_(b).add_(trace, alpha=1 - b)
+        self.updates += 1
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "cov": self.cov,
+            "mean": self.mean,
+            "trace": self.trace,
+            "transform": self.transform,
+            "updates": self.updates,
+            "rejected": self.rejected,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cov, self.mean, self.trace = state["cov"], state["mean"], state["trace"]
+        self.transform = state["transform"]
+        self.updates, self.rejected = int(state["updates"]), int(state["rejected"])
+        self._reset_pending()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def commit_all(stats: list[RunningCovariance]) -> int:
+    """Fold the pending sums of every layer, summed over ranks in one all-reduce.
+
+    Reducing sums (not covariances) makes the result equal to the covariance of the concatenated
+    global batch, so every rank derives the same preconditioner.  Returns the number of rejected
+    (non-finite) layer updates.
+    """
+    todo = [s for s in stats if s.pending]
+    if not todo:
+        return 0
+    parts = [s.pending_tensors() for s in todo]
+    if _distributed():
+        flat = torch.cat([t.reshape(-1) for p in parts for t in p])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for p in parts:
+            for t in p:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+    rejected = 0
+    for s, (sxx, sx, sq, n) in zip(todo, parts):
+        rejected += not s.fold(sxx, sx, sq, float(n.item()))
+    return rejected
