@@ -123,3 +123,26 @@ def test_transformed_statistics_track_t_r_t() -> None:
         r = torch.cov(rows[:, g].T, correction=0)
         torch.testing.assert_close(stats.cov[g], t[g] @ r @ t[g].T)
         torch.testing.assert_close(stats.trace[g], r.trace())
+
+
+def test_float32_covariance_survives_a_large_mean() -> None:
+    """Post-ReLU-like inputs: mean 100x the spread; the shifted sums keep the small eigenvalues."""
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(400, 1, 6, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 6) + 100
+    stats = RunningCovariance(groups=1, dim=6, momentum=0.5)
+    for _ in range(2):
+        stats.accumulate(x64.float())
+        commit_all([stats])
+    exact = torch.linalg.eigvalsh(torch.cov(x64[:, 0].T, correction=0))
+    got = torch.linalg.eigvalsh(stats.cov[0].double())
+    torch.testing.assert_close(got, exact, rtol=1e-3, atol=0)
+
+
+def test_uncentred_second_moment() -> None:
+    rows = torch.randn(30, 1, 3, dtype=torch.float64) + 2
+    stats = RunningCovariance(groups=1, dim=3, momentum=0.5, center=False)
+    stats.accumulate(rows)
+    commit_all([stats])
+    torch.testing.assert_close(stats.cov[0], rows[:, 0].T @ rows[:, 0] / 30)
+    torch.testing.assert_close(stats.trace[0], rows.square().sum() / 30)
+    torch.testing.assert_close(stats.mean[0], torch.zeros(3, dtype=torch.float64))

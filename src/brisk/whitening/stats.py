@@ -198,6 +198,11 @@ class RunningCovariance:
     centres them.  An optional per-group ``transform`` T makes the tracked matrix ``T R T^T``
     (the recursive algorithm keeps its whitened covariance this way at O(N M^2) per update); the
     trace of the raw covariance is tracked in any case because it sets damping and step scale.
+
+    Rows are shifted by a reference point before summing (the running mean, identical on every
+    rank; for the very first batch of a single process its own mean): ``sum x x^T / n - mu mu^T``
+    cancels catastrophically in float32 when the mean is large, as it is after a ReLU, and the lost
+    digits are exactly the small eigenvalues that whitening amplifies most.
     """
 
     def __init__(self, groups: int, dim: int, momentum: float, center: bool = True) -> None:
@@ -208,6 +213,7 @@ class RunningCovariance:
         self.cov: Tensor | None = None  # (G, M, M)  T R T^T (R when no transform)
         self.mean: Tensor | None = None  # (G, M)    raw input mean
         self.trace: Tensor | None = None  # (G,)      trace of the raw covariance R
+        self.shift: Tensor | None = None  # (G, M) reference point of the pending sums
         self.updates = 0
         self.rejected = 0
         self._reset_pending()
@@ -226,9 +232,18 @@ class RunningCovariance:
         """Add rows ``(N, G, M)`` to the pending sums (float32 at least)."""
         rows = rows.detach()
         rows = rows.to(stats_dtype(rows))
-        by_group = rows.transpose(0, 1)  # (G, N, M)
-        tr = by_group if self.transform is None else by_group @ self.transform.transpose(1, 2)
-        sxx = tr.transpose(1, 2) @ tr
+        if self._n == 0:
+            if self.mean is not None:
+                self.shift = self.mean.to(rows.dtype, copy=True)
+            elif not _distributed():
+                self.shift = rows.mean(0)
+            else:
+                self.shift = torch.zeros_like(rows[0])
+        by_group = (rows - self.shift).transpose(0, 1)  # (G, N, M)
+        # forward hooks run inside autocast, which would turn these products into bf16/fp16 ones
+        with torch.autocast(rows.device.type, enabled=False):
+            tr = by_group if self.transform is None else by_group @ self.transform.transpose(1, 2)
+            sxx = tr.transpose(1, 2) @ tr
         sx = by_group.sum(1)
         sq = by_group.square().sum((1, 2))
         if self._n == 0:
@@ -246,15 +261,18 @@ class RunningCovariance:
     def fold(self, sxx: Tensor, sx: Tensor, sq: Tensor, n: float) -> bool:
         """Centre the (reduced) sums and fold them into the average; reject non-finite batches."""
         self._reset_pending()
-        mean = sx / n
+        shifted = sx / n  # mean of the shifted rows
+        mean = shifted + self.shift
+        t = self.transform
+        d = shifted if t is None else (t @ shifted.unsqueeze(-1))[..., 0]
         if self.center:
-            tmean = (
-                mean if self.transform is None else (self.transform @ mean.unsqueeze(-1))[..., 0]
-            )
-            cov = sxx / n - tmean.unsqueeze(-1) * tmean.unsqueeze(-2)
-            trace = sq / n - mean.square().sum(-1)
-        else:
-            cov, trace = sxx / n, sq / n
+            cov = sxx / n - d.unsqueeze(-1) * d.unsqueeze(-2)
+            trace = sq / n - shifted.square().sum(-1)
+        else:  # second moment about 0: undo the shift, x = x' + s
+            s = self.shift if t is None else (t @ self.shift.unsqueeze(-1))[..., 0]
+            cov = sxx / n + d.unsqueeze(-1) * s.unsqueeze(-2) + s.unsqueeze(-1) * d.unsqueeze(-2)
+            cov = cov + s.unsqueeze(-1) * s.unsqueeze(-2)
+            trace = sq / n + 2 * (shifted * self.shift).sum(-1) + self.shift.square().sum(-1)
             mean = torch.zeros_like(mean)
         cov = 0.5 * (cov + cov.transpose(1, 2))
         if not (torch.isfinite(cov).all() and torch.isfinite(mean).all()):
@@ -276,13 +294,14 @@ class RunningCovariance:
             "mean": self.mean,
             "trace": self.trace,
             "transform": self.transform,
+            "shift": self.shift,
             "updates": self.updates,
             "rejected": self.rejected,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.cov, self.mean, self.trace = state["cov"], state["mean"], state["trace"]
-        self.transform = state["transform"]
+        self.transform, self.shift = state["transform"], state["shift"]
         self.updates, self.rejected = int(state["updates"]), int(state["rejected"])
         self._reset_pending()
 
