@@ -17,9 +17,20 @@ from pathlib import Path
 import av
 
 CODEC = "mpeg4"
-#: FFmpeg's ``global_quality`` is the quantiser times ``FF_QP2LAMBDA`` (118).
-QP2LAMBDA = 118
 DEFAULT_RATE = Fraction(25)
+
+
+def fixed_quantiser(qscale: int) -> dict[str, str]:
+    """Encoder options for a constant quantiser (``ffmpeg -q:v``).
+
+    ``-q:v`` sets ``flags=+qscale`` and ``global_quality``, but FFmpeg's MPEG-4 encoder then reads the
+    quantiser from each input frame's ``quality`` field, which PyAV frames do not carry: the output
+    silently stays rate-controlled (measured: identical files for q = 1 and q = 31). Pinning ``qmin`` and
+    ``qmax`` to the same value fixes the quantiser through the rate controller instead.
+    """
+    if not 1 <= int(qscale) <= 31:
+        raise ValueError(f"qscale={qscale}: MPEG-4 quantisers are 1 (best) .. 31")
+    return {"qmin": str(int(qscale)), "qmax": str(int(qscale))}
 
 
 class VideoDecodeError(RuntimeError):
@@ -141,11 +152,7 @@ def _encode(src: Path, dst: Path, width: int, height: int, gop_size: int, qscale
                 ctx.gop_size = gop_size
                 ctx.max_b_frames = 0
                 ctx.time_base = 1 / rate
-                ctx.options = {
-                    "flags": "+qscale",
-                    "global_quality": str(qscale * QP2LAMBDA),
-                    "sc_threshold": "1000000000",
-                }
+                ctx.options = {**fixed_quantiser(qscale), "sc_threshold": "1000000000"}
                 count = 0
                 for frame in inp.decode(istream):
                     img = frame.reformat(width=width, height=height, format="yuv420p")
@@ -184,10 +191,7 @@ def write_video(
             stream.codec_context.gop_size = gop_size
             stream.codec_context.max_b_frames = 0
             if codec == CODEC:
-                stream.codec_context.options = {
-                    "flags": "+qscale",
-                    "global_quality": str(qscale * QP2LAMBDA),
-                }
+                stream.codec_context.options = fixed_quantiser(qscale)
             for i, rgb in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 frame.pts = i

@@ -17,7 +17,8 @@ import av
 import numpy as np
 
 from brisk.video.codec import KeyframeIndex, VideoDecodeError, keyframe_index
-from brisk.video.motion import (
+from brisk.video.motion import (  # noqa: F401 - MV_FIELDS is referenced by the docs
+    MV_FIELDS,
     MotionCompensator,
     motion_vector_rows,
     quantise_residual,
@@ -40,7 +41,9 @@ class Gop:
     """One decoded GOP. ``n`` frames; arrays over P-frames have ``n - 1`` entries.
 
     - ``rgb``: ``uint8 (n, H, W, 3)``, frame 0 is the I-frame.
-    - ``mv``: ``int16 (n-1, 2, H/cell, W/cell)`` per-P-frame ``dst - src`` (x, y) at block resolution.
+    - ``mv``: ``int16 (n-1, 2, H/cell, W/cell)`` per-P-frame ``dst - src`` (x, y) at block resolution;
+      intra-coded blocks have no vector and read as zero motion.
+    - ``mv_rows``: the exported vectors of every P-frame, ``int32 (N, 10)`` in :data:`MV_FIELDS` order.
     - ``residual``: ``int16 (n-1, H, W, 3)``, ``F_t - F_{t-1}(x - mv_t)`` (``residuals`` "frame"/"both").
     - ``acc_residual``: ``int16 (n-1, H, W, 3)``, ``F_t - I(src_t(x))`` (CoViAR's accumulated residual).
     - ``acc_residual_u8``: the same quantised to ``clip(R + 128, 0, 255)`` (what the cache stores).
@@ -52,6 +55,7 @@ class Gop:
     pict_types: list[int]
     rgb: np.ndarray | None
     mv: np.ndarray
+    mv_rows: list[np.ndarray]
     residual: np.ndarray | None = None
     acc_residual: np.ndarray | None = None
     acc_residual_u8: np.ndarray | None = None
@@ -183,6 +187,7 @@ class GopReader:
             pict_types=types,
             rgb=rgb,
             mv=mv,
+            mv_rows=rows,
         )
         mode = self.residuals
         if rgb is None or (mode == "none" and not self.accumulated_mv):
