@@ -114,8 +114,11 @@ class Trainer:
                 f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set "
                 f"({len(train_set)} samples on {dist.world_size} rank(s)): lower trainer.batch_size"
             )
+        self.total_steps = self.steps_per_epoch * trainer_cfg.epochs
+        if trainer_cfg.max_steps:
+            self.total_steps = min(self.total_steps, trainer_cfg.max_steps)
         self.scheduler = scheduler_factory(
-            self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=trainer_cfg.epochs
+            self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
         precision = str(trainer_cfg.precision)
         self.autocast_dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[
