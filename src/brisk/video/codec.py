@@ -105,17 +105,21 @@ def reencode(
 ) -> KeyframeIndex:
     """Re-encode ``src`` into ``dst`` (an .mp4) and return the verified GOP layout of the result.
 
-    Idempotent: an existing ``dst`` with the requested layout is kept. The output is written to a
+    Idempotent: an existing ``dst`` with the requested layout that is newer than ``src`` is kept. The output is written to a
     temporary name and renamed, so an interrupted run never leaves a half-written file behind. Every
     decoded frame becomes one output frame (variable-rate inputs such as GIFs are played at their
     average rate).
     """
     src, dst = Path(src), Path(dst)
     width, height = int(size[0]), int(size[1])
-    if dst.exists() and is_reencoded(dst, (width, height), gop_size):
-        return keyframe_index(dst)
     if not src.is_file():
         raise VideoDecodeError(f"{src}: no such file")
+    if (
+        dst.exists()
+        and dst.stat().st_mtime_ns >= src.stat().st_mtime_ns
+        and is_reencoded(dst, (width, height), gop_size)
+    ):
+        return keyframe_index(dst)
     if src.stat().st_size == 0:
         raise VideoDecodeError(f"{src}: empty file (0 bytes)")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +167,14 @@ def _encode(src: Path, dst: Path, width: int, height: int, gop_size: int, qscale
                     count += 1
                 if count == 0:
                     raise VideoDecodeError(f"{src}: no decodable video frames")
+                declared = istream.frames or 0
+                if declared and count < 0.9 * declared - 1:
+                    # FFmpeg decodes what it can of a cut-off file without an error; the container's
+                    # frame count (AVI, MKV) tells us the rest is missing.
+                    raise VideoDecodeError(
+                        f"{src}: truncated or corrupt: decoded {count} of the {declared} frames the "
+                        "container declares"
+                    )
                 out.mux(ostream.encode(None))
     except av.FFmpegError as exc:
         raise VideoDecodeError(f"{src}: {exc}") from exc

@@ -1,0 +1,87 @@
+"""Crops, flips and normalisation of clip tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brisk.video.cache import ClipArrays
+from brisk.video.clips import CropBox, centre_crop, make_clip, quantise_motion, random_crop
+
+
+def arrays(h=20, w=30, t=12, motion=True, seed=0) -> ClipArrays:
+    rng = np.random.default_rng(seed)
+    return ClipArrays(
+        rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8),
+        rng.integers(0, 256, (t - 1, h, w, 3), dtype=np.uint8),
+        rng.integers(-30, 31, (t - 1, h, w, 2)).astype(np.int8) if motion else None,
+    )
+
+
+def test_flip_mirrors_pixels_and_negates_x_motion():
+    a = arrays()
+    plain, rgb = make_clip(a, CropBox(2, 3, 16, 16, 16, flip=False))
+    flipped, rgb_f = make_clip(a, CropBox(2, 3, 16, 16, 16, flip=True))
+    assert plain.shape == (5, 12, 16, 16)
+    torch.testing.assert_close(flipped[:3], plain[:3].flip(-1))
+    torch.testing.assert_close(rgb_f, rgb.flip(-1))
+    # x motion changes sign (quantised around 128/255 - 0.5), y motion does not.
+    centre = 128 / 255 - 0.5
+    torch.testing.assert_close(
+        flipped[3] - centre, -(plain[3] - centre).flip(-1), atol=1.5 / 255, rtol=0
+    )
+    torch.testing.assert_close(flipped[4], plain[4].flip(-1))
+
+
+def test_input_layout_iframe_then_residuals_and_rgb_in_unit_range():
+    a = arrays(motion=False)
+    clip, rgb = make_clip(a, CropBox(0, 0, 20, 20, 20))
+    assert clip.shape == (3, 12, 20, 20) and clip.dtype == torch.float32
+    assert rgb.shape == (3, 12, 20, 20) and rgb.dtype == torch.float32
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    mean = torch.tensor([124.0, 117.0, 104.0]).view(3, 1, 1)
+    iframe = torch.from_numpy(a.rgb[0, :, :20].astype(np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close(clip[:, 0], (iframe - mean) * 0.0167)
+    res = torch.from_numpy(a.residual[4, :, :20].astype(np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close(clip[:, 5], (res - mean) * 0.0167)
+    centred, _ = make_clip(a, CropBox(0, 0, 20, 20, 20), normalization="centered")
+    torch.testing.assert_close(centred[:, 5], (res - 128) * 0.0167)
+    torch.testing.assert_close(centred[:, 0], clip[:, 0])
+    with pytest.raises(ValueError, match="normalization"):
+        make_clip(a, CropBox(0, 0, 20, 20, 20), normalization="imagenet")
+
+
+def test_resize_scales_motion_with_the_crop():
+    a = arrays(motion=True)
+    a.motion[...] = 0
+    a.motion[..., 0] = 4  # 4 px right everywhere
+    clip, _ = make_clip(a, CropBox(0, 0, 10, 10, 20))  # upscaled 2x
+    expected = quantise_motion(torch.tensor(8.0))
+    torch.testing.assert_close(clip[3, 1:], torch.full_like(clip[3, 1:], float(expected)))
+    # The I-frame slot carries zero motion.
+    torch.testing.assert_close(
+        clip[3, 0], torch.full_like(clip[3, 0], float(quantise_motion(torch.tensor(0.0))))
+    )
+
+
+def test_quantise_motion_matches_coviar():
+    mv = torch.tensor([-100.0, -20.0, 0.0, 20.0, 100.0])
+    u8 = np.clip(np.floor(mv.numpy() * 127.5 / 20 + 128), 0, 255)
+    torch.testing.assert_close(quantise_motion(mv), torch.from_numpy(u8 / 255 - 0.5).float())
+
+
+def test_random_crop_is_reproducible_and_inside_the_frame():
+    boxes = [
+        random_crop(256, 340, 224, generator=torch.Generator().manual_seed(s)) for s in range(50)
+    ]
+    again = [
+        random_crop(256, 340, 224, generator=torch.Generator().manual_seed(s)) for s in range(50)
+    ]
+    assert boxes == again
+    for b in boxes:
+        assert b.y >= 0 and b.y + b.h <= 256 and b.x >= 0 and b.x + b.w <= 340
+        assert min(b.h, b.w) >= round(256 * 0.66)
+    assert {b.flip for b in boxes} == {True, False}
+    assert not any(random_crop(64, 64, 56, flip=False).flip for _ in range(20))
+    assert centre_crop(256, 340, 224) == CropBox(16, 58, 224, 224, 224, False)
