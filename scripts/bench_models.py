@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -87,9 +88,10 @@ def throughput(
 ) -> dict[str, dict[str, float]]:
     """Clips per second of every model in every memory layout, interleaved round by round (median).
 
-    Both layouts are measured because they rank the models differently on a CPU: oneDNN's grouped 3D
-    convolutions (MFNet's fibres) are several times slower in the default NCDHW layout than in
-    channels-last (NDHWC), while I3D's dense convolutions care much less.
+    Wall time is what a user waits; CPU seconds (all threads of this process) are less disturbed when
+    other jobs share the cores, so both are reported. Both memory layouts are measured because oneDNN
+    picks different kernels for them, and MFNet's grouped 3D convolutions and I3D's dense ones do not
+    gain alike from channels-last (NDHWC).
     """
     runs: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     x = torch.rand(batch, *clip_shape, device=device)
@@ -100,6 +102,7 @@ def throughput(
                 x.to(memory_format=fmt),
             )
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu_times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         for model, clip in runs.values():  # warm-up: allocator, oneDNN/cuDNN kernel choice
             model(clip)
@@ -107,15 +110,17 @@ def throughput(
             for name, (model, clip) in runs.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 model(clip)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
+                cpu_times[name].append(time.process_time() - cpu_start)
     return {
         name: {
             "median_s_per_batch": statistics.median(t),
             "clips_per_s": batch / statistics.median(t),
+            "cpu_s_per_clip": statistics.median(cpu_times[name]) / batch,
             "rounds": len(t),
         }
         for name, t in times.items()
@@ -148,7 +153,9 @@ def main() -> None:
         "mfcd_net (student)": create_model("mfcd_net", num_classes=args.classes),
         "i3d (teacher)": create_model("i3d", num_classes=args.classes),
     }
+    load_before = os.getloadavg()[0]
     speed = throughput(models, clip, args.batch, args.rounds, device)
+    load_after = os.getloadavg()[0]
     base = speed["mfcd_net (student), ndhwc"]["clips_per_s"]
     hw = (
         f"{args.device}, {args.threads} threads"
@@ -165,7 +172,7 @@ def main() -> None:
     for name, s in speed.items():
         print(
             f"| {name} | {s['median_s_per_batch']:.3f} | {s['clips_per_s']:.2f} | "
-            f"{s['clips_per_s'] / MFCD_CLIPS_PER_VIDEO:.3f} | {s['clips_per_s'] / base:.2f} |"
+            f"{s['clips_per_s'] / MFCD_CLIPS_PER_VIDEO:.3f} | {s['cpu_s_per_clip']:.2f} | {s['clips_per_s'] / base:.2f} |"
         )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +190,7 @@ def main() -> None:
             "clip_shape": list(clip),
             "batch": args.batch,
             "device": hw,
+            "load_average_before_after": [load_before, load_after],
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "models": speed,
