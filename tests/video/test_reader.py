@@ -175,6 +175,18 @@ def test_seek_reads_the_same_gop_as_a_sequential_decode(shared_data, tmp_path):
                 np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+def test_motion_vector_only_mode_gives_the_same_vectors(tmp_path, square_video):
+    frames, _ = square_video(2, -1, frames=26)
+    write_video(tmp_path / "a.mp4", frames, gop_size=12)
+    with GopReader(tmp_path / "a.mp4", residuals="none", rgb=False) as fast:
+        cheap = list(fast.iter_gops())
+    with GopReader(tmp_path / "a.mp4", residuals="none") as full:
+        for a, b in zip(cheap, full.iter_gops(), strict=True):
+            assert a.rgb is None and b.rgb is not None
+            np.testing.assert_array_equal(a.mv, b.mv)
+            assert a.mv.any()
+
+
 @pytest.mark.shared_data
 def test_b_frames_are_refused_with_a_hint_to_reencode(shared_data):
     src = shared_data / "video" / "ucf101" / "ApplyEyeMakeup" / "mmaction2_tests_data_test.avi"

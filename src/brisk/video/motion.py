@@ -58,6 +58,9 @@ def rasterise(rows: np.ndarray, height: int, width: int, cell: int) -> np.ndarra
     fwd = rows[rows[:, 0] == -1] if rows.size else rows
     if fwd.shape[0] == 0:
         return field.reshape(2, hp, wp)[:, :hc, :wc].copy()
+    fast = _rasterise_uniform(fwd, hc, wc, cell)
+    if fast is not None:
+        return fast
     dx = (fwd[:, 5] - fwd[:, 3]).astype(np.int16)
     dy = (fwd[:, 6] - fwd[:, 4]).astype(np.int16)
     nx = np.maximum(fwd[:, 1] // cell, 1)
@@ -79,6 +82,25 @@ def rasterise(rows: np.ndarray, height: int, width: int, cell: int) -> np.ndarra
         field[1, flat[keep]] = np.broadcast_to(dy[:, None, None], shape)[keep]
     field = field.reshape(2, hp, wp)
     return field[:, :hc, :wc].copy()
+
+
+def _rasterise_uniform(fwd: np.ndarray, hc: int, wc: int, cell: int) -> np.ndarray | None:
+    """Fast path when every block has the same aligned size (MPEG-4 frames without 4MV blocks):
+    draw on the block grid, then repeat to cells. Returns None when the blocks are mixed."""
+    b = int(fwd[0, 1])
+    w, h, x, y = fwd[:, 1], fwd[:, 2], fwd[:, 5] - b // 2, fwd[:, 6] - b // 2
+    if b % cell or not (
+        (w == b).all() and (h == b).all() and not (x % b).any() and not (y % b).any()
+    ):
+        return None
+    k = b // cell
+    grid = np.zeros((2, -(-hc // k) + 1, -(-wc // k) + 1), dtype=np.int16)
+    gy, gx = y // b, x // b
+    grid[0, gy, gx] = fwd[:, 5] - fwd[:, 3]
+    grid[1, gy, gx] = fwd[:, 6] - fwd[:, 4]
+    if k > 1:
+        grid = grid.repeat(k, axis=1).repeat(k, axis=2)
+    return np.ascontiguousarray(grid[:, :hc, :wc])
 
 
 class MotionCompensator:

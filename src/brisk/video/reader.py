@@ -120,7 +120,12 @@ class GopReader:
                 raise VideoDecodeError(f"{self.path}: {exc}") from exc
             stream = self._container.streams.video[0]
             stream.thread_type = "NONE"
-            stream.codec_context.options = {"flags2": "+export_mvs"}
+            options = {"flags2": "+export_mvs"}
+            if not self.decode_rgb:
+                # Motion vectors come from the bitstream, not the pixels: skipping the inverse DCT
+                # leaves them identical (checked in the tests) and saves ~15 % of the decode.
+                options["skip_idct"] = "all"
+            stream.codec_context.options = options
         return self._container
 
     def read_gop(self, g: int) -> Gop:
