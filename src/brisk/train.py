@@ -164,6 +164,9 @@ def _run(
         )
     )
     trainer = make_trainer(model, run_dir, whitening, teacher, "input", cfg.trainer)
+    cost = _clip_cost(datamodule, model, teacher)
+    if cost and dist.is_main:
+        write_status(run_dir, cost=cost)
 
     if cfg.eval_only:
         return _evaluate_only(cfg, trainer, run_dir)
@@ -311,6 +314,29 @@ def _broadcast(value: str) -> str:
     from brisk.trainer.distributed import broadcast_object
 
     return str(broadcast_object(value))
+
+
+def _clip_cost(datamodule: DataModule, model: nn.Module, teacher: Teacher) -> dict[str, float]:
+    """For clip models: parameters and FLOPs per clip and per video of student and teacher, counted by
+    torch.utils.flop_counter on the run's own clip shapes and logged at the start of the run."""
+    sample = datamodule.train_dataset()[0]
+    if not isinstance(sample, dict) or sample["input"].dim() != 4:
+        return {}
+    from brisk.models.cost import log_run_costs
+
+    test_set = datamodule.test_dataset()
+    videos = getattr(test_set, "videos", None)
+    clips_per_video = len(test_set) / len(videos) if videos else 1.0
+    teacher_model = getattr(teacher, "model", None)
+    teacher_clip = tuple(sample[teacher.input_key].shape) if teacher_model is not None else None
+    return log_run_costs(
+        model,
+        tuple(sample["input"].shape),
+        clips_per_video,
+        teacher_model,
+        teacher_clip,
+        log=log.info,
+    )
 
 
 def _count(model: nn.Module) -> int:
