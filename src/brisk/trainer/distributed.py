@@ -57,11 +57,47 @@ def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
     if not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", timeout=collective_timeout())
+        _init_process_group(backend, world, collective_timeout())
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if not info.is_main:
         quiet_console()
     return info
+
+
+def _init_process_group(backend: str, world: int, timeout: timedelta) -> None:
+    """``init_process_group`` from torchrun's environment, safe across elastic restarts.
+
+    torchrun lets its workers use the agent's own TCPStore (``TORCHELASTIC_USE_AGENT_STORE=True``) and
+    keeps that store across restarts. Without a namespace per attempt, the restarted workers read the
+    keys the killed group wrote (gloo peer addresses, the NCCL unique id), connect to dead peers and
+    hang or fail at start-up (pytorch/pytorch#135712; measured here with gloo: a hang in
+    ``connectFullMesh`` that the collective timeout does not bound). Each attempt therefore gets its
+    own prefix, from ``TORCHELASTIC_RESTART_COUNT``, which one agent sets alike for all its workers.
+    Across nodes the agents count restarts separately: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on the
+    ``torchrun`` command gives every attempt a fresh store instead (see docs/distributed.md).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+        return
+    rank = int(os.environ["RANK"])
+    restarts = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
+    if restarts and world != int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+        logging.getLogger("brisk").warning(
+            "elastic restart %d of a multi-node job on torchrun's shared store: launch torchrun with "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so every attempt gets a fresh store",
+            restarts,
+        )
+    agent_store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world,
+        is_master=False,
+        timeout=timeout,
+    )
+    store = dist.PrefixStore(f"brisk/attempt_{restarts}", agent_store)
+    dist.init_process_group(
+        backend=backend, store=store, rank=rank, world_size=world, timeout=timeout
+    )
 
 
 def collective_timeout() -> timedelta:
