@@ -163,12 +163,14 @@ def main() -> None:
         else torch.cuda.get_device_name(device)
     )
     print(
-        f"\n## Inference throughput, {'×'.join(map(str, clip))} clips, batch {args.batch}, {hw}\n"
+        f"\n## Inference throughput, {'×'.join(map(str, clip))} clips, batch {args.batch}, {hw} "
+        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after)\n"
     )
     print(
-        "| model, layout | s / batch (median) | clips/s | videos/s (15 clips) | ÷ student (NDHWC) |"
+        "| model, layout | s / batch (median) | clips/s | videos/s (15 clips) | CPU s / clip "
+        "| clips/s ÷ student (NDHWC) |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, s in speed.items():
         print(
             f"| {name} | {s['median_s_per_batch']:.3f} | {s['clips_per_s']:.2f} | "
