@@ -365,4 +365,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Re-import so the task function belongs to the module `brisk.train`, not `__main__`: launchers that
+    # pickle it (joblib, submitit) then pickle a reference instead of the whole module.
+    from brisk.train import main as _main
+
+    _main()
