@@ -93,8 +93,11 @@ def _run(
 ) -> dict[str, Any]:
     _seed_everything(cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads)
     datamodule = _setup_data(cfg, dist)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model: nn.Module = instantiate(cfg.model, num_classes=datamodule.num_classes)
+    # identical initial weights on every rank, while each rank keeps its own stream (seed + rank) for
+    # augmentation: reseeding the global generator here would give all ranks the same random draws
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model: nn.Module = instantiate(cfg.model, num_classes=datamodule.num_classes)
     whitening = instantiate(cfg.whitening)
     teacher: Teacher = instantiate(cfg.teacher)
     log.info("run directory: %s", run_dir.resolve())
