@@ -96,7 +96,7 @@ class TrainClips(_ClipDataset):
         )
 
 
-class TestClips(_ClipDataset):
+class EvalClips(_ClipDataset):
     """One item per GOP of every video, centre crop; ``video`` lets the evaluator pool per video."""
 
     def __init__(self, *args, gop_size: int = 12) -> None:
@@ -230,7 +230,7 @@ class VideoDataModule(DataModule):
         train = usable(self._index.train, "train")
         test = usable(self._index.test, "test")
         args = (store, self.crop_size, self.normalization)
-        test_set = TestClips(test, *args, gop_size=self.gop_size)
+        test_set = EvalClips(test, *args, gop_size=self.gop_size)
         self._splits = {
             "train": TrainClips(train, *args, scales=self.scales, flip=self.flip, seed=self.seed),
             "val": test_set,
