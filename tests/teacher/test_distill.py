@@ -258,6 +258,20 @@ def test_untrained_adapters_are_reported(tmp_path: Path, caplog, optimizer_first
     assert ("optimizer was built before teacher.attach" in caplog.text) == optimizer_first
 
 
+def test_cost_counting_after_attach_leaves_no_features_behind(tmp_path: Path) -> None:
+    from brisk.models.cost import log_run_costs
+
+    teacher = small_mfnet_teacher(beta=1.0, layers={"body": "conv5"})
+    teacher.setup(FakeRunner(tmp_path).context)
+    student = TinyStudent()
+    teacher.attach(student)
+    metrics = log_run_costs(
+        student, (3, 2, 16, 16), 3, teacher.model, (3, 2, 16, 16), log=lambda _m: None
+    )
+    assert metrics["cost/teacher/params_m"] > 0
+    assert teacher._student_features == {} and teacher._teacher_features == {}
+
+
 def test_feature_mimicking_rejects_unknown_layers(tmp_path: Path) -> None:
     teacher = small_mfnet_teacher(beta=1.0, layers={"conv9": "conv5"})
     teacher.setup(FakeRunner(tmp_path).context)

@@ -235,14 +235,20 @@ class DistillationTeacher(Teacher):
 
     def _student_hook(self, layer: str, key: str):
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            if torch.is_grad_enabled() and self.adapters is not None:  # skip evaluation passes
+            # Skip evaluation passes and shape-only (meta) passes such as FLOP counting.
+            if (
+                torch.is_grad_enabled()
+                and self.adapters is not None
+                and output.device.type != "meta"
+            ):
                 self._student_features[layer] = self.adapters[key](output)
 
         return hook
 
     def _teacher_hook(self, layer: str):
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            self._teacher_features[layer] = output
+            if output.device.type != "meta":
+                self._teacher_features[layer] = output
 
         return hook
 
