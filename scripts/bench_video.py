@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -85,6 +86,10 @@ def bench_clip(src: Path, work: Path, repeats: int) -> dict:
     ratio["reencode"] = statistics.median(
         a / b for a, b in zip(times["reencode"], times["src_decode"], strict=True)
     )
+    # Fastest round against fastest round: the uncontended cost when other jobs share the CPU.
+    best = {k: min(v) for k, v in times.items()}
+    ratio_best = {k: best[k] / best["decode"] for k in ("mv", "mv_res", "mv_acc")}
+    ratio_best["reencode"] = best["reencode"] / best["src_decode"]
 
     # Clip latency: the cache against extraction, and the first against the last GOP.
     settings = CacheSettings()
@@ -101,13 +106,16 @@ def bench_clip(src: Path, work: Path, repeats: int) -> dict:
         clip_t["first"].append(timed(lambda: live.load(src.name, 0)))
         clip_t["last"].append(timed(lambda: live.load(src.name, last)))
     clip = {k: statistics.median(v) for k, v in clip_t.items()}
+    clip_best = {k: min(v) for k, v in clip_t.items()}
     return {
         "clip": src.name,
         "frames": frames,
         "fps": {k: frames / med[k] for k in ("decode", "mv", "mv_res", "mv_acc", "reencode")},
         "ratio_to_decode": ratio,
+        "ratio_to_decode_best": ratio_best,
         "clip_ms": {k: 1000 * v for k, v in clip.items()},
         "extract_over_cached": clip["extract"] / clip["cached"],
+        "extract_over_cached_best": clip_best["extract"] / clip_best["cached"],
         "last_over_first_gop": clip["last"] / clip["first"],
     }
 
@@ -122,6 +130,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_video.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    load_at_start = os.getloadavg()
     clips = sorted(
         p for p in args.clips.rglob("*") if p.is_file() and not any(s in p.name for s in args.skip)
     )
@@ -141,6 +150,11 @@ def main() -> None:
         for k in ("mv", "mv_res", "mv_acc", "reencode")
     }
     summary["extract_over_cached"] = float(np.median([r["extract_over_cached"] for r in rows]))
+    for k in ("mv", "mv_res", "mv_acc", "reencode"):
+        summary[f"{k}_best"] = float(np.median([r["ratio_to_decode_best"][k] for r in rows]))
+    summary["extract_over_cached_best"] = float(
+        np.median([r["extract_over_cached_best"] for r in rows])
+    )
     summary["last_over_first_gop"] = float(np.median([r["last_over_first_gop"] for r in rows]))
     result = {
         "machine": {
@@ -169,8 +183,16 @@ def main() -> None:
         )
     s = summary
     print(
-        f"| **median** | | | **{s['mv']:.2f}** | {s['mv_res']:.2f} | **{s['mv_acc']:.2f}** | "
+        f"| **median of ratios** | | | **{s['mv']:.2f}** | {s['mv_res']:.2f} | **{s['mv_acc']:.2f}** | "
         f"{s['reencode']:.2f} | | | **{s['extract_over_cached']:.0f}** | {s['last_over_first_gop']:.2f} |"
+    )
+    print(
+        f"| **best round / best round** | | | **{s['mv_best']:.2f}** | {s['mv_res_best']:.2f} | "
+        f"**{s['mv_acc_best']:.2f}** | {s['reencode_best']:.2f} | | | "
+        f"**{s['extract_over_cached_best']:.0f}** | |"
+    )
+    print(
+        f"\nload average {load_at_start} at start, {os.getloadavg()} at end, {os.cpu_count()} cores"
     )
     print(f"\nJSON written to {args.out}")
 

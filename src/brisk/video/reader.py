@@ -211,7 +211,6 @@ class GopReader:
         n, h, w = rgb.shape[0], self.height, self.width
         mc = self._mc
         src = mc.identity
-        iframe = mc.pack(rgb[0])
         acc_u8 = np.empty((n - 1, h, w, 3), dtype=np.uint8) if need_residual else None
         acc = (
             None
@@ -224,7 +223,7 @@ class GopReader:
             if field.any():
                 src = np.take(src, mc.source_index(field))
             if need_residual:
-                pred = mc.gather_packed(iframe, src, rgb.shape[1:])
+                pred = mc.gather(rgb[0], src)
                 if acc is not None:
                     acc[t - 1] = residual(rgb[t], pred)
                     acc_u8[t - 1] = quantise_residual(acc[t - 1])
