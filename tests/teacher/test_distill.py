@@ -297,6 +297,8 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
                 "teacher.alpha=0.3",
                 "teacher.temperature=2",
                 "teacher.epochs=3",
+                "teacher.beta=0.5",
+                "teacher.layers={conv5: conv4}",
             ],
         )
     teacher = instantiate(cfg.teacher)
@@ -304,6 +306,7 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
     assert (teacher.alpha, teacher.temperature, teacher.beta, teacher.checkpoint) == (
         0.3,
         2,
-        0.0,
+        0.5,
         None,
     )
+    assert teacher.layers == {"conv5": "conv4"}  # a mapping can replace the default null
