@@ -259,12 +259,14 @@ def test_untrained_adapters_are_reported(tmp_path: Path, caplog, optimizer_first
 
 
 def test_cost_counting_after_attach_leaves_no_features_behind(tmp_path: Path) -> None:
-    from brisk.models.cost import log_run_costs
+    from brisk.models.cost import count_params, log_run_costs
 
     teacher = small_mfnet_teacher(beta=1.0, layers={"body": "conv5"})
     teacher.setup(FakeRunner(tmp_path).context)
     student = TinyStudent()
+    params_before = count_params(student)
     teacher.attach(student)
+    assert count_params(student) == params_before  # adapters are training-only, not inference cost
     metrics = log_run_costs(
         student, (3, 2, 16, 16), 3, teacher.model, (3, 2, 16, 16), log=lambda _m: None
     )

@@ -17,13 +17,23 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+# Submodules that exist only for training (feature-mimicking adapters a teacher adds to the student);
+# they never run at inference, so they are not part of what the model costs.
+TRAINING_ONLY_MODULES = ("distill_adapters",)
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    """Parameters of ``model`` (shared tensors counted once)."""
+    """Parameters the model uses at inference (shared tensors counted once)."""
+    skip = {
+        id(p)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in TRAINING_ONLY_MODULES
+        for p in module.parameters()
+    }
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
-        if id(p) in seen or (trainable_only and not p.requires_grad):
+        if id(p) in seen or id(p) in skip or (trainable_only and not p.requires_grad):
             continue
         seen.add(id(p))
         total += p.numel()
