@@ -49,12 +49,14 @@ def _top_eigenpair(rt: Tensor, start: Tensor, iters: int) -> tuple[Tensor, Tenso
 
 
 def _sandwich(mat: Tensor, u: Tensor, a: Tensor) -> None:
-    """``mat <- H mat H`` for ``H = I + a u u^T`` with one rank-2 update (O(M^2))."""
+    """``mat <- H mat H`` for ``H = I + a u u^T`` as one in-place rank-2 product (O(M^2)).
+
+    ``H R H = R + u v^T + v u^T`` with ``v = a R u + (a^2 u^T R u / 2) u``.
+    """
     w = (mat @ u.unsqueeze(-1))[..., 0]
-    uw = (u * w).sum(-1)
-    outer = u.unsqueeze(-1) * w.unsqueeze(-2)
-    mat.add_(a[:, None, None] * (outer + outer.transpose(-1, -2)))
-    mat.add_((a * a * uw)[:, None, None] * (u.unsqueeze(-1) * u.unsqueeze(-2)))
+    uw = (u * w).sum(-1, keepdim=True)
+    v = a.unsqueeze(-1) * w + 0.5 * (a * a).unsqueeze(-1) * uw * u
+    mat.baddbmm_(torch.stack((u, v), -1), torch.stack((v, u), -2))
 
 
 def equalise_top_eigenvalue(
@@ -88,8 +90,8 @@ def equalise_top_eigenvalue(
     if tt is not None:
         _sandwich(tt, u, a)
     tu = (t.transpose(-1, -2) @ u.unsqueeze(-1))[..., 0]  # T^T u
-    t.add_(a[:, None, None] * (u.unsqueeze(-1) * tu.unsqueeze(-2)))
-    q.add_(((1 + a) ** 2 - 1)[:, None, None] * (tu.unsqueeze(-1) * tu.unsqueeze(-2)))
+    t.baddbmm_((a.unsqueeze(-1) * u).unsqueeze(-1), tu.unsqueeze(-2))
+    q.baddbmm_((((1 + a) ** 2 - 1).unsqueeze(-1) * tu).unsqueeze(-1), tu.unsqueeze(-2))
     return u
 
 
