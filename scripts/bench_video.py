@@ -159,6 +159,9 @@ def main() -> None:
     result = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": os.getloadavg(),
             "threads": 1,
             "av": av.__version__,
         },
