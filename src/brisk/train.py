@@ -356,15 +356,20 @@ def main() -> None:
         _hydra_main()
     except SystemExit as exit_:
         if exit_.code not in (0, None):
-            from brisk.config.diagnose import explain_unknown_keys
-
-            for message in explain_unknown_keys(sys.argv[1:]):
-                print(f"brisk: {message}", file=sys.stderr)
-            from brisk.sweep.extras import missing_extra_messages
-
-            for message in missing_extra_messages(sys.argv[1:]):
-                print(f"brisk: {message}", file=sys.stderr)
+            _explain_failure(sys.argv[1:])
         raise
+    except Exception:  # HYDRA_FULL_ERROR=1 lets the exception through instead of exiting
+        _explain_failure(sys.argv[1:])
+        raise
+
+
+def _explain_failure(overrides: list[str]) -> None:
+    """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing plugin."""
+    from brisk.config.diagnose import explain_unknown_keys
+    from brisk.sweep.extras import missing_extra_messages
+
+    for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
+        print(f"brisk: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
