@@ -306,4 +306,7 @@ def test_bench_script_measures_every_model_in_both_layouts() -> None:
     tiny = {"student": create_model("mfcd_net", num_classes=3, width_mult=0.25)}
     speed = bench.throughput(tiny, (3, 2, 16, 16), batch=1, rounds=2, device=torch.device("cpu"))
     assert set(speed) == {"student, ndhwc", "student, ncdhw"}
-    assert all(s["rounds"] == 2 and s["clips_per_s"] > 0 and s["cpu_s_per_clip"] > 0 for s in speed.values())
+    assert all(
+        s["rounds"] == 2 and s["clips_per_s"] > 0 and s["cpu_s_per_clip"] > 0
+        for s in speed.values()
+    )
