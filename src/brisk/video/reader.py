@@ -94,8 +94,15 @@ class GopReader:
         # MPEG-4 Part 2 predicts 16x16 or 8x8 blocks; H.264 goes down to 4x4.
         self.cell = cell or (8 if self.index.codec == "mpeg4" else 4)
         self.height, self.width = self.index.height, self.index.width
-        self._mc = MotionCompensator(self.height, self.width, self.cell)
+        self._compensator: MotionCompensator | None = None
         self._container = None
+
+    @property
+    def _mc(self) -> MotionCompensator:
+        """Built on first use: its per-pixel index tables are not needed for motion vectors only."""
+        if self._compensator is None:
+            self._compensator = MotionCompensator(self.height, self.width, self.cell)
+        return self._compensator
 
     @property
     def num_gops(self) -> int:
