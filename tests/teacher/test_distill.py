@@ -153,25 +153,63 @@ def test_i3d_teacher_sees_rgb_scaled_to_minus_one_one(tmp_path: Path) -> None:
     assert torch.allclose(seen[0][0, :, 0, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
 
 
-def test_i3d_teacher_loads_a_pytorch_i3d_file_without_fitting(tmp_path: Path) -> None:
-    source = create_model("i3d", num_classes=157)  # pytorch-i3d layout, Charades head
+def save_pytorch_i3d_file(path: Path, classes: int) -> dict[str, torch.Tensor]:
+    """A file in pytorch-i3d's layout (no num_batches_tracked, as the 2018 releases)."""
+    source = create_model("i3d", num_classes=classes)
     state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
-    torch.save(state, tmp_path / "rgb_charades.pt")
+    torch.save(state, path)
+    return state
+
+
+def test_i3d_teacher_uses_a_file_with_its_own_label_set_as_is(tmp_path: Path) -> None:
+    state = save_pytorch_i3d_file(tmp_path / "rgb_same.pt", CLASSES)
 
     def must_not_fit(*_args):
-        raise AssertionError("a teacher with a checkpoint must not be fitted")
+        raise AssertionError("a complete teacher checkpoint must not be trained again")
 
     context = TeacherContext(
         tmp_path, torch.device("cpu"), CLASSES, must_not_fit, log=lambda _m: None
     )
-    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"))
+    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_same.pt"))
     teacher.setup(context)
-    net = teacher.network
-    assert torch.equal(net.Mixed_4e.b1b.conv3d.weight, state["Mixed_4e.b1b.conv3d.weight"])
-    assert net.logits.conv3d.weight.shape == (CLASSES, 1024, 1, 1, 1)
+    for key in (
+        "Mixed_4e.b1b.conv3d.weight",
+        "logits.conv3d.weight",
+        "Conv3d_1a_7x7.bn.running_var",
+    ):
+        assert torch.equal(teacher.network.state_dict()[key], state[key]), key
     saved = teacher.state_dict()
-    assert saved["kind"] == "checkpoint" and saved["path"].endswith("rgb_charades.pt")
+    assert saved["kind"] == "checkpoint" and saved["path"].endswith("rgb_same.pt")
     assert len(saved["file_sha256"]) == 64
+
+
+def test_i3d_teacher_with_a_replaced_classifier_is_fine_tuned_from_the_file(tmp_path: Path) -> None:
+    state = save_pytorch_i3d_file(tmp_path / "rgb_charades.pt", 157)
+    runner = FakeRunner(tmp_path)
+    seen_at_fit: list[torch.Tensor] = []
+    fit = runner.fit
+    runner.context.fit = lambda m, k, st: (
+        seen_at_fit.append(m.net.Mixed_4e.b1b.conv3d.weight.clone()),
+        fit(m, k, st),
+    )[1]
+    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"))
+    teacher.setup(runner.context)
+    assert [(key, stage) for _, key, stage in runner.calls] == [("rgb", "teacher")]
+    assert torch.equal(seen_at_fit[0], state["Mixed_4e.b1b.conv3d.weight"])  # starts from the file
+    assert teacher.network.logits.conv3d.weight.shape == (CLASSES, 1024, 1, 1, 1)
+    assert teacher.state_dict()["kind"] == "checkpoint+finetuned"
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+
+
+def test_i3d_teacher_finetune_false_keeps_the_fresh_head_and_warns(tmp_path: Path, caplog) -> None:
+    save_pytorch_i3d_file(tmp_path / "rgb_charades.pt", 157)
+    runner = FakeRunner(tmp_path)
+    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"), finetune=False)
+    with caplog.at_level("WARNING", logger="brisk"):
+        teacher.setup(runner.context)
+    assert runner.calls == [] and "untrained head" in caplog.text
+    with pytest.raises(ValueError, match="teacher.finetune must be auto, true or false"):
+        RGBI3DTeacher(finetune="sometimes")
 
 
 def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path: Path) -> None:
@@ -311,4 +349,6 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
         0.5,
         None,
     )
-    assert teacher.layers == {"conv5": "conv4"}  # a mapping can replace the default null
+    assert teacher.layers == {"conv5": "conv4"}
+    assert cfg.teacher.epochs == teacher.epochs == 3  # the runner reads it for stage 1
+    assert teacher.finetune == "auto"  # a mapping can replace the default null

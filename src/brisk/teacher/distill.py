@@ -92,6 +92,8 @@ class DistillationTeacher(Teacher):
         layers: ``{student_module: teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
         num_frames, width_mult, dropout: the teacher network's shape (width_mult < 1 for CPU runs).
         input_key: the batch field the teacher reads. epochs: length of stage 1 (null: trainer.epochs).
+        finetune: with a checkpoint, also train the teacher in stage 1: ``auto`` when its classifier
+            was replaced, ``true`` always, ``false`` never.
     """
 
     head_prefix = ""
@@ -109,6 +111,7 @@ class DistillationTeacher(Teacher):
         dropout: float = 0.0,
         input_key: str = "rgb",
         epochs: int | None = None,
+        finetune: bool | str = "auto",
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
@@ -134,6 +137,11 @@ class DistillationTeacher(Teacher):
             dropout,
             input_key,
         )
+        # Read by the runner for stage 1 (``teacher.epochs``); None trains for trainer.epochs.
+        self.epochs = epochs
+        if finetune not in ("auto", True, False):
+            raise ValueError(f"teacher.finetune must be auto, true or false, got {finetune!r}")
+        self.finetune = finetune
         self.model: nn.Module | None = None
         self.device = torch.device("cpu")
         self.source: dict[str, Any] = {}
@@ -157,8 +165,14 @@ class DistillationTeacher(Teacher):
         return self.model.net if isinstance(self.model, NormalizedInput) else self.model
 
     def setup(self, context: TeacherContext) -> None:
-        """Load the checkpoint, or have the runner fit the teacher (stage 1), then freeze it."""
+        """Load the checkpoint and/or have the runner fit the teacher (stage 1), then freeze it.
+
+        A checkpoint whose classifier had to be replaced (another label set) leaves a random head, whose
+        soft labels would only add noise; with ``finetune: auto`` such a teacher is fine-tuned from
+        the loaded weights in stage 1 before it teaches.
+        """
         model = self.build_model(context.num_classes)
+        stage_dir = str(Path(context.run_dir) / "teacher")
         if self.checkpoint:
             net = model.net if isinstance(model, NormalizedInput) else model
             report = load_pretrained(
@@ -169,21 +183,37 @@ class DistillationTeacher(Teacher):
                 "path": self.checkpoint,
                 "file_sha256": file_sha256(self.checkpoint),
             }
+            replaced = report["replaced_classifier"]
+            finetune = replaced if self.finetune == "auto" else bool(self.finetune)
             context.log(
                 f"teacher {self.name}: loaded {self.checkpoint}"
                 + (
-                    f" (classifier for {report['checkpoint_classes']} classes replaced by a fresh one for "
-                    f"{context.num_classes}; it stays untrained unless you fine-tune the teacher)"
-                    if report["replaced_classifier"]
+                    f" (its {report['checkpoint_classes']}-class classifier replaced by a fresh "
+                    f"{context.num_classes}-class one)"
+                    if replaced
+                    else ""
+                )
+                + (
+                    f"; fine-tuning it on '{self.input_key}' first (stage 'teacher')"
+                    if finetune
                     else ""
                 )
             )
+            if replaced and not finetune:
+                log.warning(
+                    "teacher %s: teacher.finetune=false with a fresh classifier: the student mimics "
+                    "an untrained head",
+                    self.name,
+                )
+            if finetune:
+                model = context.fit(model, self.input_key, "teacher")
+                self.source.update(kind="checkpoint+finetuned", finetuned_path=stage_dir)
         else:
             context.log(
                 f"teacher {self.name}: no teacher.checkpoint, fitting it on '{self.input_key}' first (stage 'teacher')"
             )
             model = context.fit(model, self.input_key, "teacher")
-            self.source = {"kind": "fitted", "path": str(Path(context.run_dir) / "teacher")}
+            self.source = {"kind": "fitted", "path": stage_dir}
         self.device = context.device
         self.model = _freeze(model.to(context.device))
         self.source["weights_sha256"] = weights_sha256(self.model)
@@ -196,7 +226,7 @@ class DistillationTeacher(Teacher):
         it is part of the forward pass like any other student parameter.
         """
         self.detach()
-        if not self.layers:
+        if not self.layers or self.beta == 0:
             return
         student_channels = getattr(student, "feature_channels", None)
         teacher_channels = getattr(self.network, "feature_channels", None)
