@@ -5,8 +5,8 @@ optionally with motion-vector channels), so a 3D network replaces CoViAR's three
 their parameters. Every conv is pre-activated (BN -> ReLU -> Conv3d, no bias) and the 3x3x3 convs are split
 into 16 fibres (grouped convs), which is where the savings come from.
 
-Module names follow the public MFNet-3D checkpoints (``conv1.conv``, ``conv2.B01.conv_i1.bn``, ``tail.bn``,
-``classifier``), so a Kinetics-trained MFNet-3D state dict loads into :class:`MFNet3D` unchanged. Two
+Module names follow the public MFNet-3D code (``conv1.conv``, ``conv2.B01.conv_i1.bn``, ``tail.bn``,
+``classifier``), so its checkpoints map onto :class:`MFNet3D` key for key. Two
 departures from the published network keep it usable on a CPU: the final pooling is adaptive (any clip
 length and size; at 12x224x224 it equals the published (6,7,7) average pool), and ``width_mult`` narrows
 every stage for tiny runs (the default 1.0 is the published network).
