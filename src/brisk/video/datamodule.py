@@ -123,7 +123,7 @@ class VideoDataModule(DataModule):
     ``mv_channels`` (append the 2 accumulated-motion channels), ``normalization`` ("mfnet" or
     "centered"), ``scales`` (scale-jitter crop sides, fractions of the short side), ``flip`` (random
     horizontal flips in training; off for data sets where left/right is the label), ``cache_dir``
-    (default ``<root>/../cache/<name>``), ``cache_clips`` (store per-GOP arrays: fast, ~0.6 MB per frame at
+    (default ``<root>/../cache/<name>``), ``cache_clips`` (store per-GOP arrays: fast, ~0.5 MB per frame at
     340x256; false: keep only re-encoded files and extract clips on the fly), ``num_workers``
     (preparation processes, 0 = in-process), ``qscale`` (encoder quantiser, 1 = best), ``seed``.
     """
