@@ -72,6 +72,10 @@ def test_moving_shapes_items_have_the_documented_shapes(tmp_path):
     assert seen == {0, 1}
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch["input"].shape == (4, 3, 12, 28, 28) and batch["video"].tolist() == [0, 1, 2, 3]
+    # Worker processes see the same clips: randomness depends on (seed, epoch, index) only.
+    parallel = next(iter(torch.utils.data.DataLoader(train, batch_size=4, num_workers=2)))
+    torch.testing.assert_close(parallel["input"], batch["input"])
+    assert parallel["gop"].tolist() == batch["gop"].tolist()
 
 
 def test_motion_channels_and_on_the_fly_clips(tmp_path):
