@@ -167,6 +167,10 @@ def _run(
         )
     )
     trainer = make_trainer(model, run_dir, whitening, teacher, "input", cfg.trainer)
+    if trainer.memory_format is not None and getattr(teacher, "model", None) is not None:
+        teacher.model.to(
+            memory_format=trainer.memory_format
+        )  # the frozen teacher runs channels-last too
     cost = _clip_cost(datamodule, model, teacher)
     if cost and dist.is_main:
         write_status(run_dir, cost=cost)

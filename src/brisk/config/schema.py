@@ -46,6 +46,9 @@ class TrainerConfig:
     device: Device = Device.auto
     backend: Backend = Backend.auto
     precision: str = "32"  # 32 | bf16 | 16-mixed
+    channels_last: bool = (
+        False  # NHWC / NDHWC memory layout: 1.6-3.5x faster 3D convolutions on CPU
+    )
     grad_clip: float | None = None
     label_smoothing: float = 0.0
     limit_train_batches: int | None = None  # batches per epoch (debugging)

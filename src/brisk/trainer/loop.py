@@ -93,7 +93,12 @@ class Trainer:
             monitor,
         )
         self.config_yaml, self.fingerprint = config_yaml, config_fingerprint(config_yaml)
-        self.model = model.to(device)
+        self.memory_format = _memory_format(model) if trainer_cfg.channels_last else None
+        self.model = (
+            model.to(device)
+            if self.memory_format is None
+            else model.to(device, memory_format=self.memory_format)
+        )
         self.ddp_model: nn.Module = self.model
         if dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -247,7 +252,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, int, int, dict[str, float]]:
-        batch = to_device(batch, self.device)
+        batch = to_device(batch, self.device, self.memory_format)
         inputs, target = batch[self.input_key], batch["target"]
         self.whitening.begin_step(self.step)
         with self._autocast():
@@ -342,7 +347,7 @@ class Trainer:
         for i, batch in enumerate(loader):
             if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
                 break
-            batch = to_device(as_batch_dict(batch), self.device)
+            batch = to_device(as_batch_dict(batch), self.device, self.memory_format)
             with self._autocast():
                 out = self.model(batch[self.input_key]).float()
             acc.add(out, batch["target"], batch.get("video"))
@@ -365,6 +370,12 @@ class Trainer:
             self.epoch if epoch is None else epoch,
             metrics,
         )
+
+
+def _memory_format(model: nn.Module) -> torch.memory_format:
+    """Channels-last for the model's convolutions: NDHWC for 3D networks, NHWC for 2D ones."""
+    has_3d = any(isinstance(m, nn.Conv3d) for m in model.modules())
+    return torch.channels_last_3d if has_3d else torch.channels_last
 
 
 class _Window:
