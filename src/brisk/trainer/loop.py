@@ -225,7 +225,14 @@ class Trainer:
                 steps_this_session += 1
                 if self.step % cfg.log_every == 0 or self.step == total_steps:
                     self._log_train(window, t_start, steps_this_session, total_steps)
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                # A mid-epoch checkpoint never lands on an epoch's last step: the end-of-epoch save
+                # follows validation, so a resume can never validate (and log) that epoch twice.
+                epoch_ends = self.batch_in_epoch >= self.steps_per_epoch or self.step >= total_steps
+                if (
+                    cfg.checkpoint_every
+                    and self.step % cfg.checkpoint_every == 0
+                    and not epoch_ends
+                ):
                     self.save("last.pt")
                 maybe_inject_fault(self.step, self.dist.rank)
             self.epoch += 1
