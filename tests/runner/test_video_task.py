@@ -1,0 +1,72 @@
+"""``train task=video``: both stages of teacher-student training through the CLI on moving_shapes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from tests.conftest import run_train
+
+TINY = ["debug=fast", "model.width_mult=0.25", "trainer.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def video_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("video_data")
+
+
+@pytest.mark.slow
+def test_teacher_stage_then_student_and_resume_skips_the_teacher(
+    video_data: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    args = [
+        "task=video",
+        "teacher=rgb_i3d",
+        "teacher.width_mult=0.25",
+        *TINY,
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={run}",
+    ]
+    proc = run_train(*args)
+    assert "stage 'teacher': training on 'rgb'" in proc.stdout
+    assert (run / "teacher" / "done").is_file() and (
+        run / "teacher" / "checkpoints" / "best.pt"
+    ).is_file()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "ok" and 0 <= status["test_acc1"] <= 1
+    # the cost of student and teacher per clip and per video, counted at the start of the run
+    assert status["cost"]["cost/student/params_m"] < status["cost"]["cost/teacher/params_m"]
+    assert status["cost"]["cost/student/clips_per_video"] >= 1
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    test = [r for r in rows if r["split"] == "test"][-1]
+    assert 0 <= float(test["video_acc1"]) <= 1 and float(test["videos"]) > 0
+    assert any(
+        r.get("distill/kl") for r in rows if r["split"] == "train"
+    )  # the distillation term was logged
+    teacher_rows = (run / "teacher" / "metrics.csv").read_text()
+
+    again = run_train(*args, "resume=auto")
+    assert (
+        "stage 'teacher' finished earlier" in again.stdout
+        and "stage 'teacher': training" not in again.stdout
+    )
+    assert (run / "teacher" / "metrics.csv").read_text() == teacher_rows
+
+
+@pytest.mark.slow
+def test_student_alone_with_recursive_whitening_on_conv3d(video_data: Path, tmp_path: Path) -> None:
+    run_train(
+        "task=video",
+        "whitening=recursive",
+        *TINY,
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "ok"
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "whiten/" in header  # per-layer statistics of the Conv3d layers were logged
