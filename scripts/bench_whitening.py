@@ -40,7 +40,7 @@ from brisk.whitening.evd import inverse_from_eigh
 from brisk.whitening.recursive import equalise_top_eigenvalue
 
 
-def _time_all(fns: dict, repeats: int, block_s: float = 0.01) -> dict[str, float]:
+def _time_all(fns: dict, repeats: int, block_s: float = 0.002) -> dict[str, float]:
     """Seconds per call of each function: interleaved blocks, minimum over ``repeats`` rounds.
 
     The machine is shared, so the functions alternate (each sees the same load) and the minimum
@@ -117,7 +117,7 @@ def bench_recursive(dims: list[int], steps: int, power_iters: int, repeats: int)
 
         t = _time_all(
             {"evd": evd_refresh, "rec": recursive_update, "copies": copies},
-            repeats if m <= 1152 else max(3, repeats // 4),
+            repeats if m <= 576 else 3,
         )
         t_evd, t_rec = t["evd"], max(t["rec"] - t["copies"], 1e-9)
         rows.append(
@@ -224,7 +224,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 15
+    repeats = 3 if args.quick else 40
     results: dict = {"threads": args.threads, "torch": torch.__version__}
 
     if "transform" in args.sections:
