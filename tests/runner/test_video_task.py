@@ -26,6 +26,8 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         "task=video",
         "teacher=rgb_i3d",
         "teacher.width_mult=0.25",
+        "teacher.beta=0.1",
+        "teacher.layers={conv5: Mixed_5c}",  # feature mimicking through an adapter the student trains
         *TINY,
         f"paths.data_dir={video_data}",
         f"hydra.run.dir={run}",
@@ -44,9 +46,13 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         rows = list(csv.DictReader(f))
     test = [r for r in rows if r["split"] == "test"][-1]
     assert 0 <= float(test["video_acc1"]) <= 1 and float(test["videos"]) > 0
-    assert any(
-        r.get("distill/kl") for r in rows if r["split"] == "train"
-    )  # the distillation term was logged
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert any(r.get("distill/kl") for r in train_rows) and any(
+        r.get("distill/feat") for r in train_rows
+    )
+    assert (
+        "adapters are unchanged" not in proc.stdout + proc.stderr
+    )  # the optimizer trains the adapters
     teacher_rows = (run / "teacher" / "metrics.csv").read_text()
 
     again = run_train(*args, "resume=auto")

@@ -99,6 +99,11 @@ class Trainer:
             if self.memory_format is None
             else model.to(device, memory_format=self.memory_format)
         )
+        # The teacher may add trainable modules to the student (feature-mimicking adapters): attach it
+        # before DDP wraps the model and before the optimizer collects the parameters.
+        self.teacher.attach(self.model)
+        if self.memory_format is not None:
+            self.model.to(memory_format=self.memory_format)
         self.ddp_model: nn.Module = self.model
         if dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -133,7 +138,6 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.best_val = 0, 0, 0, None
         self.logger: RunLogger | None = None
         self.whitening.attach(self.model)
-        self.teacher.attach(self.model)
 
     def _per_rank_batch(self, global_batch: int) -> int:
         if global_batch % self.dist.world_size:
