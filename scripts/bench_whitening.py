@@ -11,7 +11,9 @@ Three tables (printed, and written as JSON with ``--json``):
    (``conf/whitening/*.yaml``), whitened step / plain SGD step, for ResNet-20 at batch 128 on
    32x32 inputs.  Methods run interleaved in rounds whose length is a multiple of every
    statistics/refresh period, so the periodic work is included; reported are the ratio of mean
-   step times over all rounds and the median of the per-round ratios.
+   step times over all rounds and the median of the per-round ratios, for wall-clock time and for
+   the process's CPU time (with one thread the CPU time is what the step costs, and it is far less
+   disturbed than wall-clock time when other jobs share the machine).
 
 Only ratios measured side by side in one process are meaningful; absolute times depend on the
 machine and its load.  ``--quick`` shrinks every grid for a smoke run.
@@ -164,7 +166,7 @@ def bench_step(methods: list[str], rounds: int, batch: int, steps_per_round: int
         model = copy.deepcopy(base)
         whitening.attach(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-        runs[name] = {"model": model, "w": whitening, "opt": opt, "step": 0, "times": []}
+        runs[name] = {"model": model, "w": whitening, "opt": opt, "step": 0, "times": [], "cpu": []}
     length = steps_per_round or period
 
     def one_step(run: dict) -> None:
@@ -184,11 +186,12 @@ def bench_step(methods: list[str], rounds: int, batch: int, steps_per_round: int
     for r in range(rounds):
         for name in order[r % len(order) :] + order[: r % len(order)]:
             run = runs[name]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(length):
                 one_step(run)
             run["times"].append((time.perf_counter() - t0) / length)
-    plain = runs[methods[0]]["times"]
+            run["cpu"].append((time.process_time() - c0) / length)
+    plain, plain_cpu = runs[methods[0]]["times"], runs[methods[0]]["cpu"]
     out = {"batch": batch, "steps_per_round": length, "rounds": rounds, "methods": {}}
     for name, run in runs.items():
         split = {k: v for k, v in run["w"].metrics().items() if k.startswith("whiten/seconds")}
@@ -197,6 +200,8 @@ def bench_step(methods: list[str], rounds: int, batch: int, steps_per_round: int
             "step_s_mean": statistics.fmean(run["times"]),
             "ratio_of_means": statistics.fmean(run["times"]) / statistics.fmean(plain),
             "median_round_ratio": statistics.median(a / b for a, b in zip(run["times"], plain)),
+            "cpu_step_s_mean": statistics.fmean(run["cpu"]),
+            "cpu_ratio_of_means": statistics.fmean(run["cpu"]) / statistics.fmean(plain_cpu),
             **{f"{k.split('/')[-1]}_per_step": v / steps_timed for k, v in split.items()},
         }
     return out
@@ -282,6 +287,7 @@ def main() -> None:
         )
         rows = [{"method": k, **v} for k, v in step["methods"].items()]
         keys = ["method", "step_s_mean", "ratio_of_means", "median_round_ratio"]
+        keys += ["cpu_step_s_mean", "cpu_ratio_of_means"]
         keys += sorted({k for r in rows for k in r if k.endswith("_per_step")})
         print(_table(rows, keys))
     if args.json:
