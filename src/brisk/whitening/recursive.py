@@ -153,14 +153,14 @@ class RecursiveWhitening(GradientWhitening):
             self._condition_numbers(layer)
 
     def _condition_numbers(self, layer: WhitenedLayer) -> None:
-        """kappa(T R_eps T^T) and kappa(R) from ``T^-1 R~ T^-T`` (M^3, logging only)."""
+        """kappa(T R T^T) and kappa(R) from ``T^-1 R~ T^-T`` (M^3, logging only).
+
+        As for ``evd``, the whitened covariance is the *undamped* R seen through the preconditioner.
+        """
         rt = layer.stats.cov.to(torch.float64)
         t = layer.state["T"].to(torch.float64)
-        damped = rt + self.damping(layer).to(rt.dtype)[:, None, None] * layer.state["TT"].to(
-            rt.dtype
-        )
         r = torch.linalg.solve(t, torch.linalg.solve(t, rt).transpose(-1, -2))
-        layer.kappa_white = condition_number(torch.linalg.eigvalsh(damped))
+        layer.kappa_white = condition_number(torch.linalg.eigvalsh(rt))
         layer.kappa_r = condition_number(torch.linalg.eigvalsh(0.5 * (r + r.transpose(-1, -2))))
 
     def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
