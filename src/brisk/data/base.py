@@ -26,19 +26,32 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class DataModule:
-    """Train/val/test datasets of one task, built lazily by :meth:`setup`."""
+    """Train/val/test datasets of one task, built lazily by :meth:`setup`.
+
+    Subclasses fill ``self._splits`` ({"train", "val", "test"} -> Dataset) in :meth:`setup`; the
+    accessors below serve them and say so when a caller forgot ``setup()``.
+    """
 
     num_classes: int
+    _splits: dict[str, Dataset]
 
     def setup(self) -> None:
         """Find and validate the files, failing fast with :class:`DatasetNotFoundError`."""
         raise NotImplementedError
 
     def train_dataset(self) -> Dataset:
-        raise NotImplementedError
+        return self._split("train")
 
     def val_dataset(self) -> Dataset:
-        raise NotImplementedError
+        return self._split("val")
 
     def test_dataset(self) -> Dataset:
-        raise NotImplementedError
+        return self._split("test")
+
+    def _split(self, name: str) -> Dataset:
+        splits = getattr(self, "_splits", None)
+        if not splits:
+            raise RuntimeError(
+                f"{type(self).__name__}: call setup() before asking for the {name} split"
+            )
+        return splits[name]

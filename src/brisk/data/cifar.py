@@ -148,12 +148,3 @@ class CifarDataModule(DataModule):
             else test,
             "test": test,
         }
-
-    def train_dataset(self) -> Dataset:
-        return self._splits["train"]
-
-    def val_dataset(self) -> Dataset:
-        return self._splits["val"]
-
-    def test_dataset(self) -> Dataset:
-        return self._splits["test"]

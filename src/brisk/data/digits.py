@@ -55,12 +55,3 @@ class DigitsDataModule(DataModule):
             "val": TensorDataset(x[val_idx], y[val_idx]),
             "test": TensorDataset(x[test_idx], y[test_idx]),
         }
-
-    def train_dataset(self) -> Dataset:
-        return self._splits["train"]
-
-    def val_dataset(self) -> Dataset:
-        return self._splits["val"]
-
-    def test_dataset(self) -> Dataset:
-        return self._splits["test"]

@@ -71,12 +71,3 @@ class ImageNetDataModule(DataModule):
             "val": evaluation,
             "test": evaluation,
         }
-
-    def train_dataset(self) -> Dataset:
-        return self._splits["train"]
-
-    def val_dataset(self) -> Dataset:
-        return self._splits["val"]
-
-    def test_dataset(self) -> Dataset:
-        return self._splits["test"]

@@ -236,17 +236,3 @@ class VideoDataModule(DataModule):
             "val": test_set,
             "test": test_set,
         }
-
-    def _get(self, split: str) -> Dataset:
-        if not self._splits:
-            raise RuntimeError(f"{self.name}: call setup() before asking for the {split} dataset")
-        return self._splits[split]
-
-    def train_dataset(self) -> Dataset:
-        return self._get("train")
-
-    def val_dataset(self) -> Dataset:
-        return self._get("val")
-
-    def test_dataset(self) -> Dataset:
-        return self._get("test")
