@@ -20,10 +20,10 @@ import brisk.config  # noqa: F401  (registers schemas and resolvers)
 from brisk.teacher.base import NoTeacher
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str], hydra: bool = False):
     GlobalHydra.instance().clear()
     with initialize_config_module("brisk.conf", version_base="1.3"):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=overrides, return_hydra_config=hydra)
 
 
 def test_student_preset_pins_the_measured_workload() -> None:
@@ -81,3 +81,19 @@ def test_distill_preset_runs_both_stages(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "moving_shapes_t48").is_dir()
     cost = student["cost"]
     assert cost["cost/teacher/params_m"] > 0 and 0.45 < cost["cost/student/params_m"] < 0.55
+
+
+@pytest.mark.parametrize("sweep", ["video_moving_shapes", "video_moving_shapes_whitening"])
+def test_sweep_presets_expand_to_jobs_that_compose(sweep: str) -> None:
+    cfg = _compose([f"sweep={sweep}"], hydra=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params["seed"] == ["0", "1", "2"]
+    jobs = [[]]
+    for key, values in params.items():
+        jobs = [job + [f"{key}={v}"] for job in jobs for v in values]
+    for job in jobs:
+        job_cfg = _compose(job)
+        assert job_cfg.model.width_mult == 0.25, job
+        instantiate(job_cfg.teacher)
+        instantiate(job_cfg.whitening)
