@@ -109,3 +109,23 @@ def test_recursive_logs_per_layer_conditioning_and_resumes_exactly(tmp_path: Pat
         assert torch.equal(value, resumed["model"][key]), key
     for name, layer in full["whitening"]["layers"].items():
         assert torch.equal(layer["state"]["Q"], resumed["whitening"]["layers"][name]["state"]["Q"])
+
+
+def test_reduced_cifar_preset_composes_the_documented_workload() -> None:
+    with initialize_config_module(config_module="brisk.conf", version_base=None):
+        preset = compose(
+            config_name="config",
+            overrides=["experiment=whitening_cifar10_5k", "whitening=recursive"],
+        )
+        explicit = compose(
+            config_name="config",
+            overrides=[
+                "experiment=cifar10_cpu_budget",
+                "dataset.train_subset=5000",
+                "trainer.limit_eval_batches=40",
+                "whitening=recursive",
+            ],
+        )
+    assert preset.model.name == "resnet20"
+    for key in ("dataset", "trainer", "optimizer", "scheduler", "whitening", "model"):
+        assert preset[key] == explicit[key], key
