@@ -218,6 +218,16 @@ class LayerWhitening(Whitening):
         """Per-group damping ``eps * trace(R) / M + eps_abs`` (shape ``(G,)``)."""
         return self.eps * layer.stats.trace.clamp_min(0.0) / layer.adapter.dim + self.eps_abs
 
+    def decompose(self, layer: WhitenedLayer) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(evals, evecs, damping)`` of the damped covariance, or None (counted as a fallback: the
+        caller keeps its previous preconditioner)."""
+        damping = self.damping(layer)
+        decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
+        if decomposed is None:
+            self.fallbacks += 1
+            return None
+        return (*decomposed, damping)
+
     # ----------------------------------------------------------------------------- logging
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}

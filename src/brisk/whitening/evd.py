@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from brisk.whitening.core import GradientWhitening, WhitenedLayer, condition_number, damped_eigh
+from brisk.whitening.core import GradientWhitening, WhitenedLayer, condition_number
 
 __all__ = ["EVDWhitening", "inverse_from_eigh"]
 
@@ -34,12 +34,10 @@ class EVDWhitening(GradientWhitening):
     name = "evd"
 
     def _refresh(self, layer: WhitenedLayer) -> None:
-        damping = self.damping(layer)
-        decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
+        decomposed = self.decompose(layer)
         if decomposed is None:
-            self.fallbacks += 1
             return
-        evals, evecs = decomposed
+        evals, evecs, damping = decomposed
         q = inverse_from_eigh(evals, evecs, self.normalize)
         layer.state["Q"] = q.to(layer.stats.cov.dtype)
         raw = evals - damping.to(evals.dtype)[:, None]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from brisk.whitening.core import LayerWhitening, WhitenedLayer, condition_number, damped_eigh
+from brisk.whitening.core import LayerWhitening, WhitenedLayer, condition_number
 
 __all__ = ["FeatureWhitening"]
 
@@ -95,12 +95,10 @@ class FeatureWhitening(LayerWhitening):
 
     # ------------------------------------------------------------------------------ refresh
     def _refresh(self, layer: WhitenedLayer) -> None:
-        damping = self.damping(layer)
-        decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
+        decomposed = self.decompose(layer)
         if decomposed is None:
-            self.fallbacks += 1
             return
-        evals, evecs = decomposed
+        evals, evecs, damping = decomposed
         scale = evals.mean(-1, keepdim=True) if self.normalize else torch.ones_like(evals[:, :1])
         root = (scale / evals).sqrt()  # (G, M)
         dtype = layer.stats.cov.dtype
