@@ -72,8 +72,12 @@ def test_moving_shapes_items_have_the_documented_shapes(tmp_path):
     assert seen == {0, 1}
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4)))
     assert batch["input"].shape == (4, 3, 12, 28, 28) and batch["video"].tolist() == [0, 1, 2, 3]
-    # Worker processes see the same clips: randomness depends on (seed, epoch, index) only.
-    parallel = next(iter(torch.utils.data.DataLoader(train, batch_size=4, num_workers=2)))
+    # Worker processes see the same clips: randomness depends on (seed, epoch, index) only. Spawned,
+    # not forked: a fork taken while other threads of the test process hold locks can deadlock.
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=4, num_workers=2, multiprocessing_context="spawn"
+    )
+    parallel = next(iter(loader))
     torch.testing.assert_close(parallel["input"], batch["input"])
     assert parallel["gop"].tolist() == batch["gop"].tolist()
 
