@@ -203,3 +203,23 @@ def test_installed_console_script_runs_from_another_directory(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr
     assert "name: resnet20" in proc.stdout
+
+
+def test_loader_workers_start_method_is_a_knob_that_keeps_results(tmp_path: Path) -> None:
+    common = ["debug=fast", "trainer.deterministic=true", "trainer.num_workers=1"]
+    run_train(*common, "trainer.worker_start_method=spawn", f"hydra.run.dir={tmp_path / 's'}")
+    run_train(*common, "trainer.worker_start_method=fork", f"hydra.run.dir={tmp_path / 'f'}")
+    spawned = torch.load(tmp_path / "s" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    forked = torch.load(tmp_path / "f" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for (
+        key,
+        value,
+    ) in forked.items():  # augmentation depends on (seed, epoch, index), not the worker
+        assert torch.equal(value, spawned[key]), key
+    bad = run_train(
+        *common,
+        "trainer.worker_start_method=thread",
+        f"hydra.run.dir={tmp_path / 'b'}",
+        check=False,
+    )
+    assert bad.returncode != 0 and "trainer.worker_start_method='thread'" in bad.stderr + bad.stdout

@@ -37,6 +37,8 @@ class TrainerConfig:
     batch_size: int = 128  # global batch: split across ranks under torchrun
     eval_batch_size: int | None = None  # defaults to batch_size
     num_workers: int = 0
+    # fork | forkserver | spawn for the loader workers; None: the platform default (fork on Linux)
+    worker_start_method: str | None = None
     log_every: int = 50  # optimizer steps between train rows in metrics.csv
     val_every: int = 1  # epochs between validations
     checkpoint_every: int | None = (

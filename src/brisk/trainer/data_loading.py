@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,7 +68,24 @@ def make_loader(
     batch_size: int,
     num_workers: int,
     train: bool,
+    start_method: str | None = None,
 ) -> DataLoader:
+    """Workers are re-created every epoch (not persistent) so they see the data set's current epoch.
+
+    ``start_method`` (``trainer.worker_start_method``): ``fork`` copies a parent that may hold threads
+    (intra-op pools, TensorBoard writers) and can deadlock in rare cases; ``forkserver`` or ``spawn``
+    start clean workers at the price of pickling the data set each epoch. None keeps the platform's
+    default.
+    """
+    context = None
+    if num_workers > 0 and start_method:
+        try:
+            context = multiprocessing.get_context(start_method)
+        except ValueError as err:
+            raise ValueError(
+                f"trainer.worker_start_method={start_method!r}: expected one of "
+                f"{multiprocessing.get_all_start_methods()} or null"
+            ) from err
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -76,6 +94,7 @@ def make_loader(
         drop_last=train,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        multiprocessing_context=context,
     )
 
 

@@ -114,7 +114,12 @@ class Trainer:
         train_set = datamodule.train_dataset()
         self.train_sampler = ResumableSampler(train_set, dist, seed, shuffle=True)
         self.train_loader = make_loader(
-            train_set, self.train_sampler, self.per_rank_batch, trainer_cfg.num_workers, train=True
+            train_set,
+            self.train_sampler,
+            self.per_rank_batch,
+            trainer_cfg.num_workers,
+            train=True,
+            start_method=trainer_cfg.get("worker_start_method"),
         )
         self.steps_per_epoch = len(self.train_sampler) // self.per_rank_batch
         if trainer_cfg.limit_train_batches:
@@ -351,7 +356,12 @@ class Trainer:
             else self.per_rank_batch
         )
         loader = make_loader(
-            dataset, EvalShard(dataset, self.dist), batch_size, self.cfg.num_workers, train=False
+            dataset,
+            EvalShard(dataset, self.dist),
+            batch_size,
+            self.cfg.num_workers,
+            train=False,
+            start_method=self.cfg.get("worker_start_method"),
         )
         self.model.eval()
         acc = EvalAccumulator(self.datamodule.num_classes)
