@@ -134,7 +134,9 @@ def _run(
         stage_cfg = cfg.trainer.copy()
         if cfg.teacher.get("epochs"):
             stage_cfg.epochs = cfg.teacher.epochs
-        trainer = make_trainer(net, stage_dir, NoWhitening(), NoTeacher(), input_key, stage_cfg)
+        # stage 1 has its own preconditioner (teacher.whitening), independent of the student's
+        stage_whitening = getattr(teacher, "whitening", None) or NoWhitening()
+        trainer = make_trainer(net, stage_dir, stage_whitening, NoTeacher(), input_key, stage_cfg)
         if done.is_file():
             log.info(
                 "stage '%s' finished earlier in this run directory: reusing %s",
@@ -148,6 +150,7 @@ def _run(
             trainer.fit()
             metrics = trainer.evaluate("val")
             trainer.close()
+            _warn_if_near_chance(stage, cfg.task.monitor, trainer.best_val, datamodule.num_classes)
             if dist.is_main:
                 write_status(stage_dir, status="ok", best_val_acc1=trainer.best_val, val=metrics)
                 done.write_text("finished\n")
@@ -344,6 +347,21 @@ def _clip_cost(datamodule: DataModule, model: nn.Module, teacher: Teacher) -> di
         teacher_clip,
         log=log.info,
     )
+
+
+def _warn_if_near_chance(stage: str, metric: str, best: float | None, num_classes: int) -> None:
+    """A teacher no better than guessing would only pull the student toward its errors."""
+    chance = 1.0 / num_classes
+    if best is not None and best < 1.5 * chance:
+        log.warning(
+            "stage '%s' ended near chance (best %s %.3f, chance %.3f): distilling from it pulls the "
+            "student toward its errors. Fit it with teacher.whitening (whitening@teacher.whitening="
+            "recursive), for longer (teacher.epochs) or load one (teacher.checkpoint); docs/video.md",
+            stage,
+            metric,
+            best,
+            chance,
+        )
 
 
 def _count(model: nn.Module) -> int:

@@ -54,6 +54,9 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         "adapters are unchanged" not in proc.stdout + proc.stderr
     )  # the optimizer trains the adapters
     teacher_rows = (run / "teacher" / "metrics.csv").read_text()
+    teacher_best = json.loads((run / "teacher" / "status.json").read_text())["best_val_acc1"]
+    warned = "ended near chance" in proc.stdout + proc.stderr
+    assert warned == (teacher_best < 1.5 / 8)  # 8 classes: a useless teacher is called out
 
     again = run_train(*args, "resume=auto")
     assert (
@@ -76,3 +79,20 @@ def test_student_alone_with_recursive_whitening_on_conv3d(video_data: Path, tmp_
     assert status["status"] == "ok"
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "whiten/" in header  # per-layer statistics of the Conv3d layers were logged
+
+
+@pytest.mark.slow
+def test_teacher_stage_has_its_own_whitening(video_data: Path, tmp_path: Path) -> None:
+    run_train(
+        "task=video",
+        "teacher=rgb_mfnet",
+        "teacher.width_mult=0.25",
+        "whitening@teacher.whitening=recursive",
+        *TINY,
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    teacher_header = (tmp_path / "teacher" / "metrics.csv").read_text().splitlines()[0]
+    student_header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "whiten/" in teacher_header  # stage 1 was preconditioned ...
+    assert "whiten/" not in student_header  # ... and the student, with whitening=none, was not

@@ -352,3 +352,22 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
     assert teacher.layers == {"conv5": "conv4"}
     assert cfg.teacher.epochs == teacher.epochs == 3  # the runner reads it for stage 1
     assert teacher.finetune == "auto"  # a mapping can replace the default null
+
+
+@pytest.mark.parametrize(
+    ("choice", "cls_name"), [(None, "NoWhitening"), ("recursive", "RecursiveWhitening")]
+)
+def test_teacher_whitening_is_its_own_config_choice(choice: str | None, cls_name: str) -> None:
+    from brisk.config.schema import register_schemas
+
+    register_schemas()
+    overrides = ["teacher=rgb_mfnet", "whitening=evd"]
+    if choice:
+        overrides.append(f"whitening@teacher.whitening={choice}")
+    with initialize_config_module("brisk.conf", version_base=None):
+        cfg = compose("config", overrides=overrides)
+    teacher = instantiate(cfg.teacher)
+    assert (
+        type(teacher.whitening).__name__ == cls_name
+    )  # the student's whitening=evd does not leak in
+    assert cfg.whitening._target_.endswith("EVDWhitening")

@@ -31,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 from brisk.models.i3d import InceptionI3d, file_sha256, load_pretrained, read_state_dict
 from brisk.models.mfnet3d import NormalizedInput, mfnet_rgb
 from brisk.teacher.base import Teacher, TeacherContext
+from brisk.whitening.base import Whitening
 
 log = logging.getLogger("brisk")
 
@@ -94,6 +95,10 @@ class DistillationTeacher(Teacher):
         input_key: the batch field the teacher reads. epochs: length of stage 1 (null: trainer.epochs).
         finetune: with a checkpoint, also train the teacher in stage 1: ``auto`` when its classifier
             was replaced, ``true`` always, ``false`` never.
+        whitening: the whitening that preconditions stage 1 (``whitening@teacher.whitening=recursive``),
+            independent of the student's ``whitening=``. RGB networks trained from scratch on a small
+            set memorise appearance; whitening their inputs lifts the faint frame-to-frame changes
+            to the scale of appearance, so the teacher learns motion (docs/video.md).
     """
 
     head_prefix = ""
@@ -112,6 +117,7 @@ class DistillationTeacher(Teacher):
         input_key: str = "rgb",
         epochs: int | None = None,
         finetune: bool | str = "auto",
+        whitening: Whitening | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
@@ -142,6 +148,8 @@ class DistillationTeacher(Teacher):
         if finetune not in ("auto", True, False):
             raise ValueError(f"teacher.finetune must be auto, true or false, got {finetune!r}")
         self.finetune = finetune
+        # Read by the runner: the preconditioner of stage 1 (None: plain SGD).
+        self.whitening = whitening
         self.model: nn.Module | None = None
         self.device = torch.device("cpu")
         self.source: dict[str, Any] = {}
