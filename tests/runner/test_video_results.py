@@ -49,7 +49,7 @@ def test_student_preset_has_no_teacher_and_takes_any_whitening(whitening: str) -
 
 
 @pytest.mark.parametrize(
-    "teacher,target", [(None, "RGBI3DTeacher"), ("rgb_mfnet", "RGBMFNetTeacher")]
+    "teacher,target", [(None, "RGBMFNetTeacher"), ("rgb_i3d", "RGBI3DTeacher")]
 )
 def test_distill_preset_narrows_whichever_teacher(teacher: str | None, target: str) -> None:
     overrides = ["experiment=video_moving_shapes_distill"]
@@ -57,6 +57,10 @@ def test_distill_preset_narrows_whichever_teacher(teacher: str | None, target: s
     cfg = _compose(overrides)
     assert cfg.teacher._target_.endswith(target)
     assert cfg.teacher.width_mult == 0.25 and cfg.teacher.checkpoint is None
+    # the measured recipe: stage 1 whitened for 24 epochs, the student starts from the teacher ...
+    assert cfg.teacher.epochs == 24 and cfg.teacher.init_student is True
+    assert cfg.teacher.whitening._target_.endswith("RecursiveWhitening")
+    assert cfg.whitening._target_.endswith("NoWhitening")  # ... and is not whitened itself
     student = _compose(["experiment=video_moving_shapes"])
     for key in ("model", "dataset", "trainer", "optimizer"):
         assert OmegaConf.to_container(cfg[key]) == OmegaConf.to_container(student[key]), key

@@ -371,3 +371,26 @@ def test_teacher_whitening_is_its_own_config_choice(choice: str | None, cls_name
         type(teacher.whitening).__name__ == cls_name
     )  # the student's whitening=evd does not leak in
     assert cfg.whitening._target_.endswith("EVDWhitening")
+
+
+def test_init_student_copies_every_shared_tensor_and_keeps_the_rest(tmp_path: Path) -> None:
+    teacher = small_mfnet_teacher(init_student=True)
+    teacher.setup(FakeRunner(tmp_path).context)  # the fake fit moves every teacher weight
+    source = teacher.network.state_dict()
+    student = create_model("mfcd_net", num_classes=CLASSES, in_channels=5, width_mult=0.25)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher.attach(student)
+    after = student.state_dict()
+    conv1 = [k for k in after if k.startswith("conv1.") and k.endswith("weight")]
+    assert conv1 and all(torch.equal(after[k], before[k]) for k in conv1 if after[k].dim() == 5)
+    copied = [k for k in source if k in after and source[k].shape == after[k].shape]
+    assert len(copied) > 0.9 * len(after)
+    for key in copied:
+        assert torch.equal(after[key], source[key]), key
+
+
+def test_init_student_refuses_a_teacher_with_nothing_in_common(tmp_path: Path) -> None:
+    teacher = RGBI3DTeacher(width_mult=0.25, init_student=True)
+    teacher.setup(FakeRunner(tmp_path).context)
+    with pytest.raises(ValueError, match="init_student.*shares no tensor"):
+        teacher.attach(create_model("mfcd_net", num_classes=CLASSES, width_mult=0.25))

@@ -99,6 +99,9 @@ class DistillationTeacher(Teacher):
             independent of the student's ``whitening=``. RGB networks trained from scratch on a small
             set memorise appearance; whitening their inputs lifts the faint frame-to-frame changes
             to the scale of appearance, so the teacher learns motion (docs/video.md).
+        init_student: start the student from the teacher's weights wherever names and shapes agree
+            (MFCD-Net's stage B starts from the raw-RGB MFNet; ``teacher=rgb_mfnet`` at the student's
+            width matches every tensor).
     """
 
     head_prefix = ""
@@ -118,6 +121,7 @@ class DistillationTeacher(Teacher):
         epochs: int | None = None,
         finetune: bool | str = "auto",
         whitening: Whitening | None = None,
+        init_student: bool = False,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
@@ -150,6 +154,7 @@ class DistillationTeacher(Teacher):
         self.finetune = finetune
         # Read by the runner: the preconditioner of stage 1 (None: plain SGD).
         self.whitening = whitening
+        self.init_student = bool(init_student)
         self.model: nn.Module | None = None
         self.device = torch.device("cpu")
         self.source: dict[str, Any] = {}
@@ -234,6 +239,8 @@ class DistillationTeacher(Teacher):
         it is part of the forward pass like any other student parameter.
         """
         self.detach()
+        if self.init_student:
+            self._initialise_student(student)
         if not self.layers or self.beta == 0:
             return
         student_channels = getattr(student, "feature_channels", None)
@@ -270,6 +277,32 @@ class DistillationTeacher(Teacher):
         self.adapters = adapters
         self._adapter_snapshot = [p.detach().clone() for p in adapters.parameters()]
         self._mimic_steps = 0
+
+    def _initialise_student(self, student: nn.Module) -> None:
+        """Copy every teacher tensor whose name and shape the student shares (weights and BN statistics)."""
+        own = student.state_dict()
+        source = self.network.state_dict()
+        shared = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
+        if not shared:
+            raise ValueError(
+                f"teacher.init_student: student {type(student).__name__} shares no tensor (name and "
+                f"shape) with teacher {type(self.network).__name__}; use teacher=rgb_mfnet with "
+                "teacher.width_mult equal to model.width_mult"
+            )
+        with torch.no_grad():
+            for key in shared:
+                own[key].copy_(source[key])
+        skipped = sorted(
+            k for k in own if k not in shared and not k.endswith("num_batches_tracked")
+        )
+        log.info(
+            "teacher %s: student initialised from the teacher (%d tensors%s)",
+            self.name,
+            len(shared),
+            f"; kept its own {', '.join(skipped[:4])}{' ...' if len(skipped) > 4 else ''}"
+            if skipped
+            else "",
+        )
 
     def _student_hook(self, layer: str, key: str):
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
