@@ -155,6 +155,7 @@ def _run(
                 write_status(stage_dir, status="ok", best_val_acc1=trainer.best_val, val=metrics)
                 done.write_text("finished\n")
             barrier()
+        stage_whitening.detach()  # the frozen teacher keeps no statistics hooks
         trainer.model.load_state_dict(
             load_checkpoint(stage_dir / "checkpoints" / "best.pt")["model"]
         )
