@@ -98,3 +98,20 @@ def test_recursive_approaches_evd_as_steps_grow() -> None:
         e = torch.linalg.eigvalsh(rt)
         errs.append((e[-1] / e[0]).item())
     assert errs[1] < errs[0] and errs[1] < 1.01
+
+
+def test_float64_statistics_drive_a_float32_model_like_a_float64_one() -> None:
+    """``stats_dtype: float64``: statistics and T in double, the model and its gradients in float."""
+    reference = linear_net()  # float64 throughout
+    model = clone(reference).float()
+    data = batches((7,), 4)
+    data32 = [(x.float(), y) for x, y in data]
+    w_ref = RecursiveWhitening(steps=3, inverse_every=2)
+    w64 = RecursiveWhitening(steps=3, inverse_every=2, stats_dtype="float64")
+    w_ref.attach(reference)
+    w64.attach(model)
+    ref_losses, _ = train(reference, w_ref, data, 12)
+    losses, _ = train(model, w64, data32, 12)
+    assert all(layer.stats.cov.dtype == torch.float64 for layer in w64.layers)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=0, atol=1e-4)

@@ -105,6 +105,19 @@ def test_non_finite_batch_is_rejected_and_counted() -> None:
     torch.testing.assert_close(stats.cov, before)
 
 
+def test_float64_statistics_of_float32_rows_are_exact_in_double() -> None:
+    rows = (torch.randn(400, 1, 6) * 0.1 + 5.0).float()  # a large mean: float32 sums lose digits
+    double = RunningCovariance(groups=1, dim=6, momentum=0.5, dtype=torch.float64)
+    single = RunningCovariance(groups=1, dim=6, momentum=0.5)
+    for stats in (double, single):
+        stats.accumulate(rows[:150])  # split like two ranks' shares
+        stats.accumulate(rows[150:])
+        commit_all([stats])
+    exact = torch.cov(rows[:, 0].double().T, correction=0)
+    assert double.cov.dtype == torch.float64 and single.cov.dtype == torch.float32
+    torch.testing.assert_close(double.cov[0], exact, rtol=1e-12, atol=1e-14)
+
+
 def test_half_precision_rows_accumulate_in_float32() -> None:
     stats = RunningCovariance(groups=1, dim=3, momentum=0.5)
     stats.accumulate(torch.randn(10, 1, 3).to(torch.bfloat16))

@@ -93,6 +93,7 @@ class LayerWhitening(Whitening):
         exclude: Sequence[str] = (),
         max_dim: int = 4096,
         decomposition_dtype: str = "float64",
+        stats_dtype: str = "float32",
         center: bool = True,
         normalize: bool = True,
         seed: int = 0,
@@ -109,11 +110,12 @@ class LayerWhitening(Whitening):
             raise ValueError(
                 f"whitening.layer_types: unknown {unknown}; expected some of {list(LAYER_TYPES)}"
             )
-        if decomposition_dtype not in _DTYPES:
-            raise ValueError(
-                f"whitening.decomposition_dtype must be one of {list(_DTYPES)}, "
-                f"got {decomposition_dtype!r}"
-            )
+        for key, value in (
+            ("decomposition_dtype", decomposition_dtype),
+            ("stats_dtype", stats_dtype),
+        ):
+            if value not in _DTYPES:
+                raise ValueError(f"whitening.{key} must be one of {list(_DTYPES)}, got {value!r}")
         self.eps, self.eps_abs, self.momentum = float(eps), float(eps_abs), float(momentum)
         self.stats_every, self.inverse_every = int(stats_every), int(inverse_every)
         self.stats_max_rows = None if stats_max_rows is None else int(stats_max_rows)
@@ -122,6 +124,7 @@ class LayerWhitening(Whitening):
         self.include, self.exclude = tuple(include), tuple(exclude)
         self.max_dim = int(max_dim)
         self.decomposition_dtype = _DTYPES[decomposition_dtype]
+        self.stats_dtype = _DTYPES[stats_dtype]
         self.center, self.normalize = bool(center), bool(normalize)
         self.seed = int(seed)
 
@@ -166,7 +169,9 @@ class LayerWhitening(Whitening):
             if adapter.dim > self.max_dim:
                 self.skipped[name] = f"M={adapter.dim} > max_dim={self.max_dim}"
                 continue
-            stats = RunningCovariance(adapter.groups, adapter.dim, self.momentum, self.center)
+            stats = RunningCovariance(
+                adapter.groups, adapter.dim, self.momentum, self.center, self.stats_dtype
+            )
             layer = WhitenedLayer(name, module, adapter, stats)
             self.layers.append(layer)
             self._init_layer(layer)

@@ -205,10 +205,20 @@ class RunningCovariance:
     digits are exactly the small eigenvalues that whitening amplifies most.
     """
 
-    def __init__(self, groups: int, dim: int, momentum: float, center: bool = True) -> None:
+    def __init__(
+        self,
+        groups: int,
+        dim: int,
+        momentum: float,
+        center: bool = True,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"whitening.momentum must be in [0, 1), got {momentum}")
         self.groups, self.dim, self.momentum, self.center = groups, dim, momentum, center
+        # float64 makes the sums independent of how rows are split over ranks and micro-batches to
+        # about 1e-16, which matters when a small eps lets the inverse amplify the rounding
+        self.dtype = dtype
         self.transform: Tensor | None = None
         self.cov: Tensor | None = None  # (G, M, M)  T R T^T (R when no transform)
         self.mean: Tensor | None = None  # (G, M)    raw input mean
@@ -229,9 +239,9 @@ class RunningCovariance:
         return self._n > 0
 
     def accumulate(self, rows: Tensor) -> None:
-        """Add rows ``(N, G, M)`` to the pending sums (float32 at least)."""
+        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``, or float64 rows as they are)."""
         rows = rows.detach()
-        rows = rows.to(stats_dtype(rows))
+        rows = rows.to(torch.promote_types(stats_dtype(rows), self.dtype))
         if self._n == 0:
             if self.mean is not None:
                 self.shift = self.mean.to(rows.dtype, copy=True)
