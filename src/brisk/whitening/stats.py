@@ -216,8 +216,8 @@ class RunningCovariance:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"whitening.momentum must be in [0, 1), got {momentum}")
         self.groups, self.dim, self.momentum, self.center = groups, dim, momentum, center
-        # float64 makes the sums independent of how rows are split over ranks and micro-batches to
-        # about 1e-16, which matters when a small eps lets the inverse amplify the rounding
+        # float64 sums agree to double precision however the rows are split over ranks and
+        # micro-batches, which matters when a small eps lets the inverse amplify the rounding
         self.dtype = dtype
         self.transform: Tensor | None = None
         self.cov: Tensor | None = None  # (G, M, M)  T R T^T (R when no transform)
