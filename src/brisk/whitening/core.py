@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from brisk.whitening.base import Whitening
+from brisk.whitening.linalg import damped_eigh
 from brisk.whitening.stats import (
     LAYER_TYPES,
     LayerAdapter,
@@ -47,18 +48,6 @@ class WhitenedLayer:
     @property
     def has_bias(self) -> bool:
         return getattr(self.module, "bias", None) is not None
-
-
-def condition_number(evals: Tensor) -> float:
-    """Largest condition number over groups, finite: eigenvalues below ``eps64 * max`` count as that.
-
-    A rank-deficient covariance (fewer samples than features) then reports about 4.5e15 rather
-    than inf or a negative number, which keeps the logs and plots usable.
-    """
-    evals = evals.to(torch.float64)
-    top = evals.max(-1).values.clamp_min(1e-300)
-    low = torch.maximum(evals.min(-1).values, top * torch.finfo(torch.float64).eps)
-    return float((top / low).max())
 
 
 class LayerWhitening(Whitening):
@@ -303,25 +292,6 @@ class LayerWhitening(Whitening):
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def damped_eigh(cov: Tensor, damping: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
-    """Eigen-decomposition of ``R + damping I`` per group, or None when it fails or is not finite.
-
-    A float32 failure is retried in float64 before giving up (ill-conditioned covariances are the
-    usual cause); the caller then keeps its previous preconditioner.
-    """
-    for dt in (dtype, torch.float64) if dtype != torch.float64 else (dtype,):
-        r = cov.to(dt)
-        eye = torch.eye(r.shape[-1], dtype=dt, device=r.device)
-        r = r + damping.to(dt)[:, None, None] * eye
-        try:
-            evals, evecs = torch.linalg.eigh(r)
-        except RuntimeError:
-            continue
-        if torch.isfinite(evals).all() and torch.isfinite(evecs).all() and (evals > 0).all():
-            return evals, evecs
-    return None
 
 
 class GradientWhitening(LayerWhitening):

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from brisk.whitening.core import LayerWhitening, WhitenedLayer, condition_number
+from brisk.whitening.core import LayerWhitening, WhitenedLayer
+from brisk.whitening.linalg import condition_number
 
 __all__ = ["FeatureWhitening"]
 
