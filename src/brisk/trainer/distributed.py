@@ -1,7 +1,8 @@
 """torch.distributed plumbing for runs launched by ``torchrun``; a single process never needs a group.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every worker (and ``TORCHELASTIC_RUN_ID``
-and ``TORCHELASTIC_RESTART_COUNT``). The backend follows the device (gloo on CPU, nccl on CUDA) unless
+and ``TORCHELASTIC_RESTART_COUNT``). Tasks that ``srun`` starts without torchrun get them from SLURM's
+variables instead (:func:`slurm_env`). The backend follows the device (gloo on CPU, nccl on CUDA) unless
 ``trainer.backend`` names one. Every collective runs under a finite timeout, so a rank that diverged
 (an exception on one rank that leaves the others waiting in a collective) ends the run with an error
 instead of hanging it.
@@ -12,8 +13,10 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,6 +34,9 @@ FAULT_STEP_ENV = "BRISK_FAULT_AT_STEP"
 FAULT_RANK_ENV = "BRISK_FAULT_RANK"
 # ... and only in torchrun's first attempt, so the restarted group runs to the end.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
+# The rendezvous port of srun-started ranks: this plus the job id modulo 10000, so that two jobs
+# sharing a node do not collide. MASTER_PORT in the environment wins.
+SLURM_PORT_BASE = 20000
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,48 @@ class DistInfo:
         return self.world_size > 1
 
 
+def slurm_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """torchrun's variables for a task of a multi-task ``srun`` step, when torchrun set none.
+
+    ``srun`` (or ``sbatch --ntasks=N`` whose script runs ``srun train ...``) starts N copies of the
+    program with ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID``; the rendezvous is the
+    first node of ``SLURM_JOB_NODELIST`` on a port derived from the job id. Only inside a job step
+    (``SLURM_STEP_ID`` set): the batch script itself also sees ``SLURM_NTASKS=N`` but is one process,
+    and mapping it would leave rank 0 waiting for ranks that never start.
+    """
+    if "WORLD_SIZE" in environ or "SLURM_STEP_ID" not in environ:
+        return {}
+    world = int(environ.get("SLURM_NTASKS", "1"))
+    if world <= 1:
+        return {}
+    env = {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": environ.get("MASTER_ADDR") or _first_host(environ["SLURM_JOB_NODELIST"]),
+        "MASTER_PORT": environ.get("MASTER_PORT")
+        or str(SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % 10000),
+    }
+    if "SLURM_NTASKS_PER_NODE" in environ and environ["SLURM_NTASKS_PER_NODE"].isdigit():
+        env["LOCAL_WORLD_SIZE"] = environ["SLURM_NTASKS_PER_NODE"]
+    return env
+
+
+def _first_host(nodelist: str) -> str:
+    """``node[03-05,07],gpu1`` -> ``node03``: the first host of a SLURM node list."""
+    head = re.match(r"[^,\[]+(\[[^\]]*\])?", nodelist)
+    if head is None:
+        raise ValueError(f"cannot read a host from SLURM_JOB_NODELIST='{nodelist}'")
+    prefix, _, ranges = head.group(0).partition("[")
+    if not ranges:
+        return prefix
+    first = ranges.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
 def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
-    """Join the process group torchrun set up; a plain ``train`` (WORLD_SIZE unset or 1) joins nothing."""
+    """Join the process group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins nothing."""
+    os.environ.update(slurm_env())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
