@@ -31,6 +31,8 @@ FAULT_STEP_ENV = "BRISK_FAULT_AT_STEP"
 FAULT_RANK_ENV = "BRISK_FAULT_RANK"
 # ... and only in torchrun's first attempt, so the restarted group runs to the end.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
+# The signal sent (a name such as TERM or USR1; default KILL): TERM tests a graceful preemption.
+FAULT_SIGNAL_ENV = "BRISK_FAULT_SIGNAL"
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ def maybe_inject_fault(step: int, rank: int) -> None:
     """SIGKILL this process after ``step`` when ``BRISK_FAULT_AT_STEP`` asks for it (tests only).
 
     SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer strikes.
+    ``BRISK_FAULT_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler does before it kills a job.
     """
     fault_at = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
     if not fault_at or step != fault_at:
@@ -178,9 +181,15 @@ def maybe_inject_fault(step: int, rank: int) -> None:
         return
     if int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
         return
+    signum = signal.Signals["SIG" + os.environ.get(FAULT_SIGNAL_ENV, "KILL").upper()]
     logging.getLogger("brisk").warning(
-        "%s=%d: killing rank %d after step %d", FAULT_STEP_ENV, fault_at, rank, step
+        "%s=%d: killing rank %d after step %d with %s",
+        FAULT_STEP_ENV,
+        fault_at,
+        rank,
+        step,
+        signum.name,
     )
     for handler in logging.getLogger().handlers:
         handler.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signum)
