@@ -31,6 +31,7 @@ from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
 from brisk.trainer.distributed import DistInfo, barrier, cleanup, init_distributed
 from brisk.trainer.logging import write_status
 from brisk.trainer.loop import Trainer
+from brisk.trainer.signals import RunInterrupted, StopSignals, signal_name
 from brisk.whitening.base import NoWhitening
 
 log = logging.getLogger("brisk")
@@ -57,7 +58,8 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     if dist.is_main:
         write_status(run_dir, status="running", name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     try:
-        result = _run(cfg, run_dir, device, dist, identity, resume_from)
+        with StopSignals() as stop:
+            result = _run(cfg, run_dir, device, dist, identity, resume_from, stop)
         if dist.is_main:
             write_status(run_dir, status="ok", **result)
             log_hparams(
@@ -70,6 +72,17 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             )
         best = result.get("best_val_acc1")
         return float("nan") if best is None else float(best)
+    except RunInterrupted as stopped:
+        if dist.is_main:
+            write_status(
+                run_dir,
+                status="interrupted",
+                signal=signal_name(stopped.signum),
+                step=stopped.step,
+                error=str(stopped),
+            )
+        log.warning("%s", stopped)
+        raise SystemExit(stopped.exit_code) from None
     except Exception as exc:
         if dist.is_main:
             write_status(
@@ -90,6 +103,7 @@ def _run(
     dist: DistInfo,
     identity: str,
     resume_from: Path | None,
+    stop: StopSignals,
 ) -> dict[str, Any]:
     _seed_everything(cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads)
     datamodule = _setup_data(cfg, dist)
@@ -110,7 +124,7 @@ def _run(
     def make_trainer(
         net: nn.Module, stage_dir: Path, wh, te, input_key: str, trainer_cfg: DictConfig
     ) -> Trainer:
-        return Trainer(
+        built = Trainer(
             trainer_cfg,
             net,
             datamodule,
@@ -126,6 +140,8 @@ def _run(
             input_key=input_key,
             monitor=cfg.task.monitor,
         )
+        built.stop = stop
+        return built
 
     def fit_stage(net: nn.Module, input_key: str, stage: str) -> nn.Module:
         """Stage training for a teacher: the same loop, its own directory, skipped once finished."""

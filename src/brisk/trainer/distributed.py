@@ -34,9 +34,8 @@ FAULT_STEP_ENV = "BRISK_FAULT_AT_STEP"
 FAULT_RANK_ENV = "BRISK_FAULT_RANK"
 # ... and only in torchrun's first attempt, so the restarted group runs to the end.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
-# The rendezvous port of srun-started ranks: this plus the job id modulo 10000, so that two jobs
-# sharing a node do not collide. MASTER_PORT in the environment wins.
-SLURM_PORT_BASE = 20000
+# The signal sent (a name such as TERM or USR1; default KILL): TERM tests a graceful preemption.
+FAULT_SIGNAL_ENV = "BRISK_FAULT_SIGNAL"
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,11 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+# The rendezvous port of srun-started ranks: this plus the job id modulo 10000, so that two jobs
+# sharing a node do not collide. MASTER_PORT in the environment wins.
+SLURM_PORT_BASE = 20000
 
 
 def slurm_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -216,6 +220,7 @@ def maybe_inject_fault(step: int, rank: int) -> None:
     """SIGKILL this process after ``step`` when ``BRISK_FAULT_AT_STEP`` asks for it (tests only).
 
     SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer strikes.
+    ``BRISK_FAULT_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler does before it kills a job.
     """
     fault_at = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
     if not fault_at or step != fault_at:
@@ -224,9 +229,15 @@ def maybe_inject_fault(step: int, rank: int) -> None:
         return
     if int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
         return
+    signum = signal.Signals["SIG" + os.environ.get(FAULT_SIGNAL_ENV, "KILL").upper()]
     logging.getLogger("brisk").warning(
-        "%s=%d: killing rank %d after step %d", FAULT_STEP_ENV, fault_at, rank, step
+        "%s=%d: killing rank %d after step %d with %s",
+        FAULT_STEP_ENV,
+        fault_at,
+        rank,
+        step,
+        signum.name,
     )
     for handler in logging.getLogger().handlers:
         handler.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signum)

@@ -46,6 +46,7 @@ from brisk.trainer.distributed import (
 from brisk.trainer.evaluation import EvalAccumulator
 from brisk.trainer.logging import RunLogger
 from brisk.trainer.optim import build_optimizer
+from brisk.trainer.signals import NeverStop, RunInterrupted, StopSignals
 from brisk.whitening.base import Whitening
 
 log = logging.getLogger("brisk")
@@ -142,6 +143,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
         self.step, self.epoch, self.batch_in_epoch, self.best_val = 0, 0, 0, None
         self.logger: RunLogger | None = None
+        self.stop: StopSignals = NeverStop()
         self.whitening.attach(self.model)
 
     def _per_rank_batch(self, global_batch: int) -> int:
@@ -244,6 +246,10 @@ class Trainer:
                 ):
                     self.save("last.pt")
                 maybe_inject_fault(self.step, self.dist.rank)
+                # an epoch's last step goes on to validation and the epoch-end save, then stops
+                if not epoch_ends and self.stop.agreed():
+                    self.save("last.pt")
+                    self._interrupted()
             self.epoch += 1
             self.batch_in_epoch = 0
             if (
@@ -253,7 +259,16 @@ class Trainer:
             ):
                 self._validate()
             self.save("last.pt")
+            finished = self.epoch >= cfg.epochs or self.step >= total_steps
+            if not finished and self.stop.agreed():
+                self._interrupted()
         return FitResult(self.best_val, self.step, self.epoch)
+
+    def _interrupted(self) -> None:
+        assert self.stop.signum is not None
+        last = self.run_dir / "checkpoints" / "last.pt"
+        log.warning("saved %s at step %d (epoch %d)", last, self.step, self.epoch + 1)
+        raise RunInterrupted(self.stop.signum, self.step, str(last))
 
     def _set_epoch(self, epoch: int) -> None:
         self.train_sampler.set_epoch(epoch)
