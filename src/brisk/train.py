@@ -56,7 +56,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
         run_dir, resume_from = _resume_target(cfg, run_dir, identity)
         run_dir = Path(str(_broadcast(str(run_dir))))
     if dist.is_main:
-        write_status(run_dir, status="running", name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+        write_status(
+            run_dir, status="running", name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID")
+        )
     try:
         with StopSignals() as stop:
             result = _run(cfg, run_dir, device, dist, identity, resume_from, stop)

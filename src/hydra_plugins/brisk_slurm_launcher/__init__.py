@@ -23,4 +23,6 @@ if _SubmititSlurmLauncher is not None:
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             from brisk.sweep.slurm import run_requeueable
 
-            return run_requeueable(lambda: super(BriskSlurmLauncher, self).__call__(*args, **kwargs))
+            return run_requeueable(
+                lambda: super(BriskSlurmLauncher, self).__call__(*args, **kwargs)
+            )
