@@ -27,9 +27,12 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("brisk")
 
@@ -58,7 +61,7 @@ def run_requeueable(job: Callable[[], Any]) -> Any:
     except SystemExit as exit_:
         if exit_.code not in REQUEUE_EXIT_CODES or "SLURM_JOB_ID" not in os.environ:
             raise
-        problem = requeue(os.environ["SLURM_JOB_ID"])
+        problem = requeue(job_address(os.environ))
         if problem is None:
             raise
         raise RuntimeError(
@@ -66,6 +69,17 @@ def run_requeueable(job: Callable[[], Any]) -> Any:
         ) from None
     finally:
         signal.signal(signal.SIGUSR2, submitit_handler)
+
+
+def job_address(environ: Mapping[str, str]) -> str:
+    """How scontrol names this job: ``ARRAY_TASK`` for a task of an array, else the job id.
+
+    The first task of an array has the array's own id as ``SLURM_JOB_ID``, and ``scontrol requeue``
+    (or ``scancel``) with that id acts on every task of the array.
+    """
+    if "SLURM_ARRAY_JOB_ID" in environ and "SLURM_ARRAY_TASK_ID" in environ:
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    return environ["SLURM_JOB_ID"]
 
 
 def requeue(job_id: str) -> str | None:
@@ -82,3 +96,16 @@ def requeue(job_id: str) -> str | None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     return None
+
+
+def summarize_sweep(config: DictConfig) -> None:
+    """Run the sweep-summary callback of ``config`` (if configured) as at the end of a sweep."""
+    spec = OmegaConf.select(config, "hydra.callbacks.sweep_summary")
+    if spec is None:
+        return
+    try:
+        callback = instantiate(spec)
+    except Exception:
+        log.exception("could not build the sweep-summary callback")
+        return
+    callback.on_multirun_end(config)

@@ -6,6 +6,7 @@ start-up, so this one defines nothing when the ``slurm`` extra is not installed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 try:
@@ -26,3 +27,16 @@ if _SubmititSlurmLauncher is not None:
             return run_requeueable(
                 lambda: super(BriskSlurmLauncher, self).__call__(*args, **kwargs)
             )
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+            """Submit, wait, then summarise the sweep once more from the submitting side.
+
+            Jobs of an array that end together each rewrite the summary from their node; the one
+            written last may predate another's final status. After the batch, all statuses are final.
+            """
+            from brisk.sweep.slurm import summarize_sweep
+
+            returns = super().launch(job_overrides, initial_job_idx)
+            if self.config is not None:
+                summarize_sweep(self.config)
+            return returns
