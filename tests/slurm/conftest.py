@@ -32,10 +32,10 @@ def _cluster_problem() -> str | None:
         return "no SLURM client (sinfo, sbatch): start one with sudo scripts/slurm_local.sh up"
     try:
         proc = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
         )
     except subprocess.TimeoutExpired:
-        return "sinfo did not answer within 20 s"
+        return "no SLURM controller answers (sinfo timed out): start one with sudo scripts/slurm_local.sh up"
     states = proc.stdout.split()
     if proc.returncode != 0 or not any(s.startswith(("idle", "mix", "alloc")) for s in states):
         reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no nodes"]
