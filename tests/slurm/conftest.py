@@ -64,6 +64,32 @@ def slurm_train(*overrides: str, check: bool = True, timeout: int = 420):
     return run_train("-m", *LAUNCHER, *overrides, env=job_env(), check=check, timeout=timeout)
 
 
+def start_train(*overrides: str) -> subprocess.Popen:
+    """``train`` started in the background: a reference run that overlaps the SLURM jobs' waits."""
+    import sys
+
+    env = {**os.environ, **job_env(), "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "brisk.train", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: int = 420) -> str:
+    """Wait for a process of :func:`start_train`; fail with its output unless it exited 0."""
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    return output
+
+
 def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.2):
     """Poll ``condition()`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout_s

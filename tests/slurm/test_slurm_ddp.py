@@ -5,14 +5,15 @@ the ranks from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and the rende
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT, run_train
+from tests.conftest import REPO_ROOT
 from tests.distributed.test_torchrun import COMMON, WEIGHT_TOLERANCE, max_abs_diff, rows, weights
-from tests.slurm.conftest import job_env
+from tests.slurm.conftest import finish, job_env, start_train
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -25,6 +26,8 @@ def test_sbatch_with_two_tasks_trains_the_weights_of_one_process(
     script = tmp_path / "job.sh"
     overrides = " ".join((*COMMON, "trainer.threads=1", f"hydra.run.dir={two}"))
     script.write_text(f"#!/bin/bash\nsrun {sys.executable} -m brisk.train {overrides}\n")
+    # the 1-process reference runs here while the job waits for its turn and starts
+    reference = start_train(*COMMON, "trainer.threads=1", f"hydra.run.dir={tmp_path / 'one'}")
     proc = subprocess.run(
         [
             "sbatch",
@@ -37,7 +40,7 @@ def test_sbatch_with_two_tasks_trains_the_weights_of_one_process(
             str(script),
         ],
         cwd=REPO_ROOT,
-        env={**__import__("os").environ, **job_env(), "BRISK_DIST_TIMEOUT_S": "60"},
+        env={**os.environ, **job_env(), "BRISK_DIST_TIMEOUT_S": "60"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,7 +55,7 @@ def test_sbatch_with_two_tasks_trains_the_weights_of_one_process(
     steps = [r["step"] for r in rows(two) if r["split"] == "train"]
     assert steps == [str(s) for s in range(1, 11)]
 
-    run_train(*COMMON, "trainer.threads=1", f"hydra.run.dir={tmp_path / 'one'}")
+    finish(reference)
     diff = max_abs_diff(
         weights(two / "checkpoints" / "last.pt"),
         weights(tmp_path / "one" / "checkpoints" / "last.pt"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import REPO_ROOT, run_train
-from tests.slurm.conftest import LAUNCHER, job_env, wait_for
+from tests.conftest import REPO_ROOT
+from tests.slurm.conftest import LAUNCHER, finish, job_env, start_train, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -63,12 +64,12 @@ def test_signalled_jobs_save_requeue_and_finish_like_an_uninterrupted_run(
     labels = ",".join(s.lower() for s in SIGNALS)
     command = [sys.executable, "-m", "brisk.train", "-m", *LAUNCHER, *RUN]
     command += ["+model.delay_s=0.5", f"+model.label={labels}", f"hydra.sweep.dir={sweep}"]
-    import os
-
     env = {**os.environ, **job_env(), "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1"}
     launcher = subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    reference = tmp_path / "reference"
+    uninterrupted = None
     try:
         seen, tasks = {}, {}
         for num, name in enumerate(SIGNALS):
@@ -77,14 +78,16 @@ def test_signalled_jobs_save_requeue_and_finish_like_an_uninterrupted_run(
             seen[name] = len(train_steps(run_dir))
             tasks[name] = array_task(str(slurm_job_id(run_dir)))
             subprocess.run(["scancel", f"--signal={name}", tasks[name]], check=True, timeout=30)
+        # the uninterrupted run, while the jobs wait to be started again
+        uninterrupted = start_train(
+            *RUN, "+model.delay_s=0", "trainer.threads=1", f"hydra.run.dir={reference}"
+        )
         output, _ = launcher.communicate(timeout=360)
     finally:
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 0, output
-
-    reference = tmp_path / "reference"
-    run_train(*RUN, "+model.delay_s=0", "trainer.threads=1", f"hydra.run.dir={reference}")
+    finish(uninterrupted)
     expected = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)["model"]
 
     for num, name in enumerate(SIGNALS):
