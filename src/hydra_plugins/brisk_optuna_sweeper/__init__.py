@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as _OptunaSweeper
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import (  # type: ignore[import-untyped]
+        OptunaSweeper as _OptunaSweeper,
+    )
 except ImportError:  # the optuna extra is not installed
     _OptunaSweeper = None
 

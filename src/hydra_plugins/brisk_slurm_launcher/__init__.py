@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 try:
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (  # type: ignore[import-untyped]
         SlurmLauncher as _SubmititSlurmLauncher,
     )
 except ImportError:  # the slurm extra is not installed
