@@ -93,8 +93,14 @@ start_munge() {
   chown munge:munge /run/munge /var/log/munge /var/lib/munge
   [ -s /etc/munge/munge.key ] || { mungekey --create >/dev/null 2>&1 || true; }
   runuser -u munge -- munged
-  cp /run/munge/munged.pid "$STATE/munged.pid"
-  for _ in $(seq 50); do munge_ok && return 0; sleep 0.1; done
+  for _ in $(seq 50); do
+    if [ -s /run/munge/munged.pid ] && munge_ok; then
+      # this copy marks munged as ours: `down` stops it by this pid, and only then
+      cp /run/munge/munged.pid "$STATE/munged.pid"
+      return 0
+    fi
+    sleep 0.1
+  done
   say "munged started but munge -n | unmunge still fails"
   return 1
 }
