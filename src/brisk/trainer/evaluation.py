@@ -102,3 +102,13 @@ def _any_rank_has_videos(local: bool) -> bool:
     flag = torch.tensor([int(local)])
     all_reduce_sum(flag)
     return bool(flag.item())
+
+
+def monitored(metrics: dict[str, float], monitor: str) -> float:
+    """The metric that ranks checkpoints (``task.monitor``); acc1 where a split lacks it."""
+    return metrics.get(monitor, metrics["acc1"])
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``loss 0.1234  acc1 0.9800 ...``: how every metrics line of the log reads."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
