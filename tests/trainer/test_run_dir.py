@@ -26,9 +26,10 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(
     cfg_digits, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    with RunLock(RunPaths(run)):  # flock conflicts between two open files, even in one process
-        with pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()}"):
-            train(cfg_digits(*FAST), run)
+    # flock conflicts between two open files, even in one process
+    busy = pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()}")
+    with RunLock(RunPaths(run)), busy:
+        train(cfg_digits(*FAST), run)
     assert not (run / "status.json").exists()
     train(cfg_digits(*FAST), run)  # released: the run goes ahead
     assert json.loads((run / "status.json").read_text())["status"] == "ok"
