@@ -15,7 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from brisk.runtime import is_distributed
 from brisk.trainer.checkpoint import StorageError, atomic_write, free_space
+from brisk.trainer.distributed import broadcast_object
 
 log = logging.getLogger("brisk")
 
@@ -165,15 +167,17 @@ class RunRecord:
         self.finished: dict[str, Any] | None = None
 
     def begin(self, **fields: Any) -> None:
-        if not self.enabled:
-            return
-        previous = read_status(self.path)
-        if previous.get("status") == "ok":
-            self.finished = previous
-            previous["last_attempt"] = {"status": "running", "started": _now()}
-            _dump_status(self.path, previous)
-        else:
-            _dump_status(self.path, {"status": "running", **fields})
+        """Start an attempt; every rank learns whether the run had finished before (``finished``)."""
+        if self.enabled:
+            previous = read_status(self.path)
+            if previous.get("status") == "ok":
+                self.finished = previous
+                previous["last_attempt"] = {"status": "running", "started": _now()}
+                _dump_status(self.path, previous)
+            else:
+                _dump_status(self.path, {"status": "running", **fields})
+        if is_distributed():
+            self.finished = broadcast_object(self.finished)  # type: ignore[assignment]
 
     def update(self, **fields: Any) -> None:
         """Add facts about the run (its cost, say) without changing its status."""

@@ -145,6 +145,8 @@ class Trainer:
         self.last_saved_step: int | None = None
         self.logger: RunLogger | None = None
         self.progress_stream: IO[str] | None = sys.stderr
+        self._window: _Window | None = None
+        self._session = _Session()
         self.whitening.attach(self.model)
 
     @property
@@ -244,6 +246,8 @@ class Trainer:
         self._window = _Window(self.device)
         self._session = _Session()
         progress = EpochProgress(self.progress_stream, enabled=self.dist.is_main)
+        if not self.finished and self.stop.agreed():  # the signal came while the run was set up
+            self._interrupted()
         try:
             with progress.logging_above():
                 while not self.finished:
@@ -331,10 +335,9 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Raise if any step since the last check had a non-finite loss, naming the first one."""
-        window = getattr(self, "_window", None)
-        if window is None:
+        if self._window is None:
             return
-        bad_step, bad_value = window.first_non_finite()
+        bad_step, bad_value = self._window.first_non_finite()
         if bad_step is None:
             return
         if self.last_saved_step is not None and self.paths.last.is_file():
@@ -350,6 +353,7 @@ class Trainer:
         """Write a train row and a log line; returns the window's mean loss (for the progress bar)."""
         self._check_finite()
         window, session = self._window, self._session
+        assert window is not None
         stats = torch.stack([window.loss_sum, window.correct.double(), window.count.double()]).cpu()
         all_reduce_sum(stats)
         elapsed = time.perf_counter() - session.start
