@@ -43,7 +43,7 @@ def free_space(path: Path) -> str:
         return "?"
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename.
 
     The temporary name is unique per call (two processes never share one), and it is removed when the

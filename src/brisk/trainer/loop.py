@@ -94,9 +94,7 @@ class Trainer:
         self.config_yaml = ctx.config_yaml
         self.fingerprint = config_fingerprint(ctx.config_yaml)
         self.memory_format = _memory_format(model) if trainer_cfg.channels_last else None
-        self.model = model.to(
-            self.device, memory_format=self.memory_format or torch.preserve_format
-        )
+        self.model = model.to(self.device)
         # The teacher may add trainable modules to the student (feature-mimicking adapters): attach it
         # before DDP wraps the model and before the optimizer collects the parameters.
         self.teacher.attach(self.model)
@@ -331,6 +329,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         correct = (out.detach().argmax(1) == target).sum()
+        assert self._window is not None, "fit() opens the window"
         self._window.add(self.step + 1, loss.detach(), correct, len(target), parts)
 
     def _check_finite(self) -> None:

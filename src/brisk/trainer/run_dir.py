@@ -122,12 +122,13 @@ class lock_run_dir:  # noqa: N801 - used as a context manager, like a function
         self.lock, self.dist = RunLock(paths, enabled=dist.is_main), dist
 
     def __enter__(self) -> RunLock:
-        refusal = None
+        refusal: object = None
         try:
             self.lock.acquire()
         except RunDirectoryBusy as exc:
             refusal = str(exc)
-        refusal = broadcast_object(refusal) if self.dist.enabled else refusal
+        if self.dist.enabled:
+            refusal = broadcast_object(refusal)
         if refusal:
             raise RunDirectoryBusy(str(refusal))
         return self.lock
