@@ -60,8 +60,12 @@ class Teacher:
 
     def loss(
         self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
-        """The loss to optimise and named scalar parts of it for the logs."""
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """The loss to optimise and named scalar parts of it for the logs.
+
+        Return the parts as detached 0-d tensors rather than floats: the loop sums them on the
+        device and reads them only at log steps, so a step never waits for the device.
+        """
         return hard_loss, {}
 
     def state_dict(self) -> dict[str, Any]:

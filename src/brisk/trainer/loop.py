@@ -364,7 +364,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": elapsed,
             "images_per_s": images_per_s,
-            **{k: v / max(window.steps, 1) for k, v in window.parts.items()},
+            **{k: float(v) / max(window.steps, 1) for k, v in window.parts.items()},
             **self.whitening.metrics(),
         }
         assert self.logger is not None
@@ -476,10 +476,15 @@ class _Window:
         self.bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
         self.steps = 0
-        self.parts: dict[str, float] = {}
+        self.parts: dict[str, Tensor | float] = {}
 
     def add(
-        self, step: int, loss: Tensor, correct: Tensor, count: int, parts: dict[str, float]
+        self,
+        step: int,
+        loss: Tensor,
+        correct: Tensor,
+        count: int,
+        parts: dict[str, Tensor | float],
     ) -> None:
         first_bad = (self.bad_step < 0) & ~torch.isfinite(loss)
         self.bad_step = torch.where(first_bad, step, self.bad_step)
@@ -489,7 +494,9 @@ class _Window:
         self.count += count
         self.steps += 1
         for key, value in parts.items():
-            self.parts[key] = self.parts.get(key, 0.0) + float(value)
+            # a teacher may report its parts as tensors: they stay on the device until a log step
+            part = value.detach() if isinstance(value, Tensor) else float(value)
+            self.parts[key] = self.parts.get(key, 0.0) + part
 
     def first_non_finite(self) -> tuple[int | None, float]:
         """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None, 0)."""
