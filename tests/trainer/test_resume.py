@@ -142,3 +142,16 @@ def test_resume_auto_skips_foreign_and_malformed_checkpoints(
     train(cfg_digits(*FAST, "resume=auto"), runs / "second")
     assert f"resume=auto: continuing {runs / 'first'}" in caplog.text
     assert "skipping" in caplog.text
+
+
+def test_a_run_that_crashed_after_its_test_writes_the_test_row_once(
+    cfg_digits, tmp_path: Path
+) -> None:
+    run = tmp_path / "a"
+    train(cfg_digits(*FAST), run)
+    status = _status(run)
+    status["status"] = "failed"  # as if recording the result had failed after the test
+    (run / "status.json").write_text(json.dumps(status))
+    train(cfg_digits(*FAST), run)
+    assert [r["split"] for r in _rows(run)].count("test") == 1
+    assert _status(run)["status"] == "ok"

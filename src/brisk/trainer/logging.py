@@ -39,10 +39,14 @@ class MetricsCSV:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or BASE_COLUMNS)
                 self.rows = list(reader)
-            if (
-                resume_from_step is not None
-            ):  # rows past the checkpoint belong to the lost part of the run
-                self.rows = [r for r in self.rows if int(float(r["step"])) <= resume_from_step]
+            if resume_from_step is not None:
+                # rows past the checkpoint belong to the lost part of the run, and the test row
+                # is written again when the resumed run ends
+                self.rows = [
+                    r
+                    for r in self.rows
+                    if int(float(r["step"])) <= resume_from_step and r.get("split") != "test"
+                ]
                 self._rewrite()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -61,9 +65,6 @@ class MetricsCSV:
                     f"could not append to {self.path}: {exc.strerror or exc}; "
                     f"{free_space(self.path)} free there"
                 ) from exc
-
-    def has_split(self, split: str) -> bool:
-        return any(r.get("split") == split for r in self.rows)
 
     def _rewrite(self) -> None:
         text = io.StringIO(newline="")
