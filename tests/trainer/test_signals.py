@@ -79,3 +79,29 @@ def test_second_interrupt_exits_at_once_without_a_traceback() -> None:
     )
     assert proc.returncode == -signal.SIGINT
     assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    from tests.distributed.test_torchrun import COMMON, torchrun
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    torchrun(*COMMON, f"hydra.run.dir={full}", output_dir=tmp_path)
+    stopped = torchrun(
+        *COMMON,
+        f"hydra.run.dir={cut}",
+        output_dir=tmp_path,
+        env={"BRISK_FAULT_AT_STEP": "4", "BRISK_FAULT_RANK": "1", "BRISK_FAULT_SIGNAL": "TERM"},
+        check=False,
+    )
+    assert stopped.returncode != 0
+    status = json.loads((cut / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 4, status
+    state = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["rng_per_rank"]) == 2  # both ranks took part
+    torchrun(*COMMON, f"hydra.run.dir={cut}", output_dir=tmp_path)
+    reference = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key, value in reference.items():
+        assert torch.equal(value, resumed[key]), key
+    assert _train_steps(cut) == list(range(1, 11))

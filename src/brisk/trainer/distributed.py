@@ -23,6 +23,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from brisk.runtime import is_distributed
+
 # Seconds a collective may wait for the other ranks before it raises. Long enough for rank 0 to prepare
 # a data set or write a checkpoint while the others wait at a barrier; raise it for slow data preparation.
 TIMEOUT_ENV = "BRISK_DIST_TIMEOUT_S"
@@ -177,13 +179,13 @@ def quiet_console() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_object(obj: object) -> object:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -197,7 +199,7 @@ def all_gather_objects(obj: object) -> list[object]:
     tensors straight through ``all_gather_object`` fails to unpickle CPU tensors in this torch version,
     and the bytes route only accepts the plain types a checkpoint may hold anyway.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return [obj]
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -207,12 +209,12 @@ def all_gather_objects(obj: object) -> list[object]:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
