@@ -101,6 +101,36 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.2):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def sbatch(*args: str, env: dict[str, str], timeout_s: float = 300) -> tuple[str, str]:
+    """Submit a batch job and wait for it; returns its id and final state (COMPLETED, FAILED, ...).
+
+    Polls ``scontrol show job`` every half second: ``sbatch --wait`` backs off and noticed a 12 s
+    job after 42 s here.
+    """
+    job_id = (
+        subprocess.run(
+            ["sbatch", "--parsable", *args],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
+
+    def final_state() -> str | None:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30
+        ).stdout
+        state = next((f.split("=", 1)[1] for f in shown.split() if f.startswith("JobState=")), "")
+        running = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "")
+        return None if state in running else state
+
+    return job_id, wait_for(final_state, timeout_s, f"SLURM job {job_id}", poll_s=0.5)
+
+
 def submitted_arrays(sweep_dir: Path) -> list[str]:
     """The ``#SBATCH --array=`` values of the sweep's submissions, one per sbatch call."""
     arrays = []

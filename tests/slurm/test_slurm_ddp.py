@@ -5,15 +5,12 @@ the ranks from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and the rende
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import REPO_ROOT
 from tests.distributed.test_torchrun import COMMON, WEIGHT_TOLERANCE, max_abs_diff, rows, weights
-from tests.slurm.conftest import finish, job_env, start_train
+from tests.slurm.conftest import finish, job_env, sbatch, start_train
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -28,26 +25,16 @@ def test_sbatch_with_two_tasks_trains_the_weights_of_one_process(
     script.write_text(f"#!/bin/bash\nsrun {sys.executable} -m brisk.train {overrides}\n")
     # the 1-process reference runs here while the job waits for its turn and starts
     reference = start_train(*COMMON, "trainer.threads=1", f"hydra.run.dir={tmp_path / 'one'}")
-    proc = subprocess.run(
-        [
-            "sbatch",
-            "--wait",
-            "--parsable",
-            "--ntasks=2",
-            "--cpus-per-task=1",
-            "--time=5",
-            f"--output={tmp_path / 'slurm-%j.out'}",
-            str(script),
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, **job_env(), "BRISK_DIST_TIMEOUT_S": "60"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    job_id, state = sbatch(
+        "--ntasks=2",
+        "--cpus-per-task=1",
+        "--time=5",
+        f"--output={tmp_path / 'slurm-%j.out'}",
+        str(script),
+        env={**job_env(), "BRISK_DIST_TIMEOUT_S": "60"},
     )
     job_output = "\n".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
-    assert proc.returncode == 0, proc.stderr + job_output
-    job_id = proc.stdout.strip().split(";")[0]
+    assert state == "COMPLETED", job_output
     status = json.loads((two / "status.json").read_text())
     assert status["status"] == "ok" and status["slurm_job_id"] == job_id
     # two ranks of one process group: rank 1 logs to its own file and writes no metrics
