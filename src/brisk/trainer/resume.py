@@ -240,6 +240,11 @@ def load_weights(model: nn.Module, path: Path) -> None:
     log.info("init_from=%s: weights loaded; optimizer, schedule and step start fresh", path)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples come back from a checkpoint as lists: compare them as equal."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def apply_new_hparams(
     optimizer: Optimizer,
     scheduler: LRScheduler,
@@ -257,7 +262,7 @@ def apply_new_hparams(
         for key, value in fresh.items():
             if key in ("lr",):  # set from the schedule below
                 continue
-            if group.get(key) != value:
+            if _plain(group.get(key)) != _plain(value):
                 changes.append(f"group {index} {key} {group.get(key)} -> {value}")
                 group[key] = value
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
