@@ -115,6 +115,7 @@ def test_finished_run_keeps_its_record_and_metrics(
     assert _rows(run) == rows_before
     assert [r["split"] for r in _rows(run)].count("test") == 1
     assert _status(run)["test_acc1"] == before["test_acc1"]
+    assert "last_attempt" not in _status(run)  # that attempt succeeded
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the data went away")
