@@ -26,7 +26,6 @@ from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
-from omegaconf import OmegaConf
 
 from brisk.errors import USER_ERROR_EXIT, UserError
 
@@ -91,5 +90,5 @@ def _record_failure(run_dir: Path, message: str) -> None:
 
 
 def _is_multirun() -> bool:
-    mode = OmegaConf.select(HydraConfig.get(), "mode")
+    mode = HydraConfig.get().mode
     return str(getattr(mode, "name", mode)) == "MULTIRUN"
