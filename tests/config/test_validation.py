@@ -97,11 +97,12 @@ def test_validator_names_the_key(name: str, fake_cifar: Path) -> None:
     assert "checkpoint" not in message
 
 
-def test_every_shipped_config_is_valid() -> None:
-    for group, option in [(None, None), ("task", "cifar"), ("task", "video"), ("task", "imagenet")]:
-        validate_config(_compose([] if group is None else [f"{group}={option}"]))
+def test_the_teachers_whitening_is_checked_like_the_students() -> None:
     for whitening in ("evd", "feature", "recursive"):
-        validate_config(_compose([f"whitening={whitening}", "teacher=rgb_mfnet", "task=video"]))
+        overrides = ["task=video", "teacher=rgb_mfnet", f"whitening@teacher.whitening={whitening}"]
+        validate_config(_compose(overrides))
+        with pytest.raises(ConfigValueError, match="teacher.whitening.momentum"):
+            validate_config(_compose([*overrides, "teacher.whitening.momentum=1.5"]))
 
 
 def test_nesterov_needs_momentum_and_fractions_must_leave_training_data() -> None:
