@@ -241,3 +241,24 @@ def test_user_errors_are_one_family() -> None:
 
     assert str(pickle.loads(pickle.dumps(err))) == str(err)  # launchers pickle failed jobs back
     assert issubclass(ConfigValueError, UserError)
+
+
+def test_divergence_warning_threshold() -> None:
+    from brisk.trainer.health import divergence_warning, nonfinite_loss_message
+
+    assert divergence_warning(2.5, 10, 10) is None  # an untrained 10-class model
+    assert divergence_warning(800.0, 10, 10) is None
+    warning = divergence_warning(1e13, 10, 10)
+    assert warning is not None and "optimizer.lr" in warning and "step 10" in warning
+    assert divergence_warning(float("nan"), 10, 10) is None  # the NaN check reports that one
+    assert "no checkpoint was written" in nonfinite_loss_message(math.nan, 3, Path("/nowhere.pt"))
+
+
+@pytest.mark.slow
+def test_a_run_diverging_to_a_huge_finite_loss_warns(tmp_path: Path) -> None:
+    # BatchNorm keeps the loss finite at lr 1000: the NaN check never fires
+    proc = _train(
+        "optimizer.lr=1000", "debug=fast", "trainer.threads=1", f"hydra.run.dir={tmp_path}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "the run is diverging" in proc.stdout + proc.stderr
