@@ -112,6 +112,15 @@ def test_nesterov_needs_momentum_and_fractions_must_leave_training_data() -> Non
         validate_config(_compose(["dataset.val_fraction=0.5", "dataset.test_fraction=0.5"]))
 
 
+def test_names_are_checked_against_the_choices() -> None:
+    with pytest.raises(ConfigValueError, match="model.name='resnet7'.*small_cnn"):
+        validate_config(_compose(["model.name=resnet7"]))
+    with pytest.raises(ConfigValueError, match="dataset.normalization"):
+        validate_config(_compose(["task=video", "dataset.normalization=imagenet"]))
+    with pytest.raises(ConfigValueError, match="trainer.worker_start_method"):
+        validate_config(_compose(["trainer.worker_start_method=thread"]))
+
+
 def test_precision_is_an_enum_that_accepts_its_three_values() -> None:
     from brisk.config.schema import Precision
 

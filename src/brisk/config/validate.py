@@ -195,9 +195,31 @@ def _violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
                 yield key, value, rule.describe()
 
 
+def _choices(cfg: DictConfig) -> Iterator[str]:
+    """Keys whose value is one of a few names."""
+    import multiprocessing
+
+    method = OmegaConf.select(cfg, "trainer.worker_start_method", default=None)
+    methods = multiprocessing.get_all_start_methods()
+    if method is not None and method not in methods:
+        yield f"trainer.worker_start_method={_show(method)} (expected null or one of {methods})"
+    norm = OmegaConf.select(cfg, "dataset.normalization", default=None)
+    if norm is not None:
+        from brisk.video.clips import NORMALIZATIONS
+
+        if norm not in NORMALIZATIONS:
+            yield f"dataset.normalization={_show(norm)} (expected one of {list(NORMALIZATIONS)})"
+    model = cfg.get("model")
+    if isinstance(model, DictConfig) and model.get("_target_") == "brisk.models.create_model":
+        from brisk.models.registry import list_models
+
+        if model.get("name") not in list_models():
+            yield f"model.name={_show(model.get('name'))} (expected one of {list_models()})"
+
+
 def _cross_checks(cfg: DictConfig) -> list[str]:
     """Constraints between keys, each named by the key a user would change."""
-    problems = []
+    problems = list(_choices(cfg))
     opt = cfg.get("optimizer")
     if (
         isinstance(opt, DictConfig)
