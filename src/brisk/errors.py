@@ -22,4 +22,4 @@ class ConfigValueError(UserError, ValueError):
 
 
 class UnsafeFileError(UserError):
-    """A data or cache file that holds something other than plain data (e.g. a code-running pickle)."""
+    """A data or cache file holding something other than plain data (e.g. a code-running pickle)."""

@@ -15,7 +15,8 @@ import brisk.config  # noqa: F401  (registers schemas and resolvers)
 from brisk.config.validate import validate_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-# Groups whose options need an optional extra (a Hydra plugin; tests/sweep covers them) or are hydra's own.
+# Groups whose options need an optional extra (a Hydra plugin; tests/sweep covers them) or are
+# hydra's own.
 SKIP_GROUPS = {"hydra", "hparams_search"}
 
 

@@ -30,9 +30,9 @@ class Backend(StrEnum):
 class Precision(StrEnum):
     """Training precision: ``32``, ``bf16`` (autocast) or ``16-mixed`` (autocast + loss scaling).
 
-    The member names equal the values although "32" and "16-mixed" are not identifiers: OmegaConf looks
-    a string up by name and writes names into the run's identity YAML, which must keep reading "32"
-    (the fingerprint of every earlier run depends on it).
+    The member names equal the values although "32" and "16-mixed" are not identifiers: OmegaConf
+    looks a string up by name and writes names into the run's identity YAML, which must keep reading
+    "32" (the fingerprint of every earlier run depends on it).
     """
 
     locals()["32"] = "32"

@@ -3,12 +3,14 @@
 The typed schemas (``schema.py``) catch a misspelt key or a wrong type at composition time; they
 cannot say that ``trainer.batch_size`` must be positive or ``optimizer.momentum`` below one. Those
 values used to fail late with torch's message (or not at all: ``trainer.grad_clip=-1`` flips the
-gradient, ``trainer.epochs=0`` reports an untrained model as tested). :func:`validate_config` checks the
-composed config against the ranges below and raises one :class:`~brisk.errors.ConfigValueError` that
-names every offending key. :func:`check_data` does the checks that need the loaded data set.
+gradient, ``trainer.epochs=0`` reports an untrained model as tested). :func:`validate_config`
+checks the composed config against the ranges below and raises one
+:class:`~brisk.errors.ConfigValueError` that names every offending key. :func:`check_data` does the
+checks that need the loaded data set.
 
-The ranges are keyed by section (``trainer``, ``optimizer``, ...) and apply to whichever of their keys a
-config has, so a plugin option (a new optimizer, a new data set) is checked on the keys it shares.
+The ranges are keyed by section (``trainer``, ``optimizer``, ...) and apply to whichever of their
+keys a config has, so a plugin option (a new optimizer, a new data set) is checked on the keys it
+shares.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ The batches are pickles, and unpickling runs whatever code a file names: a craft
 data directory would run as the user. They are therefore read by :class:`_BatchUnpickler`, which
 resolves only the few names the real files need (numpy's array and scalar reconstruction, dtype, and
 ``_codecs.encode`` for bytes re-pickled by Python 3) and rejects any other with an error naming the
-file. Both key types users have are accepted: the official files' bytes keys (``b'data'``) and the str
-keys of batches re-packed with Python 3 (``'data'``).
+file. Both key types users have are accepted: the official files' bytes keys (``b'data'``) and the
+str keys of batches re-packed with Python 3 (``'data'``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
         allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]
+        frombuffer = numeric._frombuffer  # type: ignore[attr-defined]
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
     return allowed
 
 
@@ -82,7 +83,7 @@ class _RefusedGlobal(pickle.UnpicklingError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: any other global is refused, not imported."""
+    """Unpickles plain containers and numpy arrays only; any other global is refused unimported."""
 
     _allowed: dict[tuple[str, str], Any] | None = None
 

@@ -26,10 +26,10 @@ def load_image(path: str) -> Image.Image:
 class ImageNetDataModule(DataModule):
     """Validation doubles as the test split: ImageNet's test labels are not public.
 
-    Images are opened by PIL restricted to raster formats (:data:`IMAGE_FORMATS`): PIL picks a decoder
-    from a file's content, not its name, and some (EPS) hand the file to Ghostscript, so a crafted
-    ``.jpg`` in a shared folder could otherwise run a program. A class folder with no image, or a
-    folder that cannot be listed, is reported with its path.
+    Images are opened by PIL restricted to raster formats (:data:`IMAGE_FORMATS`): PIL picks a
+    decoder from a file's content, not its name, and some (EPS) hand the file to Ghostscript, so a
+    crafted ``.jpg`` in a shared folder could otherwise run a program. A class folder with no image,
+    or a folder that cannot be listed, is reported with its path.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Signs that a run has gone wrong although its numbers are still finite, and honest messages for it.
+"""Signs that a run has gone wrong although its numbers are still finite, and honest messages.
 
 A cross-entropy loss starts near ln(C) for C classes and falls. A loss thousands of times larger
 (1e13 with BatchNorm at lr 1000) means the weights are diverging, but it is finite, so the NaN check
