@@ -115,6 +115,7 @@ def test_finished_run_keeps_its_record_and_metrics(
     assert _rows(run) == rows_before
     assert [r["split"] for r in _rows(run)].count("test") == 1
     assert _status(run)["test_acc1"] == before["test_acc1"]
+    assert "last_attempt" not in _status(run)  # that attempt succeeded
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the data went away")
@@ -155,3 +156,19 @@ def test_a_run_that_crashed_after_its_test_writes_the_test_row_once(
     train(cfg_digits(*FAST), run)
     assert [r["split"] for r in _rows(run)].count("test") == 1
     assert _status(run)["status"] == "ok"
+
+
+def test_resume_auto_continues_a_run_stopped_in_its_teacher_stage(
+    cfg_digits, tmp_path: Path
+) -> None:
+    from brisk.trainer.checkpoint import config_fingerprint
+    from brisk.trainer.resume import identity_yaml, plan_resume
+
+    cfg = cfg_digits(*FAST, "resume=auto")
+    identity = identity_yaml(cfg)
+    runs = tmp_path / "outputs" / "runs"
+    stage = runs / "stopped" / "teacher" / "checkpoints"
+    stage.mkdir(parents=True)
+    torch.save({"config_fingerprint": config_fingerprint(identity)}, stage / "last.pt")
+    plan = plan_resume(cfg, runs / "new", identity)
+    assert plan.run_dir == runs / "stopped" and plan.checkpoint is None

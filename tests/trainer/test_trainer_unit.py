@@ -106,14 +106,14 @@ def test_non_finite_loss_names_its_step_and_the_last_good_checkpoint(
     message = str(diverged.value)
     assert "at step 3" in message
     if checkpoint_every:
-        assert f"last good checkpoint: {tmp_path / 'checkpoints' / 'last.pt'} at step 2" in message
+        assert f"last good checkpoint: {tmp_path / 'checkpoints' / 'last.pt'}" in message
         state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
         assert state["step"] == 2
         assert all(
             torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
         )
     else:
-        assert "no checkpoint was saved" in message
+        assert "no checkpoint was written" in message
         assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 

@@ -172,7 +172,7 @@ class RunRecord:
         if self.enabled:
             previous = read_status(self.path)
             if previous.get("status") == "ok":
-                self.finished = previous
+                self.finished = dict(previous)
                 previous["last_attempt"] = {"status": "running", "started": _now()}
                 _dump_status(self.path, previous)
             else:

@@ -44,6 +44,7 @@ from brisk.trainer.distributed import (
     maybe_inject_fault,
 )
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
+from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.logging import RunLogger
 from brisk.trainer.optim import build_optimizer
 from brisk.trainer.progress import EpochProgress
@@ -339,14 +340,8 @@ class Trainer:
         bad_step, bad_value = self._window.first_non_finite()
         if bad_step is None:
             return
-        if self.last_saved_step is not None and self.paths.last.is_file():
-            good = f"last good checkpoint: {self.paths.last} at step {self.last_saved_step}"
-        else:
-            good = "no checkpoint was saved before it"
-        raise FloatingPointError(
-            f"training loss became {bad_value} at step {bad_step}: lower optimizer.lr, raise "
-            f"whitening eps, or check the inputs ({good}; restart from it with init_from=PATH)"
-        )
+        # checkpoints are never written after a non-finite step: last.pt, if any, is a good one
+        raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
 
     def _log_train(self) -> float:
         """Write a train row and a log line; returns the window's mean loss (for the progress bar)."""
@@ -369,6 +364,9 @@ class Trainer:
         }
         assert self.logger is not None
         self.logger.metrics("train", self.step, self.epoch + 1, row)
+        warning = divergence_warning(row["loss"], self.step, self.datamodule.num_classes)
+        if warning and self.dist.is_main:
+            log.warning(warning)
         if self.dist.is_main:
             eta = elapsed / max(1, session.steps) * (self.total_steps - self.step)
             log.info(

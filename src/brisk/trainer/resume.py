@@ -110,6 +110,8 @@ def plan_resume(cfg: DictConfig, run_dir: Path, identity: str) -> ResumePlan:
     if target is None:
         return ResumePlan(run_dir, init_from=Path(init_from) if init_from else None)
     run_dir, checkpoint = target
+    if checkpoint is None:  # stopped during a stage (the teacher's): that stage continues itself
+        return ResumePlan(run_dir, init_from=Path(init_from) if init_from else None)
     state = read_resume_state(checkpoint)
     if init_from:
         log.info("init_from=%s is not applied: the run continues %s", init_from, checkpoint)
@@ -135,7 +137,9 @@ def plan_resume(cfg: DictConfig, run_dir: Path, identity: str) -> ResumePlan:
     return ResumePlan(run_dir, checkpoint, state, new_hparams=bool(changed), changed=changed)
 
 
-def _continue_from(cfg: DictConfig, run_dir: Path, identity: str) -> tuple[Path, Path] | None:
+def _continue_from(
+    cfg: DictConfig, run_dir: Path, identity: str
+) -> tuple[Path, Path | None] | None:
     own = RunPaths(run_dir).last
     if own.is_file():
         if cfg.ckpt_path and Path(cfg.ckpt_path).resolve() != own.resolve():
@@ -157,17 +161,24 @@ def _continue_from(cfg: DictConfig, run_dir: Path, identity: str) -> tuple[Path,
         log.info("resume=auto: no earlier run of this config under %s; starting fresh", runs)
         return None
     log.info("resume=auto: continuing %s", previous)
-    return previous, RunPaths(previous).last
+    last = RunPaths(previous).last
+    return previous, last if last.is_file() else None
 
 
 def latest_run_with(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:
     """The newest run directory under ``runs_root`` whose ``last.pt`` has this fingerprint.
 
-    Files that are not brisk checkpoints (foreign, truncated, a bare tensor) are skipped with a warning.
+    A run stopped in its first stage (a teacher being fitted) has only the stage's
+    ``<run>/<stage>/checkpoints/last.pt``, which counts too. Files that are not brisk checkpoints
+    (foreign, truncated, a bare tensor) are skipped with a warning.
     """
     candidates = []
-    for last in runs_root.glob("*/checkpoints/last.pt"):
-        folder = last.parent.parent
+    checkpoints = [
+        *runs_root.glob("*/checkpoints/last.pt"),
+        *runs_root.glob("*/*/checkpoints/last.pt"),
+    ]
+    for last in checkpoints:
+        folder = last.parents[1] if last.parents[2] == runs_root else last.parents[2]
         if folder.resolve() == exclude.resolve():
             continue
         try:
@@ -240,6 +251,11 @@ def load_weights(model: nn.Module, path: Path) -> None:
     log.info("init_from=%s: weights loaded; optimizer, schedule and step start fresh", path)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples come back from a checkpoint as lists: compare them as equal."""
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
 def apply_new_hparams(
     optimizer: Optimizer,
     scheduler: LRScheduler,
@@ -257,7 +273,7 @@ def apply_new_hparams(
         for key, value in fresh.items():
             if key in ("lr",):  # set from the schedule below
                 continue
-            if group.get(key) != value:
+            if _plain(group.get(key)) != _plain(value):
                 changes.append(f"group {index} {key} {group.get(key)} -> {value}")
                 group[key] = value
     base_lrs = [group["initial_lr"] for group in optimizer.param_groups]

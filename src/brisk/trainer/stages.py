@@ -110,7 +110,8 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
                 trainer.monitor,
                 record.finished.get("test_acc1"),
             )
-            return {k: v for k, v in record.finished.items() if k not in ("status", "error")}
+            kept = ("status", "error", "last_attempt")
+            return {k: v for k, v in record.finished.items() if k not in kept}
     fit = trainer.fit()
     if trainer.paths.best.is_file():
         trainer.model.load_state_dict(load_checkpoint(trainer.paths.best)["model"])
