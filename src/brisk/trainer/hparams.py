@@ -5,8 +5,8 @@ Written through ``SummaryWriter.add_hparams`` with the fixes its defaults need:
 ``run_name="."`` keeps the record in the run's own event directory (the default, a new
 ``str(time.time())`` sub-directory, shows up as a separate run); values that TensorBoard rejects
 (lists, None, enums) become strings while numbers stay numbers so the dashboard can still sort
-and range-filter by them; booleans become "True"/"False" (torch would store them as 1/0); metric tags get an ``hparam/`` prefix so they cannot
-collide with the training curves' scalar tags.
+and range-filter by them; booleans become "True"/"False" (torch would store them as 1/0); metric
+tags get an ``hparam/`` prefix so they cannot collide with the training curves' scalar tags.
 """
 
 from __future__ import annotations
