@@ -93,9 +93,7 @@ def plot_curves(
         ax.set_title(title)
         ax.set_xlabel("wall-clock seconds" if on_clock else "step")
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize="small", loc="best")
-        else:
+        if not ax.lines:
             ax.text(
                 0.5,
                 0.5,
@@ -104,6 +102,13 @@ def plot_curves(
                 va="center",
                 transform=ax.transAxes,
             )
+    if acc_ax.lines or loss_ax.lines:
+        # one legend for the three panels, below them: configuration labels can be long
+        handles, labels = (acc_ax if acc_ax.lines else loss_ax).get_legend_handles_labels()
+        ncols = max(1, min(3, 170 // max(len(label) for label in labels)))
+        rows = -(-len(labels) // ncols)
+        figure.set_figheight(4.5 + 0.2 * rows)
+        figure.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     figure.savefig(tmp, format="png", dpi=110)
     os.replace(tmp, path)
