@@ -110,12 +110,12 @@ def choose_target(
     groups: Sequence[ConfigGroup], target_acc: float | None, baselines: Sequence[str]
 ) -> Target:
     """The accuracy whose first crossing is counted in steps (see the module docstring)."""
-    scored = [(g, g.stat(lambda j: j.final_val_acc).mean) for g in groups]
-    scored = [(g, m) for g, m in scored if m is not None]
+    means = [(g, g.stat(lambda j: j.final_val_acc).mean) for g in groups]
+    scored = [(g, m) for g, m in means if m is not None]
     marked = [(g, m) for g, m in scored if any(b in g.key for b in baselines)]
     pool, kind = (marked, "baseline") if marked else (scored, "")
     best = max(pool, key=lambda gm: gm[1]) if pool else None
-    reference = {}
+    reference: dict[str, float | None] = {}
     if best is not None:
         reference = {
             "reference_seconds": best[0].stat(lambda j: j.run_seconds).mean,
@@ -133,7 +133,7 @@ def per_job_csv(
     jobs: Sequence[JobRecord], groups: Sequence[ConfigGroup], target: Target, metric: str
 ) -> str:
     label_of = {id(j): g.label for g in groups for j in g.jobs}
-    rows = [
+    rows: list[dict[str, object]] = [
         {
             "job": j.name,
             "config": label_of[id(j)],

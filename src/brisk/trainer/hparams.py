@@ -27,11 +27,14 @@ def flatten_config(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> 
 
     Already-flat dicts pass through unchanged; lists stay whole values (one hparam column each).
     """
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
+    items: Mapping[Any, Any] = (
+        OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+        if isinstance(config, DictConfig)
+        else config
+    )
     flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
+    for key, value in items.items():
+        name = f"{prefix}{key!s}"
         if isinstance(value, DictConfig):
             value = OmegaConf.to_container(value, resolve=True)
         if isinstance(value, Mapping) and value:

@@ -103,7 +103,7 @@ def matrix_view(param: Tensor) -> Tensor:
 
 
 def _memory_order(param: Tensor) -> list[int]:
-    return [0, *sorted(range(1, param.ndim), key=lambda d: -param.stride(d))]
+    return [0, *sorted(range(1, param.ndim), key=lambda d: -param.stride()[d])]
 
 
 class MuonWithAux(Optimizer):
