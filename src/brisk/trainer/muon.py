@@ -16,6 +16,10 @@ loop or the checkpoint code.
 handed to it as a 2-D view ``(out, in*k*k)`` that shares the parameter's storage: Muon's in-place
 update of the view is the update of the weight. A channels-last weight is viewed with its columns
 in memory order; orthogonalisation commutes with a permutation of columns, so the step is the same.
+
+Limitation: ``whitening=feature`` re-maps the momentum buffers it finds in ``optimizer.state`` when
+it refreshes its transform; Muon's buffers live in the inner optimizer, keyed by the views, so they
+are not re-mapped (the gradient-transform whitenings, ``evd`` and ``recursive``, keep no such state).
 """
 
 from __future__ import annotations
