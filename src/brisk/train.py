@@ -178,6 +178,10 @@ def _run(
     cost = _clip_cost(datamodule, model, teacher)
     if cost and dist.is_main:
         write_status(run_dir, cost=cost)
+    # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
+    splits = datamodule.split_summary() if hasattr(datamodule, "split_summary") else {}
+    if splits and dist.is_main:
+        write_status(run_dir, **splits)
 
     if cfg.eval_only:
         return _evaluate_only(cfg, trainer, run_dir)
@@ -187,7 +191,7 @@ def _run(
         log.info("resumed from %s at step %d (epoch %d)", resume_from, trainer.step, trainer.epoch)
     fit = trainer.fit()
     best_path = run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file():
+    if best_path.is_file() and splits.get("selected_on", "val") == "val":
         trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)

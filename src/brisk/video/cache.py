@@ -49,6 +49,9 @@ class CacheSettings:
     qscale: int = 1
     motion_vectors: bool = False
     clips: bool = True
+    #: rule for motion vectors that point outside the frame; only the clip arrays depend on it, so it
+    #: is kept in each record rather than in the variant (the re-encoded videos are shared)
+    mv_border: str = "skip"
 
     @property
     def variant(self) -> str:
@@ -85,10 +88,14 @@ def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
     return ClipArrays(rgb, res, motion)
 
 
-def clip_reader(path: str | Path, motion_vectors: bool) -> GopReader:
+def clip_reader(path: str | Path, motion_vectors: bool, mv_border: str = "skip") -> GopReader:
     """A reader configured to produce exactly what :func:`gop_to_clip` needs."""
     return GopReader(
-        path, residuals="accumulated", accumulated_mv=motion_vectors, quantised_only=True
+        path,
+        residuals="accumulated",
+        accumulated_mv=motion_vectors,
+        quantised_only=True,
+        mv_border=mv_border,
     )
 
 
@@ -170,6 +177,8 @@ class VideoCache:
             return False
         if s.clips and not record.get("has_clips"):
             return False
+        if s.clips and record.get("mv_border", "clamp") != s.mv_border:
+            return False
         return not (s.clips and s.motion_vectors and not record.get("has_mv"))
 
     def current_record(self, src: str | Path, rel: str) -> dict | None:
@@ -197,7 +206,7 @@ class VideoCache:
             )
             if s.clips:
                 self._extract_clips(rel)
-                record.update(has_clips=True, has_mv=s.motion_vectors)
+                record.update(has_clips=True, has_mv=s.motion_vectors, mv_border=s.mv_border)
         except Exception as exc:  # noqa: BLE001 - any failure of one video is reported, never fatal
             record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         record["seconds"] = round(time.perf_counter() - start, 3)
@@ -208,7 +217,7 @@ class VideoCache:
 
     def _extract_clips(self, rel: str) -> None:
         s = self.settings
-        with clip_reader(self.video_path(rel), s.motion_vectors) as reader:
+        with clip_reader(self.video_path(rel), s.motion_vectors, s.mv_border) as reader:
             clips = [gop_to_clip(g, s.gop_size, s.motion_vectors) for g in reader.iter_gops()]
         if len(clips) != reader.num_gops:
             raise RuntimeError(f"{rel}: decoded {len(clips)} of {reader.num_gops} GOPs")
@@ -393,5 +402,7 @@ class ClipStore:
             return ClipArrays(
                 np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
             )
-        reader = self._get(rel, lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors))
+        reader = self._get(
+            rel, lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors, s.mv_border)
+        )
         return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)

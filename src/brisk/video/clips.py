@@ -74,6 +74,46 @@ def centre_crop(height: int, width: int, out: int) -> CropBox:
     return CropBox((height - side) // 2, (width - side) // 2, side, side, out, flip=False)
 
 
+EVAL_CROPS = (1, 3, 10)
+
+
+def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropBox]:
+    """The test-time views of a frame, the protocols papers report:
+
+    - 1: the ``out`` x ``out`` centre crop;
+    - 3: three squares of the short side at the left, centre and right (top, centre, bottom for a
+      portrait frame), each resized to ``out``: the short-side-resize protocol of Non-local/SlowFast;
+    - 10: ``out`` x ``out`` crops at the 4 corners and the centre, and their mirror images (TSN and
+      CoViAR's oversampling).
+    """
+    if crops == 1:
+        return [centre_crop(height, width, out)]
+    if crops == 3:
+        side = min(height, width)
+        if width >= height:
+            return [CropBox(0, x, side, side, out) for x in (0, (width - side) // 2, width - side)]
+        return [CropBox(y, 0, side, side, out) for y in (0, (height - side) // 2, height - side)]
+    if crops == 10:
+        side = min(out, height, width)
+        corners = [(0, 0), (0, width - side), (height - side, 0), (height - side, width - side)]
+        five = [CropBox(y, x, side, side, out) for y, x in corners]
+        five.append(centre_crop(height, width, out))
+        return five + [CropBox(b.y, b.x, b.h, b.w, b.out, flip=True) for b in five]
+    raise ValueError(f"crops={crops}: expected one of {EVAL_CROPS}")
+
+
+def squash_box(box: CropBox, height: int, width: int) -> CropBox:
+    """Map a box drawn on the frame squashed to ``short x short`` back onto the ``height x width``
+    frame: cropping that (non-square) box and resizing it to ``out`` is the same as squashing the frame
+    first, the MFCD-Net authors' preprocessing, without resampling the whole frame."""
+    short = min(height, width)
+    fy, fx = height / short, width / short
+    y, x = round(box.y * fy), round(box.x * fx)
+    h = max(1, min(height - y, round(box.h * fy)))
+    w = max(1, min(width - x, round(box.w * fx)))
+    return CropBox(y, x, h, w, box.out, box.flip)
+
+
 def _resize(x: torch.Tensor, out: int) -> torch.Tensor:
     """(C, T, h, w) -> (C, T, out, out), bilinear, frames as a batch."""
     if x.shape[-2:] == (out, out):
