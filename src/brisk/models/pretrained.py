@@ -194,7 +194,7 @@ def load_checkpoint_into(
     if mismatched:
         raise UserError(
             f"checkpoint '{source}' has shapes that do not fit this {type(net).__name__} "
-            f"(check model.width_mult and model.in_channels): {'; '.join(mismatched[:8])}"
+            f"(check width_mult: model.width_mult or teacher.width_mult, 1.0 for published weights): {'; '.join(mismatched[:8])}"
             + (f" ... ({len(mismatched)} in all)" if len(mismatched) > 8 else "")
         )
     report.loaded = sorted(k for k in state if k in own)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brisk.video.codec import reencode
+from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
 
 log = logging.getLogger("brisk.video")
@@ -88,14 +88,36 @@ def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
     return ClipArrays(rgb, res, motion)
 
 
-def clip_reader(path: str | Path, motion_vectors: bool, mv_border: str = "skip") -> GopReader:
-    """A reader configured to produce exactly what :func:`gop_to_clip` needs."""
+def clip_reader(
+    path: str | Path,
+    motion_vectors: bool,
+    mv_border: str = "skip",
+    index: KeyframeIndex | None = None,
+) -> GopReader:
+    """A reader configured to produce exactly what :func:`gop_to_clip` needs.
+
+    ``index``: the key frames recorded at preparation; without it the reader demuxes the file.
+    """
     return GopReader(
         path,
         residuals="accumulated",
         accumulated_mv=motion_vectors,
         quantised_only=True,
         mv_border=mv_border,
+        index=index,
+    )
+
+
+def keyframes_of(record: dict) -> KeyframeIndex | None:
+    """The key-frame index a record kept (records written before it was kept have none)."""
+    if "keyframe_pts" not in record:
+        return None
+    return KeyframeIndex(
+        tuple(record["keyframe_pts"]),
+        tuple(record["gop_frames"]),
+        int(record["width"]),
+        int(record["height"]),
+        str(record["codec"]),
     )
 
 
@@ -201,6 +223,10 @@ class VideoCache:
                 status="ok",
                 num_frames=index.num_frames,
                 gop_frames=list(index.gop_frames),
+                keyframe_pts=list(index.keyframe_pts),
+                width=index.width,
+                height=index.height,
+                codec=index.codec,
                 has_clips=False,
                 has_mv=False,
             )
@@ -385,7 +411,8 @@ class ClipStore:
         self._open[key] = obj
         return obj
 
-    def load(self, rel: str, gop: int) -> ClipArrays:
+    def load(self, rel: str, gop: int, index: KeyframeIndex | None = None) -> ClipArrays:
+        """One GOP's arrays; ``index`` (from the video's record) spares a live open its demux pass."""
         s = self.cache.settings
         if s.clips:
             rgb = self._get(
@@ -403,6 +430,7 @@ class ClipStore:
                 np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
             )
         reader = self._get(
-            rel, lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors, s.mv_border)
+            rel,
+            lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors, s.mv_border, index),
         )
         return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)

@@ -87,12 +87,14 @@ class GopReader:
         cell: int | None = None,
         rgb: bool = True,
         mv_border: str = "skip",
+        index: KeyframeIndex | None = None,
     ) -> None:
         if mv_border not in MV_BORDERS:
             raise ValueError(f"mv_border={mv_border!r}: expected one of {MV_BORDERS}")
         self.path = Path(path)
         self.mv_border = mv_border
-        self.index: KeyframeIndex = keyframe_index(self.path)
+        # A known index (kept by the cache's preparation) spares the demux pass over the whole file.
+        self.index: KeyframeIndex = index or keyframe_index(self.path)
         self.residuals = residuals
         self.accumulated_mv = accumulated_mv
         self.quantised_only = quantised_only
