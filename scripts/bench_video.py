@@ -167,14 +167,19 @@ def training_items(store, records: dict[str, dict], with_rgb: bool, items: int, 
 
 def loader_rate(dataset, workers: int, batch: int, rounds: int) -> float:
     """Clips/s through a DataLoader (first batch excluded: worker start-up is paid once per run)."""
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
+    # forkserver: a forked worker can inherit a lock some thread of this process held (seen here
+    # as a worker that never starts once PyAV and torch had run in the parent)
     loader = DataLoader(
         dataset,
         batch_size=batch,
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
+        multiprocessing_context=multiprocessing.get_context("forkserver") if workers else None,
     )
     rates, cpu_rates = [], []
     for r in range(rounds):
@@ -254,7 +259,8 @@ def bench_loader(clips: list[Path], work: Path, args) -> dict:
 def print_loader(result: dict) -> None:
     rows = result["rows"]
     print(
-        "\n| DataLoader workers | clips/s, no teacher | clips/s, with teacher | per worker (no / with) |"
+        "\n| DataLoader workers | clips/s, no teacher | clips/s, with teacher "
+        "| per worker (no / with) |"
     )
     print("|---:|---:|---:|---:|")
     for r in rows:

@@ -8,8 +8,8 @@ brisk's networks, whose module names follow the public code key for key:
 - pytorch-i3d: a plain state dict (``rgb_imagenet.pt``, ``rgb_charades.pt``);
 - brisk's own run checkpoints (``{"model": ...}``, teacher stages with a ``net.`` prefix).
 
-Loading rules (:func:`load_checkpoint_into`): the classifier is replaced by a fresh one when the class
-count differs; a 5-channel student (I-frame, residuals and two motion channels) gets its first conv
+Loading rules (:func:`load_checkpoint_into`): the classifier is replaced by a fresh one when the
+class count differs; a 5-channel student (I-frame, residuals and two motion channels) gets its first conv
 inflated from 3-channel RGB weights, the motion channels starting from the mean of the RGB filters;
 any other shape mismatch is refused with an error that names the tensors. What was loaded, replaced
 and missing is logged.
@@ -33,7 +33,7 @@ log = logging.getLogger("brisk")
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a network keeps its classifier and its first conv (the tensors a checkpoint may not fit)."""
+    """Where a network keeps its classifier and first conv: the tensors a checkpoint may not fit."""
 
     head_prefix: str
     stem_weight: str
@@ -143,13 +143,13 @@ def inflate_stem(weight: Tensor, in_channels: int) -> Tensor:
 def load_checkpoint_into(
     model: nn.Module, state: dict[str, Tensor], source: str, strict: bool = False
 ) -> LoadReport:
-    """Load ``state`` into ``model`` (an MFNet-3D or an I3D, bare or behind its input normalisation).
+    """Load ``state`` into ``model``: an MFNet-3D or an I3D, bare or behind its input normalisation.
 
     ``strict`` (teachers): every model tensor must come from the file (only ``num_batches_tracked``,
     absent from files older than PyTorch 0.4.1, and a replaced classifier may be missing) and the
-    file may hold nothing else. Otherwise missing tensors keep their initialisation and extra ones are
-    ignored, both logged. Shape mismatches other than the classifier and a 3 -> more channel stem are
-    refused in both modes.
+    file may hold nothing else. Otherwise missing tensors keep their initialisation and extra ones
+    are ignored, both logged. Shape mismatches other than the classifier and a 3 -> more channel
+    stem are refused in both modes.
     """
     from brisk.models.mfnet3d import NormalizedInput
 
@@ -194,7 +194,8 @@ def load_checkpoint_into(
     if mismatched:
         raise UserError(
             f"checkpoint '{source}' has shapes that do not fit this {type(net).__name__} "
-            f"(check width_mult: model.width_mult or teacher.width_mult, 1.0 for published weights): {'; '.join(mismatched[:8])}"
+            "(check width_mult: model.width_mult or teacher.width_mult, 1.0 for published "
+            f"weights): {'; '.join(mismatched[:8])}"
             + (f" ... ({len(mismatched)} in all)" if len(mismatched) > 8 else "")
         )
     report.loaded = sorted(k for k in state if k in own)
