@@ -160,9 +160,8 @@ def _run(
                 done.write_text("finished\n")
             barrier()
         stage_whitening.detach()  # the frozen teacher keeps no statistics hooks
-        trainer.model.load_state_dict(
-            load_checkpoint(stage_dir / "checkpoints" / "best.pt")["model"]
-        )
+        kept = "best.pt" if _selected_on(datamodule) == "val" else "last.pt"
+        trainer.model.load_state_dict(load_checkpoint(stage_dir / "checkpoints" / kept)["model"])
         return trainer.model
 
     teacher.setup(
@@ -182,6 +181,10 @@ def _run(
     cost = _clip_cost(datamodule, model, teacher)
     if cost and dist.is_main:
         write_status(run_dir, cost=cost)
+    # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
+    splits = datamodule.split_summary() if hasattr(datamodule, "split_summary") else {}
+    if splits and dist.is_main:
+        write_status(run_dir, **splits)
 
     if cfg.eval_only:
         return _evaluate_only(cfg, trainer, run_dir)
@@ -191,7 +194,7 @@ def _run(
         log.info("resumed from %s at step %d (epoch %d)", resume_from, trainer.step, trainer.epoch)
     fit = trainer.fit()
     best_path = run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file():
+    if best_path.is_file() and _selected_on(datamodule) == "val":
         trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)
@@ -341,6 +344,13 @@ def _broadcast(value: str) -> str:
     from brisk.trainer.distributed import broadcast_object
 
     return str(broadcast_object(value))
+
+
+def _selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last`` when
+    a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+    summary = getattr(datamodule, "split_summary", None)
+    return summary()["selected_on"] if summary is not None else "val"
 
 
 def _clip_cost(datamodule: DataModule, model: nn.Module, teacher: Teacher) -> dict[str, float]:
