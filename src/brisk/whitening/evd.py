@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from brisk.whitening.core import GradientWhitening, WhitenedLayer
+from brisk.whitening.gradient import GradientWhitening
+from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number
 
 __all__ = ["EVDWhitening", "inverse_from_eigh"]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from brisk.whitening.core import LayerWhitening, WhitenedLayer
+from brisk.whitening.layers import LayerWhitening, WhitenedLayer
 from brisk.whitening.linalg import condition_number
 
 __all__ = ["FeatureWhitening"]

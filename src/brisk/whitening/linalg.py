@@ -1,6 +1,6 @@
 """Linear algebra shared by the whitening algorithms: damped decompositions and condition numbers.
 
-Kept apart from the per-layer framework (``core.py``) so that the algebra can be read, tested and
+Kept apart from the per-layer framework (``layers.py``) so that the algebra can be read, tested and
 benchmarked on plain tensors.
 """
 

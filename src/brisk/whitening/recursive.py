@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brisk.whitening.core import GradientWhitening, WhitenedLayer
+from brisk.whitening.gradient import GradientWhitening
+from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number
 
 __all__ = ["RecursiveWhitening", "equalise_top_eigenvalue"]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brisk.runtime import is_distributed
+
 __all__ = [
     "ConvAdapter",
     "LayerAdapter",
@@ -245,7 +247,7 @@ class RunningCovariance:
         if self._n == 0:
             if self.mean is not None:
                 self.shift = self.mean.to(rows.dtype, copy=True)
-            elif not _distributed():
+            elif not is_distributed():
                 self.shift = rows.mean(0)
             else:
                 self.shift = torch.zeros_like(rows[0])
@@ -316,10 +318,6 @@ class RunningCovariance:
         self._reset_pending()
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def commit_all(stats: list[RunningCovariance]) -> int:
     """Fold the pending sums of every layer, summed over ranks in one all-reduce.
 
@@ -331,7 +329,7 @@ def commit_all(stats: list[RunningCovariance]) -> int:
     if not todo:
         return 0
     parts = [s.pending_tensors() for s in todo]
-    if _distributed():
+    if is_distributed():
         flat = torch.cat([t.reshape(-1) for p in parts for t in p])
         torch.distributed.all_reduce(flat)
         offset = 0

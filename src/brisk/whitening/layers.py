@@ -1,4 +1,4 @@
-"""Machinery shared by the whitening algorithms: layer selection, hooks, cadence, guards, logging.
+"""The per-layer framework of the whitening algorithms: selection, hooks, cadence, guards, state.
 
 The three algorithms differ only in what they derive from a layer's input covariance and where they
 apply it (the forward pass for ``feature``, the weight gradient for ``evd`` and ``recursive``).
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from brisk.runtime import is_distributed
 from brisk.whitening.base import Whitening
 from brisk.whitening.linalg import damped_eigh
 from brisk.whitening.stats import (
@@ -128,7 +129,7 @@ class LayerWhitening(Whitening):
         self.rejected_stats = 0
 
     # ----------------------------------------------------------------- selection and hooks
-    def _selected(self, name: str, module: nn.Module) -> str | None:
+    def _skip_reason(self, name: str, module: nn.Module) -> str | None:
         """Why a layer is *not* whitened, or None when it is."""
         types = tuple(LAYER_TYPES[t] for t in self.layer_types)
         if not isinstance(module, types) or type(module) not in LAYER_TYPES.values():
@@ -144,11 +145,11 @@ class LayerWhitening(Whitening):
     def attach(self, model: nn.Module) -> None:
         if self._handles:
             raise RuntimeError(f"whitening '{self.name}' is already attached; call detach() first")
-        rank = torch.distributed.get_rank() if _distributed() else 0
+        rank = torch.distributed.get_rank() if is_distributed() else 0
         self._generator.manual_seed(self.seed + rank)
         self.layers, self.skipped = [], {}
         for name, module in model.named_modules():
-            why = self._selected(name, module)
+            why = self._skip_reason(name, module)
             if why == "type":
                 continue
             if why is not None:
@@ -288,69 +289,3 @@ class LayerWhitening(Whitening):
 
     def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
         layer.state = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()}
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-class GradientWhitening(LayerWhitening):
-    """Whitening by transforming weight gradients: ``grad_W <- (grad_W - g_b mu^T) Q``.
-
-    ``Q`` is a per-group symmetric preconditioner approximating a multiple of ``(R + eps I)^-1``.
-    With a bias the augmented-input algebra (exact equivalent of centring the input) also rewrites
-    the bias gradient: ``g_b <- g_b - (G_c Q) mu - unpaired_weight_decay * W mu``; the last term is
-    what weight decay on the whitened weights contributes to the bias when the optimizer decays the
-    weights but not their biases (set it to that difference; 0, the default, is right when weights
-    and biases are decayed alike, as a plain ``torch.optim.SGD(model.parameters(), ...)`` does).
-    ``mu`` and ``Q`` are refreshed together, exactly as forward-pass whitening re-centres.  Weight
-    decay itself is left to the optimizer and is never preconditioned.
-    """
-
-    def __init__(self, *args: Any, unpaired_weight_decay: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unpaired_weight_decay = float(unpaired_weight_decay)
-
-    def _init_layer(self, layer: WhitenedLayer) -> None:
-        layer.state.update(Q=None, mu=None)
-
-    def precondition(self, step: int) -> None:
-        if self._collect:
-            self._commit(self.layers)
-        with self._timed("decomposition"):
-            for layer in self.layers:
-                if self._refresh_due(layer, step):
-                    self._refresh(layer)
-                    layer.refreshes += 1
-                    # the centring used by the bias algebra changes together with Q, as in the
-                    # forward-pass whitening it is equivalent to
-                    layer.state["mu"] = layer.stats.mean.clone()
-        if step < self.start_step:
-            return
-        with self._timed("transform"), torch.no_grad():
-            for layer in self.layers:
-                if layer.state.get("Q") is not None:
-                    self._transform(layer)
-
-    def _refresh(self, layer: WhitenedLayer) -> None:
-        raise NotImplementedError
-
-    def _transform(self, layer: WhitenedLayer) -> None:
-        module, adapter, q = layer.module, layer.adapter, layer.state["Q"]
-        grad = module.weight.grad
-        if grad is None:
-            return
-        g = adapter.weight_matrix(grad).to(q.dtype)
-        bias = module.bias if layer.has_bias else None
-        if bias is not None and bias.grad is not None and self.center:
-            mu = layer.state["mu"].to(q.dtype)  # (G, M)
-            gb = bias.grad.reshape(adapter.groups, -1).to(q.dtype)  # (G, S_g)
-            gq = (g - gb.unsqueeze(-1) * mu.unsqueeze(-2)) @ q
-            shift = (gq @ mu.unsqueeze(-1))[..., 0]
-            if self.unpaired_weight_decay:
-                w = adapter.weight_matrix(module.weight.detach()).to(q.dtype)
-                shift = shift + self.unpaired_weight_decay * (w @ mu.unsqueeze(-1))[..., 0]
-            bias.grad.copy_((gb - shift).reshape(bias.grad.shape))
-        else:
-            gq = g @ q
-        grad.copy_(gq.reshape(grad.shape))
