@@ -9,6 +9,7 @@ import torch
 from tests.whitening.helpers import batches, clone, grouped_conv_net, linear_net, sgd, train
 from torch import nn
 
+from brisk.errors import UserError
 from brisk.whitening import EVDWhitening, FeatureWhitening, RecursiveWhitening
 
 ALGORITHMS = [EVDWhitening, FeatureWhitening, RecursiveWhitening]
@@ -49,8 +50,8 @@ def test_selection_by_type_pattern_and_size() -> None:
     ],
 )
 def test_bad_configuration_names_the_key(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        EVDWhitening(**kwargs).attach(nn.Linear(2, 2))
+    with pytest.raises(UserError, match=message):
+        EVDWhitening(nn.Linear(2, 2), **kwargs)
 
 
 def test_cadence_statistics_refresh_and_start_step() -> None:

@@ -72,7 +72,7 @@ def test_zero_covariance_is_left_alone() -> None:
 def test_small_batch_training_stays_finite_and_logs_conditioning() -> None:
     """Batch 4 < M = 9 on the second layer: every covariance is singular."""
     model = linear_net()
-    w = RecursiveWhitening(steps=3, inverse_every=2, condition_every=1)
+    w = RecursiveWhitening(steps=3, inverse_every=2, condition_every=1, stats_every=1, eps=1e-3)
     w.attach(model)
     data = batches((7,), 4, batch=4)
     losses, _ = train(model, w, data, 12)
@@ -89,7 +89,7 @@ def test_recursive_approaches_evd_as_steps_grow() -> None:
     data = batches((6,), 2, n=1, batch=200)
     errs = []
     for steps in (1, 200):
-        w = RecursiveWhitening(steps=steps, power_iters=50, normalize=False)
+        w = RecursiveWhitening(steps=steps, power_iters=50, normalize=False, eps=1e-3)
         m = clone(model)
         w.attach(m)
         train(m, w, data, 1)

@@ -157,6 +157,3 @@ class FeatureWhitening(LayerWhitening):
                 self._reparametrise(layer, None, None, None)
         super().detach()
         self._optimizers = []
-
-    def precondition(self, step: int) -> None:
-        """Nothing to do: the optimizer already steps in whitened coordinates."""

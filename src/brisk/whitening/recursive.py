@@ -36,6 +36,7 @@ from torch import Tensor
 from brisk.whitening.gradient import GradientWhitening
 from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number
+from brisk.whitening.settings import RecursiveSettings
 
 __all__ = ["RecursiveWhitening", "equalise_top_eigenvalue"]
 
@@ -102,21 +103,10 @@ class RecursiveWhitening(GradientWhitening):
 
     name = "recursive"
 
-    def __init__(
-        self,
-        *args: Any,
-        steps: int = 4,
-        power_iters: int = 8,
-        condition_every: int = 10,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        if int(steps) < 1 or int(power_iters) < 1:
-            raise ValueError(
-                f"whitening.steps and whitening.power_iters must be >= 1, got {steps}, {power_iters}"
-            )
-        self.steps, self.power_iters = int(steps), int(power_iters)
-        self.condition_every = int(condition_every)
+    settings_type = RecursiveSettings
+    steps: int
+    power_iters: int
+    condition_every: int
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
         g, m = layer.adapter.groups, layer.adapter.dim
