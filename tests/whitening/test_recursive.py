@@ -77,7 +77,7 @@ def test_zero_covariance_is_left_alone() -> None:
 def test_small_batch_training_stays_finite_and_logs_conditioning() -> None:
     """Batch 4 < M = 9 on the second layer: every covariance is singular."""
     model = linear_net()
-    w = RecursiveWhitening(steps=3, inverse_every=2, condition_every=1)
+    w = RecursiveWhitening(steps=3, inverse_every=2, condition_every=1, stats_every=1)
     w.attach(model)
     data = batches((7,), 4, batch=4)
     losses, _ = train(model, w, data, 12)
@@ -91,7 +91,7 @@ def test_small_batch_training_stays_finite_and_logs_conditioning() -> None:
 
 def test_condition_numbers_are_not_computed_by_default() -> None:
     model = linear_net()
-    w = RecursiveWhitening(inverse_every=1)
+    w = RecursiveWhitening(inverse_every=1, stats_every=1)
     w.attach(model)
     train(model, w, batches((7,), 4), 4)
     assert all(layer.kappa_r is None for layer in w.layers)
@@ -120,8 +120,8 @@ def test_float64_statistics_drive_a_float32_model_like_a_float64_one() -> None:
     model = clone(reference).float()
     data = batches((7,), 4)
     data32 = [(x.float(), y) for x, y in data]
-    w_ref = RecursiveWhitening(steps=3, inverse_every=2)
-    w64 = RecursiveWhitening(steps=3, inverse_every=2, stats_dtype="float64")
+    w_ref = RecursiveWhitening(steps=3, inverse_every=2, stats_every=1)
+    w64 = RecursiveWhitening(steps=3, inverse_every=2, stats_every=1, stats_dtype="float64")
     w_ref.attach(reference)
     w64.attach(model)
     ref_losses, _ = train(reference, w_ref, data, 12)

@@ -27,10 +27,9 @@ from torch import Tensor
 from brisk.whitening.gradient import GradientWhitening
 from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number, damped_cholesky, inverse_from_cholesky
+from brisk.whitening.settings import EVDSettings
 
-__all__ = ["SPECTRA", "EVDWhitening", "clipped_from_eigh", "inverse_from_eigh"]
-
-SPECTRA = ("inverse", "clip")
+__all__ = ["EVDWhitening", "clipped_from_eigh", "inverse_from_eigh"]
 
 
 def inverse_from_eigh(evals: Tensor, evecs: Tensor, normalize: bool) -> Tensor:
@@ -62,16 +61,12 @@ class EVDWhitening(GradientWhitening):
 
     name = "evd"
 
-    def __init__(
-        self, *args: Any, spectrum: str = "inverse", condition_every: int = 0, **kwargs: Any
-    ) -> None:
+    settings_type = EVDSettings
+    spectrum: str
+    condition_every: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if spectrum not in SPECTRA:
-            raise ValueError(f"whitening.spectrum must be one of {list(SPECTRA)}, got {spectrum!r}")
-        if int(condition_every) < 0:
-            raise ValueError(f"whitening.condition_every must be >= 0, got {condition_every}")
-        self.spectrum = spectrum
-        self.condition_every = int(condition_every)
         self._timers.setdefault("logging", 0.0)
 
     def _logged(self, layer: WhitenedLayer) -> bool:

@@ -36,11 +36,8 @@ class FeatureWhitening(LayerWhitening):
 
     name = "feature"
 
-    def __init__(self, *args: Any, condition_every: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if int(condition_every) < 0:
-            raise ValueError(f"whitening.condition_every must be >= 0, got {condition_every}")
-        self.condition_every = int(condition_every)
         self._timers.setdefault("logging", 0.0)
         self._optimizers: list[weakref.ref] = []
         self._refreshed_at: dict[str, int] = {}
@@ -176,6 +173,3 @@ class FeatureWhitening(LayerWhitening):
                 self._reparametrise(layer, None, None, None)
         super().detach()
         self._optimizers = []
-
-    def precondition(self, step: int) -> None:
-        """Nothing to do: the optimizer already steps in whitened coordinates."""

@@ -9,33 +9,37 @@ algorithms stay exactly comparable: the same configuration gathers the same rows
 
 from __future__ import annotations
 
-import fnmatch
+import logging
 import time
-from collections.abc import Sequence
+import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from brisk.runtime import is_distributed
 from brisk.whitening.base import Whitening
 from brisk.whitening.linalg import damped_eigh
-from brisk.whitening.stats import (
-    LAYER_TYPES,
-    LayerAdapter,
-    RunningCovariance,
-    commit_all,
-    make_adapter,
-)
+from brisk.whitening.selection import Candidate, select, selection_table
+from brisk.whitening.settings import WhiteningSettings
+from brisk.whitening.stats import LayerAdapter, RunningCovariance, commit_all
+
+log = logging.getLogger("brisk.whitening")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
 class WhitenedLayer:
-    """One selected layer and the state every algorithm keeps for it."""
+    """One whitened weight and the state every algorithm keeps for it.
+
+    ``module`` and ``adapter`` are the first module holding the weight; ``aliases`` are further
+    modules sharing the same weight ``Parameter``: their inputs are pooled into the same statistics
+    and the (summed) gradient is transformed once.
+    """
 
     name: str
     module: nn.Module
@@ -45,14 +49,39 @@ class WhitenedLayer:
     kappa_r: float | None = None
     kappa_white: float | None = None
     refreshes: int = 0
+    aliases: list[tuple[str, nn.Module, LayerAdapter]] = field(default_factory=list)
+
+    @property
+    def modules(self) -> list[tuple[str, nn.Module, LayerAdapter]]:
+        return [(self.name, self.module, self.adapter), *self.aliases]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        """The distinct biases of the modules sharing the weight; empty unless every one has one."""
+        found = [getattr(m, "bias", None) for _, m, _ in self.modules]
+        if any(b is None for b in found):
+            return []
+        return list({id(b): b for b in found}.values())
 
     @property
     def has_bias(self) -> bool:
-        return getattr(self.module, "bias", None) is not None
+        return bool(self.biases)
+
+    @property
+    def cost(self) -> float:
+        """Relative cost of one refresh (an ``M^3`` decomposition per group and block)."""
+        return float(self.adapter.groups * self.adapter.dim**3)
 
 
 class LayerWhitening(Whitening):
-    """Base of ``feature``, ``evd`` and ``recursive``.
+    """Base of ``feature``, ``evd`` and ``recursive``: a preconditioner for a plain PyTorch loop.
+
+    Use::
+
+        whitening = RecursiveWhitening(model)   # the tuned defaults of ``settings_type``
+        loss.backward()
+        whitening.step()                        # before optimizer.step()
+        optimizer.step()
 
     Cadence, identical for every algorithm so that they stay comparable:
 
@@ -63,123 +92,110 @@ class LayerWhitening(Whitening):
       (and at the first such step that has statistics);
     * nothing is preconditioned before ``start_step``.
 
+    :meth:`step` counts the steps itself and arms the statistics of the next one; the runner's
+    :meth:`begin_step` / :meth:`precondition` pair does the same with its own step counter.  If an
+    optimizer steps the whitened weights without either, the step is preconditioned from the
+    optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening off.
+
     ``eps`` is relative: the damping added to R is ``eps * trace(R) / M`` (plus ``eps_abs``), so one
     value suits layers whose inputs differ in scale by orders of magnitude.
     """
 
     name = "layer"
+    settings_type: ClassVar[type[WhiteningSettings]] = WhiteningSettings
+    # whether the algorithm transforms gradients (it may then pool shared weights and use blocks)
+    gradient_transform: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        eps: float = 1e-3,
-        eps_abs: float = 1e-12,
-        momentum: float = 0.95,
-        stats_every: int = 1,
-        inverse_every: int = 1,
-        stats_max_rows: int | None = None,
-        start_step: int = 0,
-        layer_types: Sequence[str] = ("Linear", "Conv1d", "Conv2d", "Conv3d"),
-        include: Sequence[str] = ("*",),
-        exclude: Sequence[str] = (),
-        max_dim: int = 4096,
-        decomposition_dtype: str = "float64",
-        stats_dtype: str = "float32",
-        center: bool = True,
-        normalize: bool = True,
-        seed: int = 0,
-    ) -> None:
-        for key, value in (("stats_every", stats_every), ("inverse_every", inverse_every)):
-            if int(value) < 1:
-                raise ValueError(f"whitening.{key} must be a positive integer, got {value}")
-        if eps < 0 or eps_abs < 0:
-            raise ValueError(f"whitening.eps and eps_abs must be >= 0, got {eps}, {eps_abs}")
-        if stats_max_rows is not None and int(stats_max_rows) < 1:
-            raise ValueError(f"whitening.stats_max_rows must be >= 1 or null, got {stats_max_rows}")
-        unknown = [t for t in layer_types if t not in LAYER_TYPES]
-        if unknown:
-            raise ValueError(
-                f"whitening.layer_types: unknown {unknown}; expected some of {list(LAYER_TYPES)}"
-            )
-        for key, value in (
-            ("decomposition_dtype", decomposition_dtype),
-            ("stats_dtype", stats_dtype),
-        ):
-            if value not in _DTYPES:
-                raise ValueError(f"whitening.{key} must be one of {list(_DTYPES)}, got {value!r}")
-        self.eps, self.eps_abs, self.momentum = float(eps), float(eps_abs), float(momentum)
-        self.stats_every, self.inverse_every = int(stats_every), int(inverse_every)
-        self.stats_max_rows = None if stats_max_rows is None else int(stats_max_rows)
-        self.start_step = int(start_step)
-        self.layer_types = tuple(layer_types)
-        self.include, self.exclude = tuple(include), tuple(exclude)
-        self.max_dim = int(max_dim)
-        self.decomposition_dtype = _DTYPES[decomposition_dtype]
-        self.stats_dtype = _DTYPES[stats_dtype]
-        self.center, self.normalize = bool(center), bool(normalize)
-        self.seed = int(seed)
+    def __init__(self, model: nn.Module | None = None, **settings: Any) -> None:
+        self.settings = self.settings_type(**settings)
+        for f in fields(self.settings):
+            setattr(self, f.name, getattr(self.settings, f.name))
+        self.decomposition_dtype = _DTYPES[self.settings.decomposition_dtype]
+        self.stats_dtype = _DTYPES[self.settings.stats_dtype]
 
         self.layers: list[WhitenedLayer] = []
         self.skipped: dict[str, str] = {}
+        self.candidates: list[Candidate] = []
         self._handles: list[Any] = []
         self._step = 0
-        self._collect = False
+        self._collect = True  # step 0 gathers statistics
+        self._pending = False  # a training forward pass ran since the last preconditioning
+        self._warned: set[str] = set()
         self._generator = torch.Generator()
         self._timers = {"stats": 0.0, "decomposition": 0.0, "transform": 0.0}
         self.fallbacks = 0
         self.rejected_stats = 0
+        if model is not None:
+            self.attach(model)
 
     # ----------------------------------------------------------------- selection and hooks
-    def _skip_reason(self, name: str, module: nn.Module) -> str | None:
-        """Why a layer is *not* whitened, or None when it is."""
-        types = tuple(LAYER_TYPES[t] for t in self.layer_types)
-        if not isinstance(module, types) or type(module) not in LAYER_TYPES.values():
-            return "type"
-        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
-            return "not included"
-        if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
-            return "excluded"
-        if getattr(module, "weight", None) is None:
-            return "no weight"
-        return None
-
     def attach(self, model: nn.Module) -> None:
         if self._handles:
             raise RuntimeError(f"whitening '{self.name}' is already attached; call detach() first")
         rank = torch.distributed.get_rank() if is_distributed() else 0
         self._generator.manual_seed(self.seed + rank)
+        self.candidates = select(model, self.settings, gradient_transform=self.gradient_transform)
         self.layers, self.skipped = [], {}
-        for name, module in model.named_modules():
-            why = self._skip_reason(name, module)
-            if why == "type":
+        by_name: dict[str, WhitenedLayer] = {}
+        for cand in self.candidates:
+            if cand.skip_reason is not None:
+                if cand.skip_reason != "type not in layer_types":
+                    self.skipped[cand.name] = cand.skip_reason
                 continue
-            if why is not None:
-                self.skipped[name] = why
+            assert cand.adapter is not None
+            if cand.shares_weight_with is not None:
+                by_name[cand.shares_weight_with].aliases.append(
+                    (cand.name, cand.module, cand.adapter)
+                )
                 continue
-            adapter = make_adapter(module)
-            if adapter.dim > self.max_dim:
-                self.skipped[name] = f"M={adapter.dim} > max_dim={self.max_dim}"
-                continue
+            adapter = cand.adapter
             stats = RunningCovariance(
                 adapter.groups, adapter.dim, self.momentum, self.center, self.stats_dtype
             )
-            layer = WhitenedLayer(name, module, adapter, stats)
+            layer = WhitenedLayer(cand.name, cand.module, adapter, stats)
+            by_name[cand.name] = layer
             self.layers.append(layer)
             self._init_layer(layer)
         self._register_hooks()
+        for layer in self.layers:
+            for _, _, adapter in layer.modules:
+                hooked = adapter.hook_module
+                self._handles.append(hooked.register_forward_pre_hook(self._mark_pending))
+        self._handles.append(register_optimizer_step_pre_hook(self._before_optimizer_step))
+        if rank == 0 and self.candidates:
+            log.info(
+                "whitening '%s': %d of %d candidate modules whitened\n%s",
+                self.name,
+                sum(c.skip_reason is None for c in self.candidates),
+                len(self.candidates),
+                selection_table(self.candidates),
+            )
+
+    def selection_table(self) -> str:
+        """Every candidate module with its M, groups and blocks, and why it is not whitened."""
+        return selection_table(self.candidates)
 
     def _register_hooks(self) -> None:
         for layer in self.layers:
-            self._handles.append(layer.module.register_forward_pre_hook(self._stats_hook(layer)))
+            for _, _, adapter in layer.modules:
+                hook = self._stats_hook(layer, adapter)
+                handle = adapter.hook_module.register_forward_pre_hook(hook, with_kwargs=True)
+                self._handles.append(handle)
 
-    def _stats_hook(self, layer: WhitenedLayer):
-        def hook(module: nn.Module, args: tuple) -> None:
+    def _stats_hook(self, layer: WhitenedLayer, adapter: LayerAdapter):
+        def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
             if self._collect and module.training and torch.is_grad_enabled():
                 with self._timed("stats"):
-                    layer.stats.accumulate(
-                        layer.adapter.rows(args[0], self.stats_max_rows, self._generator)
-                    )
+                    x = adapter.layer_input(args, kwargs)
+                    if x is not None:
+                        rows = adapter.rows(x, self.stats_max_rows, self._generator)
+                        layer.stats.accumulate(rows)
 
         return hook
+
+    def _mark_pending(self, module: nn.Module, args: tuple) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._pending = True
 
     def detach(self) -> None:
         for h in self._handles:
@@ -188,8 +204,54 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------------------- cadence
     def begin_step(self, step: int) -> None:
+        """Set the step counter (the runner's); optional in a plain loop, where :meth:`step` counts."""
         self._step = int(step)
         self._collect = step % self.stats_every == 0
+
+    def step(self) -> None:
+        """Precondition the gradients of this step and arm the statistics of the next one.
+
+        Call it after ``loss.backward()`` (after ``scaler.unscale_`` with AMP, and after the last
+        micro-batch when accumulating gradients) and before ``optimizer.step()``.
+        """
+        if self.layers and not self._pending:
+            self._warn_once(
+                "twice",
+                "whitening.step() was called without a training forward pass since the last "
+                "one; ignored (call it once per optimizer step, before optimizer.step())",
+            )
+            return
+        self.precondition(self._step)
+
+    def precondition(self, step: int) -> None:
+        """Transform the gradients of step ``step``, then count it: the next step is ``step + 1``."""
+        self._precondition(step)
+        self._pending = False
+        self._step = int(step) + 1
+        self._collect = self._step % self.stats_every == 0
+
+    def _precondition(self, step: int) -> None:
+        """The algorithm's work on the gradients of ``step`` (nothing for forward whitening)."""
+
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        """Global optimizer pre-step hook: catch a forgotten :meth:`step` for our weights."""
+        if not self._pending or not self._steps_our_weights(optimizer):
+            return
+        self._warn_once(
+            "forgotten",
+            "optimizer.step() ran before whitening.step(): preconditioning now; call "
+            "whitening.step() after loss.backward() and before optimizer.step()",
+        )
+        self.precondition(self._step)
+
+    def _steps_our_weights(self, optimizer: torch.optim.Optimizer) -> bool:
+        ours = {id(layer.module.weight) for layer in self.layers}
+        return any(id(p) in ours for group in optimizer.param_groups for p in group["params"])
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _refresh_due(self, layer: WhitenedLayer, step: int) -> bool:
         if step < self.start_step or layer.stats.cov is None:
@@ -251,7 +313,7 @@ class LayerWhitening(Whitening):
             "layers": {
                 layer.name: {
                     "stats": layer.stats.state_dict(),
-                    "state": dict(layer.state),
+                    "state": self._layer_state(layer),
                     "kappa_r": layer.kappa_r,
                     "kappa_white": layer.kappa_white,
                     "refreshes": layer.refreshes,
@@ -273,6 +335,8 @@ class LayerWhitening(Whitening):
                 f"unexpected {sorted(set(state['layers']) - names)}"
             )
         self._step = int(state["step"])
+        self._collect = self._step % self.stats_every == 0
+        self._pending = False
         self._generator.set_state(state["generator"])
         self.fallbacks = int(state["fallbacks"])
         self.rejected_stats = int(state["rejected_stats"])
@@ -286,6 +350,10 @@ class LayerWhitening(Whitening):
     # ------------------------------------------------------------------- algorithm specific
     def _init_layer(self, layer: WhitenedLayer) -> None:
         """Create the algorithm's per-layer state (identity preconditioner)."""
+
+    def _layer_state(self, layer: WhitenedLayer) -> dict[str, Any]:
+        """The algorithm's per-layer state as plain tensors and numbers (checkpoints, broadcast)."""
+        return dict(layer.state)
 
     def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
         layer.state = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()}

@@ -42,6 +42,7 @@ from torch import Tensor
 from brisk.whitening.gradient import GradientWhitening
 from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number
+from brisk.whitening.settings import RecursiveSettings
 
 __all__ = ["RecursiveWhitening", "block_size", "equalise_block"]
 
@@ -139,27 +140,14 @@ class RecursiveWhitening(GradientWhitening):
 
     name = "recursive"
 
-    def __init__(
-        self,
-        *args: Any,
-        steps: int = 2,
-        power_iters: int = 2,
-        block: int | None = None,
-        condition_every: int = 0,
-        **kwargs: Any,
-    ) -> None:
+    settings_type = RecursiveSettings
+    steps: int
+    power_iters: int
+    block: int | None
+    condition_every: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if int(steps) < 1 or int(power_iters) < 1:
-            raise ValueError(
-                f"whitening.steps and whitening.power_iters must be >= 1, got {steps}, {power_iters}"
-            )
-        if block is not None and int(block) < 1:
-            raise ValueError(f"whitening.block must be >= 1 or null, got {block}")
-        if int(condition_every) < 0:
-            raise ValueError(f"whitening.condition_every must be >= 0, got {condition_every}")
-        self.steps, self.power_iters = int(steps), int(power_iters)
-        self.block = None if block is None else int(block)
-        self.condition_every = int(condition_every)
         self._timers.setdefault("logging", 0.0)
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
