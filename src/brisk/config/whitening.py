@@ -11,11 +11,11 @@ from dataclasses import field, make_dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from brisk.whitening.settings import GradientSettings, RecursiveSettings, WhiteningSettings
+from brisk.whitening.settings import EVDSettings, RecursiveSettings, WhiteningSettings
 
 _NODES = {
     "feature": ("brisk.whitening.FeatureWhitening", WhiteningSettings),
-    "evd": ("brisk.whitening.EVDWhitening", GradientSettings),
+    "evd": ("brisk.whitening.EVDWhitening", EVDSettings),
     "recursive": ("brisk.whitening.RecursiveWhitening", RecursiveSettings),
 }
 

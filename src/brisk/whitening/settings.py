@@ -12,10 +12,19 @@ from dataclasses import dataclass, field
 
 from brisk.errors import UserError
 
-__all__ = ["GradientSettings", "RecursiveSettings", "WhiteningSettings", "DTYPES", "LAYER_TYPES"]
+__all__ = [
+    "EVDSettings",
+    "GradientSettings",
+    "RecursiveSettings",
+    "SPECTRA",
+    "WhiteningSettings",
+    "DTYPES",
+    "LAYER_TYPES",
+]
 
 DTYPES = ("float32", "float64")
 LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+SPECTRA = ("inverse", "clip")
 
 
 @dataclass
@@ -41,6 +50,9 @@ class WhiteningSettings:
     center: bool = True  # centred covariance; layers with a bias get the exact bias correction
     normalize: bool = True  # scale the inverse by the mean eigenvalue: keeps SGD's step size
     seed: int = 0  # sub-sampling randomness (offset by the rank)
+    # log kappa(R) and kappa(Q R) every this many refreshes: an eigen-decomposition (M^3) the
+    # algorithms never need, so 0 (never) keeps it out of the measured cost
+    condition_every: int = 0
 
     def __post_init__(self) -> None:
         for key in ("stats_every", "inverse_every", "max_block"):
@@ -70,6 +82,8 @@ class WhiteningSettings:
                 raise UserError(
                     f"whitening.{key} must be one of {list(DTYPES)}, got {getattr(self, key)!r}"
                 )
+        if int(self.condition_every) < 0:
+            raise UserError(f"whitening.condition_every must be >= 0, got {self.condition_every}")
         # Hydra hands lists over as ListConfig: keep plain Python values
         self.layer_types = list(self.layer_types)
         self.include, self.exclude = list(self.include), list(self.exclude)
@@ -86,14 +100,30 @@ class GradientSettings(WhiteningSettings):
 
 
 @dataclass
-class RecursiveSettings(GradientSettings):
-    """``recursive``: lighter damping and twice the refresh rate of ``evd``, tuned on CIFAR-10."""
+class EVDSettings(GradientSettings):
+    """``evd``: the exact damped inverse, or (ablation) a clipped spectrum."""
 
-    eps: float = 0.01
+    # inverse: c (R + eps I)^-1 from a Cholesky factor (whitening); clip: U min(1, l_mean / l) U^T
+    # from an eigen-decomposition, which only shrinks the directions above the mean eigenvalue
+    spectrum: str = "inverse"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spectrum not in SPECTRA:
+            raise UserError(
+                f"whitening.spectrum must be one of {list(SPECTRA)}, got {self.spectrum!r}"
+            )
+
+
+@dataclass
+class RecursiveSettings(GradientSettings):
+    """``recursive``: evd's damping (the updates tend to the same exact damped whitening) and
+    twice its refresh rate."""
+
     inverse_every: int = 10
-    steps: int = 4  # rank-1 steps per update
-    power_iters: int = 8  # power iterations per rank-1 step
-    condition_every: int = 10  # log kappa every this many updates (an M^3 decomposition; 0: never)
+    steps: int = 2  # block steps per update
+    power_iters: int = 2  # subspace iterations per block step
+    block: int | None = None  # directions equalised at each end per step (None: ceil(sqrt(M)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,3 +132,5 @@ class RecursiveSettings(GradientSettings):
                 "whitening.steps and whitening.power_iters must be >= 1, "
                 f"got {self.steps}, {self.power_iters}"
             )
+        if self.block is not None and int(self.block) < 1:
+            raise UserError(f"whitening.block must be >= 1 or null, got {self.block}")
