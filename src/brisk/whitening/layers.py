@@ -103,6 +103,25 @@ class LayerWhitening(Whitening):
 
     name = "layer"
     settings_type: ClassVar[type[WhiteningSettings]] = WhiteningSettings
+    # the settings, copied onto the instance by __init__ (dtypes as torch dtypes)
+    eps: float
+    eps_abs: float
+    momentum: float
+    stats_every: int
+    inverse_every: int
+    stats_max_rows: int | None
+    start_step: int
+    layer_types: list[str]
+    include: list[str]
+    exclude: list[str]
+    max_block: int
+    max_dim: int | None
+    decomposition_dtype: torch.dtype
+    stats_dtype: torch.dtype
+    center: bool
+    normalize: bool
+    seed: int
+    condition_every: int
     # whether the algorithm transforms gradients (it may then pool shared weights and use blocks)
     gradient_transform: ClassVar[bool] = False
 
