@@ -137,8 +137,11 @@ def main() -> None:
         args.repeats = 1
 
     one = _run(1, args)
-    layers = _whitening(args, torch.device("cpu")).layers
-    costs = [layer.cost for layer in layers]
+    import torchvision
+
+    # the same layers for either algorithm: evd's selection allocates no per-layer state
+    selected = EVDWhitening(torchvision.models.resnet50(), max_dim=args.max_m).layers
+    costs = [layer.cost for layer in selected]
     result: dict = {
         "algorithm": args.algorithm,
         "layers": one["layers"],
