@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -180,7 +181,15 @@ class LayerWhitening(Whitening):
             for _, _, adapter in layer.modules:
                 hooked = adapter.hook_module
                 self._handles.append(hooked.register_forward_pre_hook(self._mark_pending))
-        self._handles.append(register_optimizer_step_pre_hook(self._before_optimizer_step))
+        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its model
+        me = weakref.ref(self)
+
+        def before_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+            whitening = me()
+            if whitening is not None:
+                whitening._before_optimizer_step(optimizer, args, kwargs)
+
+        self._handles.append(register_optimizer_step_pre_hook(before_optimizer_step))
         if rank == 0 and self.candidates:
             log.info(
                 "whitening '%s': %d of %d candidate modules whitened\n%s",
