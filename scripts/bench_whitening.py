@@ -169,7 +169,7 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
 
         k = rec_s.block or block_size(m)
 
-        def recursive(state=state, damping=damping, k=k):
+        def recursive(state=state, damping=damping, k=k, m=m):
             parts = (state["rt"], state["t"], state["q"], state["tt"])
             [p.clone() for p in parts]  # the refresh keeps a backup in case of non-finite values
             for _ in range(rec_s.steps):
