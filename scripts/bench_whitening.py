@@ -330,6 +330,13 @@ def bench_resnet50(
                 one_step(run)
             _sync(device)
             run["times"].append((time.perf_counter() - t0) / period)
+    if rounds == 0:  # parts only (a slow CPU): one synchronised step each after the warm-up
+        for run in runs.values():
+            _sync(device)
+            t0 = time.perf_counter()
+            one_step(run)
+            _sync(device)
+            run["times"].append(time.perf_counter() - t0)
     out: dict = {"batch": batch, "image": image, "device": device, "threads": threads}
     out.update(steps_per_round=period, rounds=rounds, methods={})
     plain = runs[methods[0]]["times"]
