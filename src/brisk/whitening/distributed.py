@@ -44,7 +44,8 @@ def share_from_owners(
     """Send each item's ``pack()`` from its owner to every other rank, which ``unpack()``s it.
 
     A packed item is a flat dict of tensors, numbers, None or strings.  Shapes and plain values
-    travel in one ``all_gather_object``; tensors in one broadcast per owner and dtype.
+    travel in one ``all_gather_object``; tensors in one broadcast per item and dtype, so memory
+    grows by one item's tensors at most.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     mine = {i: pack(items[i]) for i, o in enumerate(owners) if o == rank}
@@ -58,30 +59,25 @@ def share_from_owners(
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, layout)
     for src in range(world):
-        src_layout: dict[int, dict[str, tuple]] = gathered[src]
-        by_dtype: dict[str, list[tuple[int, str]]] = {}
-        for i, keys in sorted(src_layout.items()):
+        # one item at a time, so that only one item's tensors are ever held twice
+        for i, keys in sorted(gathered[src].items()):
+            packed = {k: spec[1] for k, spec in keys.items() if spec[0] == "value"}
+            by_dtype: dict[str, list[str]] = {}
             for k, spec in keys.items():
                 if spec[0] == "tensor":
-                    by_dtype.setdefault(spec[2], []).append((i, k))
-        received: dict[int, dict[str, Any]] = {
-            i: {k: spec[1] for k, spec in keys.items() if spec[0] == "value"}
-            for i, keys in src_layout.items()
-        }
-        for dtype_name, entries in sorted(by_dtype.items()):
-            dtype = getattr(torch, dtype_name.removeprefix("torch."))
-            sizes = [_numel(src_layout[i][k][1]) for i, k in entries]
-            if src == rank:
-                flat = torch.cat([mine[i][k].reshape(-1).to(device) for i, k in entries])
-            else:
-                flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-            dist.broadcast(flat, src=src)
-            if src == rank:
-                continue
-            for (i, k), part in zip(entries, flat.split(sizes)):
-                received[i][k] = part.view(src_layout[i][k][1]).clone()
-        if src != rank:
-            for i, packed in received.items():
+                    by_dtype.setdefault(spec[2], []).append(k)
+            for dtype_name, names in sorted(by_dtype.items()):
+                shapes = [keys[k][1] for k in names]
+                if src == rank:
+                    flat = torch.cat([mine[i][k].reshape(-1).to(device) for k in names])
+                else:
+                    dtype = getattr(torch, dtype_name.removeprefix("torch."))
+                    flat = torch.empty(sum(map(_numel, shapes)), dtype=dtype, device=device)
+                dist.broadcast(flat, src=src)
+                if src != rank:
+                    parts = flat.split([_numel(shape) for shape in shapes])
+                    packed.update({k: p.view(shape) for k, p, shape in zip(names, parts, shapes)})
+            if src != rank:
                 unpack(items[i], packed)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -103,6 +104,25 @@ class LayerWhitening(Whitening):
 
     name = "layer"
     settings_type: ClassVar[type[WhiteningSettings]] = WhiteningSettings
+    # the settings, copied onto the instance by __init__ (dtypes as torch dtypes)
+    eps: float
+    eps_abs: float
+    momentum: float
+    stats_every: int
+    inverse_every: int
+    stats_max_rows: int | None
+    start_step: int
+    layer_types: list[str]
+    include: list[str]
+    exclude: list[str]
+    max_block: int
+    max_dim: int | None
+    decomposition_dtype: torch.dtype
+    stats_dtype: torch.dtype
+    center: bool
+    normalize: bool
+    seed: int
+    condition_every: int
     # whether the algorithm transforms gradients (it may then pool shared weights and use blocks)
     gradient_transform: ClassVar[bool] = False
 
@@ -161,7 +181,15 @@ class LayerWhitening(Whitening):
             for _, _, adapter in layer.modules:
                 hooked = adapter.hook_module
                 self._handles.append(hooked.register_forward_pre_hook(self._mark_pending))
-        self._handles.append(register_optimizer_step_pre_hook(self._before_optimizer_step))
+        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its model
+        me = weakref.ref(self)
+
+        def before_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+            whitening = me()
+            if whitening is not None:
+                whitening._before_optimizer_step(optimizer, args, kwargs)
+
+        self._handles.append(register_optimizer_step_pre_hook(before_optimizer_step))
         if rank == 0 and self.candidates:
             log.info(
                 "whitening '%s': %d of %d candidate modules whitened\n%s",
