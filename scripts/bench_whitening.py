@@ -213,6 +213,7 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
                 + row["transform_s"]
             )
             out.append(row)
+            print(json.dumps(row), flush=True)  # progress: a slow machine may not reach the end
     return out
 
 
@@ -425,10 +426,11 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["none", "evd", "recursive"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=None, help="default: lcm of the periods")
+    p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 40
+    repeats = 3 if args.quick else args.repeats
     results: dict = {"threads": args.threads, "torch": torch.__version__}
 
     if "transform" in args.sections:
