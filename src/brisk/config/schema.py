@@ -14,6 +14,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from brisk.config.whitening import register_whitening_schemas
+
 
 class Device(StrEnum):
     auto = "auto"
@@ -186,3 +188,4 @@ def register_schemas() -> None:
     cs.store(group="optimizer", name="base_muon", node=MuonConfig)
     cs.store(group="scheduler", name="base_cosine", node=CosineConfig)
     cs.store(group="scheduler", name="base_multistep", node=MultiStepConfig)
+    register_whitening_schemas(cs)
