@@ -26,10 +26,10 @@ from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.validate import check_data, validate_config
 from brisk.errors import USER_ERROR_EXIT, ConfigValueError, UserError
 from brisk.models.cost import count_params, log_clip_costs
-from brisk.sweep.hparams import log_hparams
 from brisk.teacher.base import Teacher, TeacherContext
 from brisk.trainer.context import RunContext
 from brisk.trainer.distributed import broadcast_object, cleanup, init_distributed
+from brisk.trainer.hparams import log_hparams
 from brisk.trainer.logging import RunRecord
 from brisk.trainer.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.trainer.run_dir import RunPaths, lock_run_dir
@@ -108,6 +108,10 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     cost = log_clip_costs(ctx.datamodule, model, teacher, log=log.info)
     if cost:
         record.update(cost=cost)
+    # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
+    splits = ctx.datamodule.split_summary() if hasattr(ctx.datamodule, "split_summary") else {}
+    if splits:
+        record.update(**splits)
     if cfg.eval_only:
         return evaluate_checkpoint(trainer, cfg.ckpt_path)
     return fit_student(trainer, plan, record)
@@ -167,7 +171,7 @@ def main() -> None:
 def _explain_failure(overrides: list[str]) -> None:
     """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing plugin."""
     from brisk.config.diagnose import explain_unknown_keys
-    from brisk.sweep.extras import missing_extra_messages
+    from brisk.config.extras import missing_extra_messages
 
     for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
         print(f"brisk: {message}", file=sys.stderr)

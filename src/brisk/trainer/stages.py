@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from brisk.data.base import DataModule
 from brisk.errors import UserError
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.checkpoint import load_checkpoint
@@ -79,7 +80,8 @@ class TeacherStage:
         else:
             self._fit(trainer, ctx, stage, input_key)
         whitening.detach()  # the frozen teacher keeps no statistics hooks
-        trainer.model.load_state_dict(load_checkpoint(ctx.paths.best)["model"])
+        kept = ctx.paths.best if selected_on(ctx.datamodule) == "val" else ctx.paths.last
+        trainer.model.load_state_dict(load_checkpoint(kept)["model"])
         return trainer.model
 
     def _fit(self, trainer: Trainer, ctx: RunContext, stage: str, input_key: str) -> None:
@@ -113,7 +115,7 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
             kept = ("status", "error", "last_attempt")
             return {k: v for k, v in record.finished.items() if k not in kept}
     fit = trainer.fit()
-    if trainer.paths.best.is_file():
+    if trainer.paths.best.is_file() and selected_on(trainer.datamodule) == "val":
         trainer.model.load_state_dict(load_checkpoint(trainer.paths.best)["model"])
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)
@@ -153,6 +155,13 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, An
         "test": results["test"],
         "evaluated": str(ckpt_path),
     }
+
+
+def selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last``
+    when a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+    summary = getattr(datamodule, "split_summary", None)
+    return summary()["selected_on"] if summary is not None else "val"
 
 
 def warn_if_near_chance(stage: str, metric: str, best: float | None, num_classes: int) -> None:
