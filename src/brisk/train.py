@@ -110,8 +110,7 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     if cost:
         record.update(cost=cost)
     # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
-    datamodule = ctx.datamodule
-    splits = datamodule.split_summary() if hasattr(datamodule, "split_summary") else {}
+    splits = ctx.datamodule.split_summary() if hasattr(ctx.datamodule, "split_summary") else {}
     if splits:
         record.update(**splits)
     if cfg.eval_only:

@@ -132,3 +132,13 @@ def test_progress_bar_on_a_terminal_only(
     assert "loss=" in outputs["tty"]
     assert outputs["file"] == ""
     assert caplog.text.count("epoch 1/1 step") == 8  # the log lines are the same in both modes
+
+
+def test_teacher_base_declares_what_the_runner_reads() -> None:
+    from brisk.teacher import RGBI3DTeacher
+    from brisk.teacher.base import NoTeacher
+
+    none = NoTeacher()
+    assert (none.model, none.whitening, none.input_key, none.epochs) == (None, None, "input", None)
+    i3d = RGBI3DTeacher(width_mult=0.25, epochs=3)  # served from its config, not shadowed
+    assert (i3d.input_key, i3d.epochs) == ("rgb", 3)

@@ -48,9 +48,16 @@ class Teacher:
 
     name: str = "none"
     model: nn.Module | None = None
-    input_key: str = "input"
     whitening: Whitening | None = None
-    epochs: int | None = None
+    # Declared without a class value, so a subclass may serve them from its config (__getattr__);
+    # a teacher that sets neither gets the defaults below.
+    input_key: str
+    epochs: int | None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _DEFAULTS:
+            return _DEFAULTS[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def setup(self, context: TeacherContext) -> None:
         """Load or train the teacher before the student's training starts."""
@@ -73,6 +80,9 @@ class Teacher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+_DEFAULTS: dict[str, Any] = {"input_key": "input", "epochs": None}
 
 
 class NoTeacher(Teacher):

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from brisk.data.base import DataModule
 from brisk.errors import UserError
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.checkpoint import load_checkpoint
@@ -156,9 +157,9 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, An
     }
 
 
-def selected_on(datamodule: Any) -> str:
-    """``val`` when validation is held out of the training data (best.pt is reported), ``last`` when
-    a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+def selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last``
+    when a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
     summary = getattr(datamodule, "split_summary", None)
     return summary()["selected_on"] if summary is not None else "val"
 
