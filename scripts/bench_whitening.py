@@ -125,7 +125,7 @@ REFRESH_METHODS = ("evd_eigh64", "evd", "clip", "recursive")
 def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024) -> list[dict]:
     """Every cost of one refresh cycle, per method and M, at the shipped cadence.
 
-    Parts: ``statistics`` (centre ``N = 1024`` rows and accumulate ``X^T X``, one statistics update),
+    Parts: ``statistics`` (centre ``N = 1024`` rows, accumulate ``X^T X``: one statistics update),
     ``projection`` (``recursive`` only: the rows through T, paid at every statistics update),
     ``decomposition`` (one refresh: the inverse, or ``steps`` block steps, with the backup copies
     the real refresh makes), ``transform`` (``G Q`` for S = M / 9 outputs, a 3x3 convolution with
