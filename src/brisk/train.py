@@ -28,10 +28,10 @@ from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.validate import check_data, validate_config
 from brisk.data.base import DataModule
 from brisk.errors import USER_ERROR_EXIT, ConfigValueError, UserError
-from brisk.sweep.hparams import log_hparams
 from brisk.teacher.base import NoTeacher, Teacher, TeacherContext
 from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
 from brisk.trainer.distributed import DistInfo, barrier, cleanup, init_distributed
+from brisk.trainer.hparams import log_hparams
 from brisk.trainer.logging import write_status
 from brisk.trainer.loop import Trainer
 from brisk.whitening.base import NoWhitening
@@ -160,9 +160,8 @@ def _run(
                 done.write_text("finished\n")
             barrier()
         stage_whitening.detach()  # the frozen teacher keeps no statistics hooks
-        trainer.model.load_state_dict(
-            load_checkpoint(stage_dir / "checkpoints" / "best.pt")["model"]
-        )
+        kept = "best.pt" if _selected_on(datamodule) == "val" else "last.pt"
+        trainer.model.load_state_dict(load_checkpoint(stage_dir / "checkpoints" / kept)["model"])
         return trainer.model
 
     teacher.setup(
@@ -182,6 +181,10 @@ def _run(
     cost = _clip_cost(datamodule, model, teacher)
     if cost and dist.is_main:
         write_status(run_dir, cost=cost)
+    # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
+    splits = datamodule.split_summary() if hasattr(datamodule, "split_summary") else {}
+    if splits and dist.is_main:
+        write_status(run_dir, **splits)
 
     if cfg.eval_only:
         return _evaluate_only(cfg, trainer, run_dir)
@@ -191,7 +194,7 @@ def _run(
         log.info("resumed from %s at step %d (epoch %d)", resume_from, trainer.step, trainer.epoch)
     fit = trainer.fit()
     best_path = run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file():
+    if best_path.is_file() and _selected_on(datamodule) == "val":
         trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)
@@ -343,6 +346,13 @@ def _broadcast(value: str) -> str:
     return str(broadcast_object(value))
 
 
+def _selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last`` when
+    a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+    summary = getattr(datamodule, "split_summary", None)
+    return summary()["selected_on"] if summary is not None else "val"
+
+
 def _clip_cost(datamodule: DataModule, model: nn.Module, teacher: Teacher) -> dict[str, float]:
     """For clip models: parameters and FLOPs per clip and per video of student and teacher, counted by
     torch.utils.flop_counter on the run's own clip shapes and logged at the start of the run."""
@@ -416,7 +426,7 @@ def main() -> None:
 def _explain_failure(overrides: list[str]) -> None:
     """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing plugin."""
     from brisk.config.diagnose import explain_unknown_keys
-    from brisk.sweep.extras import missing_extra_messages
+    from brisk.config.extras import missing_extra_messages
 
     for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
         print(f"brisk: {message}", file=sys.stderr)

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 
+from brisk.errors import UserError
 from brisk.models import create_model
 from brisk.models.cost import (
     clip_flops,
@@ -189,10 +190,10 @@ def test_i3d_loader_names_missing_and_unexpected_keys(tmp_path) -> None:
     state["Mixed_4d.b9.conv3d.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "broken.pt")
     with pytest.raises(
-        ValueError, match=r"broken\.pt.*Mixed_4d\.b1b\.bn\.running_var.*Mixed_4d\.b9"
+        UserError, match=r"broken\.pt.*Mixed_4d\.b1b\.bn\.running_var.*Mixed_4d\.b9"
     ):
         load_i3d_checkpoint(create_model("i3d", num_classes=400), tmp_path / "broken.pt")
-    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+    with pytest.raises(UserError, match="nowhere.pt"):
         load_i3d_checkpoint(create_model("i3d", num_classes=400), tmp_path / "nowhere.pt")
 
 

@@ -12,8 +12,10 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import nn
 
+from brisk.errors import UserError
 from brisk.models import create_model
 from brisk.teacher import (
+    DistillConfig,
     RGBI3DTeacher,
     RGBMFNetTeacher,
     TeacherContext,
@@ -116,7 +118,7 @@ def test_teacher_without_checkpoint_is_fitted_on_rgb_then_frozen(tmp_path: Path)
 
 
 def test_loss_is_weighted_ce_plus_scaled_kl(tmp_path: Path) -> None:
-    teacher = small_mfnet_teacher(alpha=0.7, temperature=3.0, ce_weight=0.5)
+    teacher = small_mfnet_teacher(alpha=0.7, temperature=3.0, ce_weight=0.5, gate="none")
     teacher.setup(FakeRunner(tmp_path).context)
     rgb = torch.rand(2, 3, 4, 32, 32)
     student_logits = torch.randn(2, CLASSES, requires_grad=True)
@@ -130,6 +132,41 @@ def test_loss_is_weighted_ce_plus_scaled_kl(tmp_path: Path) -> None:
     loss.backward()
     assert student_logits.grad is not None
     assert all(p.grad is None for p in teacher.model.parameters())
+
+
+@pytest.mark.parametrize("gate", ["correct", "confident"])
+def test_gate_follows_the_teacher_only_where_it_is_right(tmp_path: Path, gate: str) -> None:
+    teacher = small_mfnet_teacher(temperature=2.0, ce_weight=0.0, gate=gate, gate_confidence=0.3)
+    teacher.setup(FakeRunner(tmp_path).context)
+    rgb = torch.rand(4, 3, 4, 32, 32)
+    with torch.no_grad():
+        teacher_logits = teacher.model(rgb)
+    # The teacher is right on samples 0-2 and wrong on 3; "confident" also drops unsure ones.
+    predicted = teacher_logits.argmax(1)
+    target = predicted.clone()
+    target[3] = (predicted[3] + 1) % CLASSES
+    probs = teacher_logits.softmax(1)
+    student_logits = torch.randn(4, CLASSES, requires_grad=True)
+    hard = torch.zeros(())
+    loss, logs = teacher.loss(student_logits, {"rgb": rgb, "target": target}, hard)
+    keep = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    if gate == "confident":
+        keep *= (probs.gather(1, target[:, None]).squeeze(1) >= 0.3).float()
+    expected = distillation_kl(student_logits, teacher_logits, 2.0, keep)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["distill/followed"] == pytest.approx(keep.mean().item())
+    loss.backward()
+    assert student_logits.grad[3].abs().max() == 0  # nothing learnt from the wrong sample
+    assert student_logits.grad[0].abs().max() > 0
+
+
+def test_gate_is_a_teacher_config_knob() -> None:
+    with pytest.raises(ValueError, match="teacher.gate must be one of"):
+        RGBMFNetTeacher(gate="sometimes")
+    config = DistillConfig(alpha=0.3, gate="none")
+    teacher = RGBI3DTeacher(config)
+    assert teacher.config is config and teacher.alpha == 0.3 and teacher.dropout == 0.0
+    assert RGBI3DTeacher().dropout == 0.5  # I3D's published dropout when built from fields
 
 
 def test_loss_without_rgb_names_the_missing_key(tmp_path: Path) -> None:
@@ -218,7 +255,7 @@ def test_checkpoint_of_the_wrong_architecture_is_refused(tmp_path: Path) -> None
         tmp_path / "mf.pt",
     )
     teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "mf.pt"), width_mult=0.25)
-    with pytest.raises(ValueError, match=r"mf\.pt.*does not fit InceptionI3d"):
+    with pytest.raises(UserError, match=r"mf\.pt.*does not fit InceptionI3d"):
         teacher.setup(FakeRunner(tmp_path).context)
 
 

@@ -40,11 +40,9 @@ def tiny_shapes(tmp_path: Path, **kw) -> MovingShapesDataModule:
 
 def check_item(item: dict, channels: int, size: int, classes: int) -> None:
     assert set(item) == {"input", "target", "rgb", "video", "gop"}
-    assert (
-        item["input"].shape == (channels, 12, size, size) and item["input"].dtype == torch.float32
-    )
-    assert item["rgb"].shape == (3, 12, size, size) and item["rgb"].dtype == torch.float32
-    assert float(item["rgb"].min()) >= 0 and float(item["rgb"].max()) <= 1
+    # uint8 through the DataLoader; the data module's on_device_batch makes the float inputs
+    assert item["input"].shape == (channels, 12, size, size) and item["input"].dtype == torch.uint8
+    assert item["rgb"].shape == (3, 12, size, size) and item["rgb"].dtype == torch.uint8
     assert isinstance(item["target"], int) and 0 <= item["target"] < classes
     assert isinstance(item["video"], int) and isinstance(item["gop"], int)
 
@@ -53,11 +51,12 @@ def test_moving_shapes_items_have_the_documented_shapes(tmp_path):
     dm = tiny_shapes(tmp_path)
     dm.setup()
     assert dm.num_classes == 8
-    train, test = dm.train_dataset(), dm.test_dataset()
-    assert len(train) == 16
+    train, val, test = dm.train_dataset(), dm.val_dataset(), dm.test_dataset()
+    # One of the 2 training videos per class is held out for validation (val_fraction 0.1).
+    assert len(train) == 8 and len(val.videos) == 8
     # 26 frames = GOPs of 12, 12, 2: the 2-frame tail is too short to be a test clip.
     assert len(test) == 8 * 2
-    assert dm.val_dataset() is test
+    assert not {v.rel for v in val.videos} & {v.rel for v in test.videos}
     check_item(train[3], 3, 28, 8)
     check_item(test[5], 3, 28, 8)
     assert [test[i]["video"] for i in range(4)] == [0, 0, 1, 1]
@@ -129,8 +128,10 @@ def test_ucf101_layout_end_to_end_with_a_broken_video(tmp_path):
     ):
         video(root / "UCF-101" / rel, cls=i % 2, seed=i)
     (root / "UCF-101" / "Run" / "v_Run_g09_c01.avi").write_text("not a video")
-    dm = UCF101DataModule(root, cache_dir=tmp_path / "cache", **SMALL)
+    # val_fraction=0: no validation is carved out of these 3 training videos
+    dm = UCF101DataModule(root, cache_dir=tmp_path / "cache", val_fraction=0, **SMALL)
     dm.setup()
+    assert dm.split_summary()["selected_on"] == "last"
     assert dm.num_classes == 2 and dm.classes == ["Jump", "Run"]
     assert len(dm.train_dataset()) == 2  # the broken video is left out, the run goes on
     assert [f["rel"] for f in dm.report.failures] == ["Run/v_Run_g09_c01.avi"]
@@ -178,7 +179,9 @@ def test_video_folder_end_to_end(tmp_path):
             video(root / c / f"{i}.avi", cls=i, seed=i)
     dm = VideoFolderDataModule(root, test_fraction=0.34, cache_dir=tmp_path / "cache", **SMALL)
     dm.setup()
-    assert dm.num_classes == 2 and len(dm.train_dataset()) == 4 and len(dm.test_dataset()) == 2
+    assert dm.num_classes == 2 and len(dm.test_dataset()) == 2
+    # of the 2 training videos per class, one is held out for validation
+    assert len(dm.train_dataset()) == 2 and len(dm.val_dataset()) == 2
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from brisk.video.motion import MotionCompensator, quantise_residual, quantised_residual, rasterise
+from brisk.video.motion import (
+    MotionCompensator,
+    frame_minus_prediction_u8,
+    rasterise,
+    residual_as_u8,
+)
 
 
 def row(w, h, dst_x, dst_y, dx, dy, source=-1):
@@ -38,22 +43,35 @@ def test_rasterise_uniform_and_mixed_blocks_agree_with_a_per_block_reference():
     assert not rasterise(np.zeros((0, 10), np.int32), h, w, cell).any()
 
 
-def test_source_index_moves_blocks_and_clamps_at_the_border():
-    mc = MotionCompensator(16, 16, 8)
+def _border_field() -> np.ndarray:
     field = np.zeros((2, 2, 2), dtype=np.int16)
     field[0, 0, 1] = 3  # the top-right block moved 3 px right: predicted from 3 px to its left
     field[1, 1, 0] = 5  # the bottom-left block moved 5 px down
-    field[
-        0, 1, 1
-    ] = -6  # the bottom-right block moved left: its source leaves the frame on the right
-    src = mc.source_index(field).reshape(16, 16)
-    ys, xs = np.divmod(src, 16)
-    assert (xs[0:8, 8:16] == np.arange(5, 13)).all() and (
-        ys[0:8, 8:16] == np.arange(8)[:, None]
-    ).all()
+    field[0, 1, 1] = -6  # the bottom-right block moved left: its source leaves the frame, right
+    return field
+
+
+def test_source_index_moves_blocks_and_clamps_at_the_border():
+    src = MotionCompensator(16, 16, 8, border="clamp").source_index(_border_field())
+    ys, xs = np.divmod(src.reshape(16, 16), 16)
+    assert (xs[0:8, 8:16] == np.arange(5, 13)).all()
+    assert (ys[0:8, 8:16] == np.arange(8)[:, None]).all()
     assert (ys[8:16, 0:8] == np.arange(3, 11)[:, None]).all()
     assert (xs[8:16, 8:16] == np.minimum(np.arange(14, 22), 15)).all()
     assert (src.reshape(16, 16)[0:8, 0:8] == np.arange(256).reshape(16, 16)[0:8, 0:8]).all()
+
+
+def test_skip_keeps_the_own_pixel_where_the_source_leaves_the_frame():
+    mc = MotionCompensator(16, 16, 8)
+    assert mc.border == "skip"
+    src = mc.source_index(_border_field())
+    ys, xs = np.divmod(src.reshape(16, 16), 16)
+    # Inside the frame skip and clamp agree; per pixel, a source past the right edge is ignored.
+    assert (xs[0:8, 8:16] == np.arange(5, 13)).all()
+    assert (ys[8:16, 0:8] == np.arange(3, 11)[:, None]).all()
+    assert (xs[8:16, 8:10] == [14, 15]).all()  # x + 6 still inside
+    assert (xs[8:16, 10:16] == np.arange(10, 16)).all()  # outside: its own pixel
+    assert (ys[8:16, 8:16] == np.arange(8, 16)[:, None]).all()
 
 
 def test_gather_and_accumulated_motion():
@@ -73,9 +91,9 @@ def test_gather_and_accumulated_motion():
 
 def test_residual_quantisation_saturates():
     r = np.arange(-300, 300, dtype=np.int16)
-    np.testing.assert_array_equal(quantise_residual(r), np.clip(r + 128, 0, 255))
+    np.testing.assert_array_equal(residual_as_u8(r), np.clip(r + 128, 0, 255))
     rng = np.random.default_rng(1)
     f, p = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
-        quantised_residual(f, p), np.clip(f.astype(int) - p + 128, 0, 255)
+        frame_minus_prediction_u8(f, p), np.clip(f.astype(int) - p + 128, 0, 255)
     )

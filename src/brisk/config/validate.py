@@ -116,11 +116,13 @@ RULES: dict[str, dict[str, Range]] = {
         "inverse_every": POSITIVE_INT,
         "stats_max_rows": OPTIONAL_POSITIVE_INT,
         "start_step": NONNEGATIVE_INT,
-        "max_dim": POSITIVE_INT,
+        "max_block": POSITIVE_INT,
+        "max_dim": OPTIONAL_POSITIVE_INT,
         "steps": POSITIVE_INT,
         "power_iters": POSITIVE_INT,
+        "block": OPTIONAL_POSITIVE_INT,
         "condition_every": NONNEGATIVE_INT,
-        "unpaired_weight_decay": NONNEGATIVE,
+        "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
     },
     "teacher": {
         "alpha": NONNEGATIVE,
@@ -142,7 +144,7 @@ RULES: dict[str, dict[str, Range]] = {
     "dataset": {
         "image_size": POSITIVE_INT,
         "resize_size": POSITIVE_INT,
-        "val_fraction": OPEN_FRACTION,
+        "val_fraction": Range(0, 1, high_open=True),  # 0: video sets hold out nothing (below)
         "test_fraction": OPEN_FRACTION,
         "val_size": NONNEGATIVE_INT,
         "train_subset": OPTIONAL_POSITIVE_INT,
@@ -153,6 +155,7 @@ RULES: dict[str, dict[str, Range]] = {
         "scales[]": Range(0, 1, low_open=True),
         "num_workers": NONNEGATIVE_INT,
         "qscale": Range(1, 31, integer=True),
+        "val_clips": POSITIVE_INT,
         "train_per_class": POSITIVE_INT,
         "test_per_class": POSITIVE_INT,
         "frames": POSITIVE_INT,
@@ -237,6 +240,10 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
     data = cfg.get("dataset")
     if isinstance(data, DictConfig):
         vf, tf = data.get("val_fraction"), data.get("test_fraction")
+        if vf == 0 and "val_clips" not in data:
+            # only the video data sets can run without a validation set (they report the last
+            # checkpoint then); elsewhere it would leave best.pt chosen on nothing
+            problems.append("dataset.val_fraction=0 leaves no validation set (expected (0, 1))")
         if _is_number(vf) and _is_number(tf) and vf + tf >= 1:
             problems.append(
                 f"dataset.val_fraction + dataset.test_fraction = {vf + tf:g} leaves no training "

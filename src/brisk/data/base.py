@@ -9,6 +9,7 @@ video scores).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -49,6 +50,14 @@ class DataModule:
     def setup(self) -> None:
         """Find and validate the files, failing fast with :class:`DatasetNotFoundError`."""
         raise NotImplementedError
+
+    def on_device_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Transform a collated batch after the runner moved it to the device (identity here).
+
+        Work that is cheap on an accelerator and expensive in a DataLoader worker belongs here: the
+        video data sets ship uint8 clips and normalise them in this hook.
+        """
+        return batch
 
     def train_dataset(self) -> Dataset:
         return self._split("train")

@@ -14,7 +14,6 @@ CPU tests can run tiny clips; at the standard 224 px the output equals the publi
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brisk.models.pretrained import file_sha256, load_checkpoint_into, read_state_dict
 from brisk.models.registry import register_model
+
+__all__ = ["InceptionI3d", "file_sha256", "load_i3d_checkpoint", "read_state_dict", "same_padding"]
 
 _Triple = tuple[int, int, int]
 
@@ -127,6 +129,7 @@ class InceptionI3d(nn.Module):
         num_frames: int = 64,
         width_mult: float = 1.0,
         dropout: float = 0.5,
+        keep_time: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1 or width_mult <= 0:
@@ -138,8 +141,13 @@ class InceptionI3d(nn.Module):
         def w(c: int) -> int:
             return max(1, int(round(c * width_mult)))
 
+        # keep_time: no temporal stride anywhere. The published network halves time three times
+        # (conv1, pool4a, pool5a), which leaves 2 of a 12-frame GOP's steps at Mixed_5c; the weights
+        # do not depend on the strides, so the public files load either way.
+        self.keep_time = keep_time
+        t = 1 if keep_time else 2
         self.feature_channels: dict[str, int] = {}
-        self.Conv3d_1a_7x7 = Unit3D(in_channels, w(64), (7, 7, 7), (2, 2, 2))
+        self.Conv3d_1a_7x7 = Unit3D(in_channels, w(64), (7, 7, 7), (t, 2, 2))
         self.MaxPool3d_2a_3x3 = MaxPoolSame((1, 3, 3), (1, 2, 2))
         self.Conv3d_2b_1x1 = Unit3D(w(64), w(64))
         self.Conv3d_2c_3x3 = Unit3D(w(64), w(192), (3, 3, 3))
@@ -150,7 +158,7 @@ class InceptionI3d(nn.Module):
         for name, widths in INCEPTION_WIDTHS.items():
             if name in pools:
                 pool_name, k, s = pools[name]
-                self.add_module(pool_name, MaxPoolSame((k, k, k), (s, s, s)))
+                self.add_module(pool_name, MaxPoolSame((k, k, k), (min(s, t), s, s)))
             module = InceptionModule(channels, tuple(w(c) for c in widths))  # type: ignore[arg-type]
             self.add_module(name, module)
             channels = module.out_channels
@@ -193,89 +201,10 @@ def i3d(
     num_frames: int = 64,
     width_mult: float = 1.0,
     dropout: float = 0.5,
+    keep_time: bool = False,
 ) -> InceptionI3d:
     """Inception-v1 I3D; inputs in [-1, 1]. ``num_frames`` only sets the standard clip for cost reports."""
-    return InceptionI3d(num_classes, in_channels, num_frames, width_mult, dropout)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a checkpoint, recorded so a resumed run can tell that the file changed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A bare state dict from a checkpoint file, unwrapping the usual containers and prefixes.
-
-    Accepts a plain state dict (the pytorch-i3d files), ``{"state_dict": ...}``, ``{"model": ...}``
-    (brisk's run checkpoints and most trainers), keys prefixed ``module.`` (saved from DDP) and keys
-    prefixed ``net.`` (brisk's input-normalising wrapper around a teacher network).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; the path is what the user needs
-        raise ValueError(
-            f"checkpoint '{path}' could not be read as a torch state dict: {err}"
-        ) from err
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"checkpoint '{path}' holds no state dict (a mapping of names to tensors)")
-    state = {k.removeprefix("module."): v for k, v in obj.items()}
-    if all(k.startswith("net.") for k in state):
-        state = {k.removeprefix("net."): v for k, v in state.items()}
-    return state
-
-
-def load_pretrained(
-    model: nn.Module, state: dict[str, Tensor], head_prefix: str, source: str
-) -> dict[str, Any]:
-    """Load ``state`` into ``model``, keeping ``model``'s fresh classifier when the class counts differ.
-
-    ``head_prefix`` names the classifier's parameters (``logits.`` in I3D, ``classifier.`` in MFNet).
-    Only ``num_batches_tracked`` may be missing (files from before PyTorch 0.4.1 lack it); any other
-    missing or extra key, or a shape mismatch outside the classifier, is an error naming the keys and
-    ``source``. Returns what was done, for the run log.
-    """
-    own = model.state_dict()
-    report: dict[str, Any] = {"replaced_classifier": False}
-    head_keys = [k for k in state if k.startswith(head_prefix)]
-    if any(k in own and state[k].shape != own[k].shape for k in head_keys):
-        report["replaced_classifier"] = True
-        report["checkpoint_classes"] = int(state[head_keys[0]].shape[0])
-        state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_missing = [
-        k
-        for k in missing
-        if not k.endswith("num_batches_tracked")
-        and not (report["replaced_classifier"] and k.startswith(head_prefix))
-    ]
-    if bad_missing or unexpected:
-        raise ValueError(
-            f"checkpoint '{source}' does not fit {type(model).__name__}: "
-            f"missing {bad_missing[:8]}{' ...' if len(bad_missing) > 8 else ''}, "
-            f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-        )
-    mismatched = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if v.shape != own[k].shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"checkpoint '{source}' has shapes that do not fit this {type(model).__name__}: {mismatched[:8]}"
-        )
-    model.load_state_dict(state, strict=False)
-    return report
+    return InceptionI3d(num_classes, in_channels, num_frames, width_mult, dropout, keep_time)
 
 
 def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
@@ -284,6 +213,10 @@ def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]
     When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics' 400
     against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh classifier.
     """
-    report = load_pretrained(model, read_state_dict(path), "logits.", str(path))
-    report.update(path=str(path), sha256=file_sha256(path))
-    return report
+    loaded = load_checkpoint_into(model, read_state_dict(path), str(path), strict=True)
+    return {
+        "replaced_classifier": loaded.replaced_classifier,
+        "checkpoint_classes": loaded.checkpoint_classes,
+        "path": str(path),
+        "sha256": file_sha256(path),
+    }

@@ -21,8 +21,17 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; unknown names list the valid ones."""
+def create_model(name: str, checkpoint: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; unknown names list the valid ones.
+
+    ``checkpoint`` (``model.checkpoint=PATH``) starts the network from saved weights, published or a
+    brisk run's (:mod:`brisk.models.pretrained`): how every published video result begins.
+    """
     if name not in _MODELS:
         raise KeyError(f"unknown model '{name}'; registered models: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    if checkpoint:
+        from brisk.models.pretrained import load_model_checkpoint
+
+        load_model_checkpoint(model, checkpoint)
+    return model

@@ -3,6 +3,7 @@
 from brisk.teacher.base import NoTeacher, Teacher, TeacherContext
 from brisk.teacher.distill import (
     DistillationTeacher,
+    DistillConfig,
     RGBI3DTeacher,
     RGBMFNetTeacher,
     distillation_kl,
@@ -10,6 +11,7 @@ from brisk.teacher.distill import (
 )
 
 __all__ = [
+    "DistillConfig",
     "DistillationTeacher",
     "NoTeacher",
     "RGBI3DTeacher",

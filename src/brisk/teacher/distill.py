@@ -2,11 +2,12 @@
 
 The student is trained on
 
-    L = ce_weight * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
+    L = ce_weight * CE(z_s, y) + alpha * T^2 * mean_i g_i KL_i(softmax(z_t / T) || softmax(z_s / T))
         + beta * sum_l mean((A_l(f_s^l) - f_t^l)^2)
 
 (Hinton et al., 2015; the T^2 keeps the soft-label gradients at the scale of the hard ones when T
-changes). The last term is optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage
+changes). The gate g_i (``teacher.gate``) is 1 where the teacher may be followed: by default only
+where its prediction is the label, so a weak teacher cannot teach its errors. The last term is optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage
 to the teacher's width, and both maps are average-pooled to their common size. The teacher sees
 ``batch["rgb"]``, the decoded RGB frames of the student's GOP in [0, 1], and normalises them itself.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +30,46 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from brisk.models.i3d import InceptionI3d, file_sha256, load_pretrained, read_state_dict
+from brisk.models.i3d import InceptionI3d
 from brisk.models.mfnet3d import NormalizedInput, mfnet_rgb
+from brisk.models.pretrained import file_sha256, load_checkpoint_into, read_state_dict
 from brisk.teacher.base import Teacher, TeacherContext
 from brisk.whitening.base import Whitening
 
 log = logging.getLogger("brisk")
 
 
-def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch."""
+def distillation_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch.
+
+    ``weight`` (B,) scales each sample's term (the gate: 0 drops a sample); the mean is still over
+    the whole batch.
+    """
     t = float(temperature)
     log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
-    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+    per_sample = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)
+    if weight is not None:
+        per_sample = per_sample * weight
+    return per_sample.mean() * t * t
+
+
+def teacher_gate(
+    teacher_logits: Tensor, target: Tensor, gate: str, confidence: float = 0.5
+) -> Tensor:
+    """1 for the samples the student may follow the teacher on, else 0 (see DistillConfig.gate)."""
+    if gate == "none":
+        return torch.ones(len(teacher_logits), device=teacher_logits.device)
+    keep = teacher_logits.argmax(1) == target
+    if gate == "confident":
+        p_label = teacher_logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
+        keep &= p_label >= confidence
+    return keep.float()
 
 
 def feature_mimic_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
@@ -78,83 +106,107 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+GATES = ("none", "correct", "confident")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The knobs of ``conf/teacher/*.yaml`` (same names), checked once here.
+
+    - ``checkpoint``: weights to load (a pytorch-i3d file, an MFNet-3D file, or a brisk run's
+      ``checkpoints/best.pt``). Without one, the runner trains the teacher first (stage 1).
+    - ``alpha``: weight of the KL term; ``temperature``: the softening T; ``ce_weight``: weight of
+      the student's hard-label loss (0.5 with alpha 0.5 is Hinton's weighting).
+    - ``gate``: which samples the KL term uses. ``none``: all. ``correct``: those whose label the
+      teacher predicts (its argmax). ``confident``: correct and with probability of the label at
+      least ``gate_confidence``. A teacher is followed only where it is right, so a weak teacher
+      cannot pull the student toward its errors; the KL is still averaged over the whole batch, so
+      its weight shrinks with the share of samples the teacher gets right.
+    - ``beta``: weight of feature mimicking (0 disables it); ``layers``: ``{student_module:
+      teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
+    - ``num_frames``, ``width_mult``, ``dropout``: the teacher network's shape (width_mult < 1 for
+      CPU runs). ``keep_time``: I3D without temporal strides (a 12-frame GOP keeps 12 time steps
+      to Mixed_5c instead of 2); the public weights load either way.
+    - ``input_key``: the batch field the teacher reads. ``epochs``: length of stage 1 (None:
+      trainer.epochs). ``finetune``: with a checkpoint, also train the teacher in stage 1: ``auto``
+      when its classifier was replaced, ``true`` always, ``false`` never.
+    - ``init_student``: start the student from the teacher's weights wherever names and shapes agree
+      (MFCD-Net's stage B starts from the raw-RGB MFNet; ``teacher=rgb_mfnet`` at the student's
+      width matches every tensor).
+    """
+
+    checkpoint: str | None = None
+    alpha: float = 1.0
+    temperature: float = 4.0
+    ce_weight: float = 1.0
+    gate: str = "correct"
+    gate_confidence: float = 0.5
+    beta: float = 0.0
+    layers: Mapping[str, str] | None = None
+    num_frames: int = 12
+    width_mult: float = 1.0
+    dropout: float = 0.0
+    keep_time: bool = False
+    input_key: str = "rgb"
+    epochs: int | None = None
+    finetune: bool | str = "auto"
+    init_student: bool = False
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"teacher.temperature must be > 0, got {self.temperature}")
+        if self.alpha < 0 or self.beta < 0 or self.ce_weight < 0:
+            raise ValueError(
+                "teacher.alpha, teacher.beta, teacher.ce_weight must be >= 0, got "
+                f"{self.alpha}, {self.beta}, {self.ce_weight}"
+            )
+        if self.beta > 0 and not self.layers:
+            raise ValueError(
+                "teacher.beta > 0 needs teacher.layers, e.g. {conv5: conv5}: the layers to mimic"
+            )
+        if self.finetune not in ("auto", True, False):
+            raise ValueError(f"teacher.finetune must be auto, true or false, got {self.finetune!r}")
+        if self.gate not in GATES:
+            raise ValueError(f"teacher.gate must be one of {GATES}, got {self.gate!r}")
+        if not 0.0 <= self.gate_confidence <= 1.0:
+            raise ValueError(
+                f"teacher.gate_confidence must be in [0, 1], got {self.gate_confidence}"
+            )
+
+
 class DistillationTeacher(Teacher):
     """A frozen RGB network whose logits (and optionally features) the student mimics.
 
     Subclasses say which network (:meth:`build_model`, returning a module that takes [0, 1] RGB) and
-    how its classifier is named (``head_prefix``); everything else is shared.
+    how its classifier is named (``head_prefix``); everything else is shared. The knobs are a
+    :class:`DistillConfig`, given whole (``config=``) or as its fields (what Hydra passes from
+    ``conf/teacher/*.yaml``); they read as attributes (``teacher.alpha``).
 
-    Args:
-        checkpoint: weights to load (a pytorch-i3d file, an MFNet-3D file, or a brisk run's
-            ``checkpoints/best.pt``). Without one, the runner trains the teacher first (stage 1).
-        alpha: weight of the KL term. temperature: the softening T.
-        ce_weight: weight of the student's hard-label loss (0.5 with alpha 0.5 is Hinton's weighting).
-        beta: weight of feature mimicking; 0 disables it.
-        layers: ``{student_module: teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
-        num_frames, width_mult, dropout: the teacher network's shape (width_mult < 1 for CPU runs).
-        input_key: the batch field the teacher reads. epochs: length of stage 1 (null: trainer.epochs).
-        finetune: with a checkpoint, also train the teacher in stage 1: ``auto`` when its classifier
-            was replaced, ``true`` always, ``false`` never.
-        whitening: the whitening that preconditions stage 1 (``whitening@teacher.whitening=recursive``),
-            independent of the student's ``whitening=``. RGB networks trained from scratch on a small
-            set memorise appearance; whitening their inputs lifts the faint frame-to-frame changes
-            to the scale of appearance, so the teacher learns motion (docs/video.md).
-        init_student: start the student from the teacher's weights wherever names and shapes agree
-            (MFCD-Net's stage B starts from the raw-RGB MFNet; ``teacher=rgb_mfnet`` at the student's
-            width matches every tensor).
+    ``whitening`` preconditions stage 1 (``whitening@teacher.whitening=recursive``), independently
+    of the student's ``whitening=``. RGB networks trained from scratch on a small set memorise
+    appearance; whitening their inputs lifts the faint frame-to-frame changes to the scale of
+    appearance, so the teacher learns motion (docs/video.md).
     """
 
     head_prefix = ""
+    # Per-network defaults that differ from DistillConfig's (I3D was published with dropout 0.5).
+    config_defaults: dict[str, Any] = {}
 
     def __init__(
         self,
-        checkpoint: str | None = None,
-        alpha: float = 1.0,
-        temperature: float = 4.0,
-        ce_weight: float = 1.0,
-        beta: float = 0.0,
-        layers: Mapping[str, str] | None = None,
-        num_frames: int = 12,
-        width_mult: float = 1.0,
-        dropout: float = 0.0,
-        input_key: str = "rgb",
-        epochs: int | None = None,
-        finetune: bool | str = "auto",
+        config: DistillConfig | None = None,
         whitening: Whitening | None = None,
-        init_student: bool = False,
+        **fields: Any,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"teacher.temperature must be > 0, got {temperature}")
-        if alpha < 0 or beta < 0 or ce_weight < 0:
-            raise ValueError(
-                f"teacher.alpha, teacher.beta, teacher.ce_weight must be >= 0, got {alpha}, {beta}, {ce_weight}"
-            )
-        self.checkpoint = str(checkpoint) if checkpoint else None
-        self.alpha, self.temperature, self.ce_weight, self.beta = (
-            alpha,
-            temperature,
-            ce_weight,
-            beta,
-        )
-        self.layers = dict(layers or {})
-        if beta > 0 and not self.layers:
-            raise ValueError(
-                "teacher.beta > 0 needs teacher.layers, e.g. {conv5: conv5}: the layers to mimic"
-            )
-        self.num_frames, self.width_mult, self.dropout, self.input_key = (
-            num_frames,
-            width_mult,
-            dropout,
-            input_key,
-        )
-        # Read by the runner for stage 1 (``teacher.epochs``); None trains for trainer.epochs.
-        self.epochs = epochs
-        if finetune not in ("auto", True, False):
-            raise ValueError(f"teacher.finetune must be auto, true or false, got {finetune!r}")
-        self.finetune = finetune
+        if config is None:
+            config = DistillConfig(**{**self.config_defaults, **fields})
+        elif fields:
+            config = replace(config, **fields)
+        self.config = config
+        self.checkpoint = str(config.checkpoint) if config.checkpoint else None
+        self.layers = dict(config.layers or {})
         # Read by the runner: the preconditioner of stage 1 (None: plain SGD).
         self.whitening = whitening
-        self.init_student = bool(init_student)
         self.model: nn.Module | None = None
         self.device = torch.device("cpu")
         self.source: dict[str, Any] = {}
@@ -164,6 +216,13 @@ class DistillationTeacher(Teacher):
         self.adapters: nn.ModuleDict | None = None
         self._adapter_snapshot: list[Tensor] = []
         self._mimic_steps = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # The config's fields read as attributes: teacher.alpha, teacher.epochs (read by the runner).
+        config = self.__dict__.get("config")
+        if config is not None and name in DistillConfig.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # ------------------------------------------------------------------ building
     def build_model(self, num_classes: int) -> nn.Module:
@@ -188,20 +247,20 @@ class DistillationTeacher(Teacher):
         stage_dir = str(Path(context.run_dir) / "teacher")
         if self.checkpoint:
             net = model.net if isinstance(model, NormalizedInput) else model
-            report = load_pretrained(
-                net, read_state_dict(self.checkpoint), self.head_prefix, self.checkpoint
+            report = load_checkpoint_into(
+                net, read_state_dict(self.checkpoint), self.checkpoint, strict=True
             )
             self.source = {
                 "kind": "checkpoint",
                 "path": self.checkpoint,
                 "file_sha256": file_sha256(self.checkpoint),
             }
-            replaced = report["replaced_classifier"]
+            replaced = report.replaced_classifier
             finetune = replaced if self.finetune == "auto" else bool(self.finetune)
             context.log(
                 f"teacher {self.name}: loaded {self.checkpoint}"
                 + (
-                    f" (its {report['checkpoint_classes']}-class classifier replaced by a fresh "
+                    f" (its {report.checkpoint_classes}-class classifier replaced by a fresh "
                     f"{context.num_classes}-class one)"
                     if replaced
                     else ""
@@ -350,9 +409,18 @@ class DistillationTeacher(Teacher):
                 f"teacher '{self.name}' returned logits {tuple(teacher_out.shape)} but the student "
                 f"{tuple(student_out.shape)}: teacher and student must share the label set"
             )
-        kl = distillation_kl(student_out, teacher_out, self.temperature)
-        loss = self.ce_weight * hard_loss + self.alpha * kl
-        logs = {"distill/ce": hard_loss.item(), "distill/kl": kl.item()}
+        c = self.config
+        logs: dict[str, float] = {"distill/ce": hard_loss.item()}
+        weight = None
+        if c.gate != "none":
+            if "target" not in batch:
+                raise KeyError(f"teacher.gate={c.gate} needs batch['target'] (the labels)")
+            target = batch["target"].to(teacher_out.device)
+            weight = teacher_gate(teacher_out, target, c.gate, c.gate_confidence)
+            logs["distill/followed"] = weight.mean().item()
+        kl = distillation_kl(student_out, teacher_out, c.temperature, weight)
+        loss = c.ce_weight * hard_loss + c.alpha * kl
+        logs["distill/kl"] = kl.item()
         if self.beta > 0:
             missing = [
                 s
@@ -414,11 +482,11 @@ class RGBI3DTeacher(DistillationTeacher):
     name = "rgb_i3d"
     head_prefix = "logits."
 
-    def __init__(self, *args: Any, dropout: float = 0.5, **kwargs: Any) -> None:
-        super().__init__(*args, dropout=dropout, **kwargs)
+    config_defaults = {"dropout": 0.5}
 
     def build_model(self, num_classes: int) -> nn.Module:
-        net = InceptionI3d(num_classes, 3, self.num_frames, self.width_mult, self.dropout)
+        c = self.config
+        net = InceptionI3d(num_classes, 3, c.num_frames, c.width_mult, c.dropout, c.keep_time)
         # I3D was trained on RGB scaled to [-1, 1]: (x - 0.5) / 0.5.
         return NormalizedInput(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -430,4 +498,7 @@ class RGBMFNetTeacher(DistillationTeacher):
     head_prefix = "classifier."
 
     def build_model(self, num_classes: int) -> nn.Module:
-        return mfnet_rgb(num_classes, self.num_frames, self.width_mult, self.dropout)
+        if self.config.keep_time:
+            raise ValueError("teacher.keep_time applies to teacher=rgb_i3d only")
+        c = self.config
+        return mfnet_rgb(num_classes, c.num_frames, c.width_mult, c.dropout)

@@ -93,7 +93,8 @@ def make_loader(
         num_workers=num_workers,
         drop_last=train,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        # kept across epochs only by data sets whose epoch reaches running workers (shared memory)
+        persistent_workers=num_workers > 0 and getattr(dataset, "shares_epoch", False),
         multiprocessing_context=context,
     )
 

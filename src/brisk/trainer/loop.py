@@ -269,7 +269,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _train_step(self, batch: dict[str, Any]) -> tuple[float, int, int, dict[str, float]]:
-        batch = to_device(batch, self.device, self.memory_format)
+        batch = self.datamodule.on_device_batch(to_device(batch, self.device))
+        batch = to_device(batch, self.device, self.memory_format)  # layout of the finished tensors
         inputs, target = batch[self.input_key], batch["target"]
         self.whitening.begin_step(self.step)
         with self._autocast():
@@ -370,7 +371,8 @@ class Trainer:
         for i, batch in enumerate(loader):
             if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
                 break
-            batch = to_device(as_batch_dict(batch), self.device, self.memory_format)
+            batch = self.datamodule.on_device_batch(to_device(as_batch_dict(batch), self.device))
+            batch = to_device(batch, self.device, self.memory_format)
             with self._autocast():
                 out = self.model(batch[self.input_key]).float()
             acc.add(out, batch["target"], batch.get("video"))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brisk.video.codec import reencode
+from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
 
 log = logging.getLogger("brisk.video")
@@ -50,6 +50,9 @@ class CacheSettings:
     qscale: int = 1
     motion_vectors: bool = False
     clips: bool = True
+    #: rule for motion vectors that point outside the frame; only the clip arrays depend on it, so it
+    #: is kept in each record rather than in the variant (the re-encoded videos are shared)
+    mv_border: str = "skip"
 
     @property
     def variant(self) -> str:
@@ -86,10 +89,36 @@ def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
     return ClipArrays(rgb, res, motion)
 
 
-def clip_reader(path: str | Path, motion_vectors: bool) -> GopReader:
-    """A reader configured to produce exactly what :func:`gop_to_clip` needs."""
+def clip_reader(
+    path: str | Path,
+    motion_vectors: bool,
+    mv_border: str = "skip",
+    index: KeyframeIndex | None = None,
+) -> GopReader:
+    """A reader configured to produce exactly what :func:`gop_to_clip` needs.
+
+    ``index``: the key frames recorded at preparation; without it the reader demuxes the file.
+    """
     return GopReader(
-        path, residuals="accumulated", accumulated_mv=motion_vectors, quantised_only=True
+        path,
+        residuals="accumulated",
+        accumulated_mv=motion_vectors,
+        quantised_only=True,
+        mv_border=mv_border,
+        index=index,
+    )
+
+
+def keyframes_of(record: dict) -> KeyframeIndex | None:
+    """The key-frame index a record kept (records written before it was kept have none)."""
+    if "keyframe_pts" not in record:
+        return None
+    return KeyframeIndex(
+        tuple(record["keyframe_pts"]),
+        tuple(record["gop_frames"]),
+        int(record["width"]),
+        int(record["height"]),
+        str(record["codec"]),
     )
 
 
@@ -188,6 +217,8 @@ class VideoCache:
             return False
         if s.clips and not record.get("has_clips"):
             return False
+        if s.clips and record.get("mv_border", "clamp") != s.mv_border:
+            return False
         return not (s.clips and s.motion_vectors and not record.get("has_mv"))
 
     def current_record(self, src: str | Path, rel: str) -> dict | None:
@@ -210,12 +241,16 @@ class VideoCache:
                 status="ok",
                 num_frames=index.num_frames,
                 gop_frames=list(index.gop_frames),
+                keyframe_pts=list(index.keyframe_pts),
+                width=index.width,
+                height=index.height,
+                codec=index.codec,
                 has_clips=False,
                 has_mv=False,
             )
             if s.clips:
                 self._extract_clips(rel)
-                record.update(has_clips=True, has_mv=s.motion_vectors)
+                record.update(has_clips=True, has_mv=s.motion_vectors, mv_border=s.mv_border)
         except Exception as exc:  # noqa: BLE001 - any failure of one video is reported, never fatal
             record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         record["seconds"] = round(time.perf_counter() - start, 3)
@@ -226,7 +261,7 @@ class VideoCache:
 
     def _extract_clips(self, rel: str) -> None:
         s = self.settings
-        with clip_reader(self.video_path(rel), s.motion_vectors) as reader:
+        with clip_reader(self.video_path(rel), s.motion_vectors, s.mv_border) as reader:
             clips = [gop_to_clip(g, s.gop_size, s.motion_vectors) for g in reader.iter_gops()]
         if len(clips) != reader.num_gops:
             raise RuntimeError(f"{rel}: decoded {len(clips)} of {reader.num_gops} GOPs")
@@ -394,7 +429,8 @@ class ClipStore:
         self._open[key] = obj
         return obj
 
-    def load(self, rel: str, gop: int) -> ClipArrays:
+    def load(self, rel: str, gop: int, index: KeyframeIndex | None = None) -> ClipArrays:
+        """One GOP's arrays; ``index`` (from the video's record) spares a live open its demux pass."""
         s = self.cache.settings
         if s.clips:
             rgb = self._get(rel + ".rgb", lambda: _load_npy(self.cache.clip_path(rel, "rgb")))
@@ -405,5 +441,8 @@ class ClipStore:
             return ClipArrays(
                 np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
             )
-        reader = self._get(rel, lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors))
+        reader = self._get(
+            rel,
+            lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors, s.mv_border, index),
+        )
         return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)

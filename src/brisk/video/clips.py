@@ -74,6 +74,46 @@ def centre_crop(height: int, width: int, out: int) -> CropBox:
     return CropBox((height - side) // 2, (width - side) // 2, side, side, out, flip=False)
 
 
+EVAL_CROPS = (1, 3, 10)
+
+
+def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropBox]:
+    """The test-time views of a frame, the protocols papers report:
+
+    - 1: the ``out`` x ``out`` centre crop;
+    - 3: three squares of the short side at the left, centre and right (top, centre, bottom for a
+      portrait frame), each resized to ``out``: the short-side-resize protocol of Non-local/SlowFast;
+    - 10: ``out`` x ``out`` crops at the 4 corners and the centre, and their mirror images (TSN and
+      CoViAR's oversampling).
+    """
+    if crops == 1:
+        return [centre_crop(height, width, out)]
+    if crops == 3:
+        side = min(height, width)
+        if width >= height:
+            return [CropBox(0, x, side, side, out) for x in (0, (width - side) // 2, width - side)]
+        return [CropBox(y, 0, side, side, out) for y in (0, (height - side) // 2, height - side)]
+    if crops == 10:
+        side = min(out, height, width)
+        corners = [(0, 0), (0, width - side), (height - side, 0), (height - side, width - side)]
+        five = [CropBox(y, x, side, side, out) for y, x in corners]
+        five.append(centre_crop(height, width, out))
+        return five + [CropBox(b.y, b.x, b.h, b.w, b.out, flip=True) for b in five]
+    raise ValueError(f"crops={crops}: expected one of {EVAL_CROPS}")
+
+
+def squash_box(box: CropBox, height: int, width: int) -> CropBox:
+    """Map a box drawn on the frame squashed to ``short x short`` back onto the ``height x width``
+    frame: cropping that (non-square) box and resizing it to ``out`` is the same as squashing the frame
+    first, the MFCD-Net authors' preprocessing, without resampling the whole frame."""
+    short = min(height, width)
+    fy, fx = height / short, width / short
+    y, x = round(box.y * fy), round(box.x * fx)
+    h = max(1, min(height - y, round(box.h * fy)))
+    w = max(1, min(width - x, round(box.w * fx)))
+    return CropBox(y, x, h, w, box.out, box.flip)
+
+
 def _resize(x: torch.Tensor, out: int) -> torch.Tensor:
     """(C, T, h, w) -> (C, T, out, out), bilinear, frames as a batch."""
     if x.shape[-2:] == (out, out):
@@ -96,6 +136,19 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float()
 
 
+def _resize_u8(a: np.ndarray, out: int) -> torch.Tensor:
+    """uint8 ``(T, h, w, C)`` -> uint8 ``(T, out, out, C)``, bilinear.
+
+    The frames are handed to torch as a channels-last ``(T, C, h, w)`` view of the same memory, the
+    layout its uint8 bilinear kernel is vectorised for: no float copy of the crop is ever made.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if t.shape[1:3] == (out, out):
+        return t
+    y = F.interpolate(t.permute(0, 3, 1, 2), size=(out, out), mode="bilinear", align_corners=False)
+    return y.permute(0, 2, 3, 1)
+
+
 def normalise_rgb(x: torch.Tensor) -> torch.Tensor:
     """MFNet normalisation of a ``(3, ...)`` tensor of 0..255 values."""
     mean = torch.tensor(MFNET_MEAN).view(3, *([1] * (x.dim() - 1)))
@@ -104,28 +157,79 @@ def normalise_rgb(x: torch.Tensor) -> torch.Tensor:
 
 def quantise_motion(mv: torch.Tensor) -> torch.Tensor:
     """CoViAR's motion quantisation, returned already normalised to about [-0.5, 0.5]."""
-    u8 = torch.clamp(torch.floor(mv * (127.5 / 20.0) + 128.0), 0, 255)
-    return u8 / 255.0 - 0.5
+    return motion_u8(mv) / 255.0 - 0.5
 
 
-def make_clip(
-    arrays: ClipArrays, box: CropBox, normalization: str = "mfnet"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build ``(input (C, T, out, out), rgb (3, T, out, out) in [0, 1])`` from one GOP's arrays."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
-    rgb = _to_tensor(_crop(arrays.rgb, box))  # (3, T, h, w), 0..255
-    res = _to_tensor(_crop(arrays.residual, box))  # (3, T-1, h, w), 0..255
-    iframe = normalise_rgb(rgb[:, :1])
-    res = (res - 128.0) * MFNET_SCALE if normalization == "centered" else normalise_rgb(res)
-    channels = [torch.cat([iframe, res], dim=1)]
+def motion_u8(mv: torch.Tensor) -> torch.Tensor:
+    """CoViAR's motion quantisation ``clip(floor(mv * 127.5 / 20 + 128), 0, 255)``, as uint8."""
+    return torch.clamp(torch.floor(mv * (127.5 / 20.0) + 128.0), 0, 255).to(torch.uint8)
+
+
+def make_clip_u8(
+    arrays: ClipArrays, box: CropBox, with_rgb: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The clip as it travels through the DataLoader: uint8, cropped and resized, not normalised.
+
+    Returns ``input`` uint8 ``(C, T, out, out)``: the I-frame and the quantised residuals
+    ``clip(R + 128)`` in channels 0-2, quantised motion in 3-4 with ``mv_channels``; and ``rgb``
+    uint8 ``(3, T, out, out)``, or None when no teacher needs it. Both are ``(C, T, H, W)`` views of
+    ``(T, H, W, C)`` memory, the channels-last layout the 3D convolutions run in.
+    :func:`normalise_clip` finishes the job on the device, where it costs nothing: a float32 item
+    is 4x the bytes to build, pickle between processes, collate and copy to the accelerator.
+    """
+    rgb = _crop(arrays.rgb, box)  # (T, h, w, 3) view
+    frames = np.concatenate([rgb[:1], _crop(arrays.residual, box)])  # I-frame, then residuals
+    parts = [_resize_u8(frames, box.out)]
     if arrays.motion is not None:
         mv = _to_tensor(_crop(arrays.motion, box))  # (2, T-1, h, w), pixels
         if box.flip:
             mv[0].neg_()
         mv[0] *= box.out / box.w
         mv[1] *= box.out / box.h
-        mv = torch.cat([torch.zeros_like(mv[:, :1]), mv], dim=1)
-        channels.append(quantise_motion(_resize(mv, box.out)))
-    clip = torch.cat([_resize(channels[0], box.out), *channels[1:]], dim=0)
-    return clip.contiguous(), (_resize(rgb, box.out) / 255.0).clamp_(0, 1).contiguous()
+        mv = torch.cat([torch.zeros_like(mv[:, :1]), mv], dim=1)  # the I-frame slot: no motion
+        parts.append(motion_u8(_resize(mv, box.out)).permute(1, 2, 3, 0))
+    clip = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).permute(3, 0, 1, 2)
+    rgb_u8 = _resize_u8(rgb, box.out).permute(3, 0, 1, 2) if with_rgb else None
+    return clip, rgb_u8
+
+
+def normalise_clip(clip: torch.Tensor, normalization: str = "mfnet") -> torch.Tensor:
+    """uint8 ``(..., C, T, H, W)`` clips (one or a batch) -> the float32 network input.
+
+    Channels 0-2: MFNet's ``(u8 - mean) * 0.0167`` for the I-frame and, with ``mfnet``, for the
+    residuals too; ``centered`` maps the residuals as ``(u8 - 128) * 0.0167``. Channels 3-4
+    (motion): ``u8 / 255 - 0.5``.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+    x = clip.float()
+    c = x.shape[-4]
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(MFNET_MEAN, device=x.device).view(shape)
+    rgb = x.narrow(-4, 0, 3)
+    out = [(rgb - mean) * MFNET_SCALE]
+    if normalization == "centered":
+        res = (rgb.narrow(-3, 1, rgb.shape[-3] - 1) - 128.0) * MFNET_SCALE
+        out[0] = torch.cat([out[0].narrow(-3, 0, 1), res], dim=-3)
+    if c > 3:
+        out.append(x.narrow(-4, 3, c - 3) / 255.0 - 0.5)
+    return torch.cat(out, dim=-4) if len(out) > 1 else out[0]
+
+
+def rgb_unit(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB -> float32 in [0, 1], what the teachers take."""
+    return rgb.float().div_(255.0)
+
+
+def make_clip(
+    arrays: ClipArrays, box: CropBox, normalization: str = "mfnet"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Build ``(input (C, T, out, out), rgb (3, T, out, out) in [0, 1])`` from one GOP's arrays.
+
+    The float form of :func:`make_clip_u8` + :func:`normalise_clip`, computed on the CPU.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
+    clip, rgb = make_clip_u8(arrays, box)
+    assert rgb is not None
+    return normalise_clip(clip, normalization).contiguous(), rgb_unit(rgb).contiguous()

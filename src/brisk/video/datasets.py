@@ -9,15 +9,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from brisk.errors import UserError
 from brisk.video import synthetic
 from brisk.video.cache import VideoCache, source_folder_key
 from brisk.video.datamodule import VideoDataModule, VideoEntry, VideoIndex
 from brisk.video.splits import (
     SplitFileError,
+    classes_from_lists,
     folder_split,
     parse_hmdb51,
     parse_kinetics_csv,
+    parse_label_list,
     parse_ucf101,
+    ucf101_group,
 )
 
 log = logging.getLogger("brisk.video")
@@ -28,6 +32,53 @@ def _first_dir(candidates: list[Path], marker) -> Path | None:
         if c.is_dir() and marker(c):
             return c
     return None
+
+
+def _first_file(dirs: list[Path], names: list[str]) -> Path | None:
+    for d in dirs:
+        for n in names:
+            if (d / n).is_file():
+                return d / n
+    return None
+
+
+def _locate(rel: str, dirs: list[Path]) -> Path | None:
+    """The first ``dir / rel`` that exists."""
+    return next((d / rel for d in dirs if (d / rel).is_file()), None)
+
+
+def _from_mmaction_lists(
+    dm: VideoDataModule,
+    train_list: Path,
+    test_list: Path,
+    video_dirs: dict[str, list[Path]],
+    group=None,
+) -> VideoIndex:
+    """MMAction2's ``<path> <label>`` lists: class names from the video folders, paths resolved
+    against ``video_dirs[kind]`` (the first folder holding the file; listed videos absent from
+    every folder are counted in the log and left out, as removed YouTube clips are)."""
+    try:
+        lists = {"train": parse_label_list(train_list), "test": parse_label_list(test_list)}
+        classes = classes_from_lists(lists["train"], lists["test"], path=train_list)
+    except SplitFileError as exc:
+        raise dm.missing(train_list.parent, f"MMAction2 video lists; {exc}") from exc
+    out: dict[str, list[VideoEntry]] = {}
+    for kind, items in lists.items():
+        entries, absent = [], 0
+        for rel, label in items:
+            path = _locate(rel, video_dirs[kind])
+            if path is None:
+                absent += 1
+                continue
+            entries.append(VideoEntry(path, rel, label, group(rel) if group else None))
+        if absent:
+            log.info("%s %s: %d of %d listed videos not found", dm.name, kind, absent, len(items))
+        out[kind] = entries
+    if not out["train"] and not out["test"]:
+        raise dm.missing(
+            video_dirs["train"][0], f"the videos listed in {train_list.name} and {test_list.name}"
+        )
+    return VideoIndex(classes, out["train"], out["test"], f"mmaction2 lists ({train_list.name})")
 
 
 class UCF101DataModule(VideoDataModule):
@@ -42,34 +93,55 @@ class UCF101DataModule(VideoDataModule):
     def find_videos(self) -> VideoIndex:
         expected = (
             "ucfTrainTestlist/classInd.txt, trainlist0N.txt, testlist0N.txt (N = 1..3) and the "
-            "videos as UCF-101/<Class>/<video>.avi"
+            "videos as UCF-101/<Class>/<video>.avi; or MMAction2's annotations/ (the same files) "
+            "with videos/<Class>/<video>.avi, or its ucf101_{train,val}_split_N_videos.txt lists"
         )
         if self.split not in (1, 2, 3):
-            raise ValueError(f"dataset.split={self.split}: UCF101 has splits 1, 2 and 3")
+            raise UserError(f"dataset.split={self.split}: UCF101 has splits 1, 2 and 3")
         split_dir = _first_dir(
-            [self.root / "ucfTrainTestlist", self.root], lambda d: (d / "classInd.txt").is_file()
+            [self.root / "ucfTrainTestlist", self.root / "annotations", self.root],
+            lambda d: (
+                (d / "classInd.txt").is_file() and (d / f"trainlist0{self.split}.txt").is_file()
+            ),
         )
         if split_dir is None:
+            lists = self._mmaction_lists()
+            if lists is not None:
+                return _from_mmaction_lists(
+                    self, *lists, {k: self._video_dirs() for k in ("train", "test")}, ucf101_group
+                )
             raise self.missing(self.root, expected)
-        for kind in ("train", "test"):
-            if not (split_dir / f"{kind}list0{self.split}.txt").is_file():
-                raise self.missing(split_dir / f"{kind}list0{self.split}.txt", expected)
+        if not (split_dir / f"testlist0{self.split}.txt").is_file():
+            raise self.missing(split_dir / f"testlist0{self.split}.txt", expected)
         try:
             split = parse_ucf101(split_dir, self.split)
         except SplitFileError as exc:
             raise self.missing(split_dir, f"{expected}; {exc}") from exc
         first = split.train[0][0] if split.train else split.test[0][0]
-        video_dir = _first_dir(
-            [self.root / "UCF-101", self.root / "UCF101", self.root],
-            lambda d: (d / first.split("/")[0]).is_dir(),
-        )
+        video_dir = _first_dir(self._video_dirs(), lambda d: (d / first.split("/")[0]).is_dir())
         if video_dir is None:
             raise self.missing(self.root / "UCF-101", expected)
 
         def entries(items):
-            return [VideoEntry(video_dir / rel, rel, label) for rel, label in items]
+            return [VideoEntry(video_dir / rel, rel, y, ucf101_group(rel)) for rel, y in items]
 
-        return VideoIndex(split.classes, entries(split.train), entries(split.test))
+        layout = "official" if split_dir.name != "annotations" else "mmaction2 (annotations/)"
+        return VideoIndex(split.classes, entries(split.train), entries(split.test), layout)
+
+    def _video_dirs(self) -> list[Path]:
+        return [self.root / "UCF-101", self.root / "UCF101", self.root / "videos", self.root]
+
+    def _mmaction_lists(self) -> tuple[Path, Path] | None:
+        dirs = [self.root, self.root / "annotations"]
+        train = _first_file(dirs, [f"ucf101_train_split_{self.split}_videos.txt"])
+        test = _first_file(
+            dirs,
+            [
+                f"ucf101_val_split_{self.split}_videos.txt",
+                f"ucf101_test_split_{self.split}_videos.txt",
+            ],
+        )
+        return (train, test) if train and test else None
 
 
 class HMDB51DataModule(VideoDataModule):
@@ -88,32 +160,56 @@ class HMDB51DataModule(VideoDataModule):
     def find_videos(self) -> VideoIndex:
         expected = (
             "testTrainMulti_7030_splits/<class>_test_splitN.txt (N = 1..3) and the videos as "
-            "<class>/<video>.avi"
+            "<class>/<video>.avi; or MMAction2's annotations/ (the same files) with "
+            "videos/<class>/<video>.avi, or its hmdb51_{train,val}_split_N_videos.txt lists"
         )
         if self.split not in (1, 2, 3):
-            raise ValueError(f"dataset.split={self.split}: HMDB51 has splits 1, 2 and 3")
+            raise UserError(f"dataset.split={self.split}: HMDB51 has splits 1, 2 and 3")
         pattern = f"*_test_split{self.split}.txt"
         split_dir = _first_dir(
-            [self.root / "testTrainMulti_7030_splits", self.root / "splits", self.root],
+            [
+                self.root / "testTrainMulti_7030_splits",
+                self.root / "annotations",
+                self.root / "splits",
+                self.root,
+            ],
             lambda d: any(d.glob(pattern)),
         )
         if split_dir is None:
+            lists = self._mmaction_lists()
+            if lists is not None:
+                return _from_mmaction_lists(
+                    self, *lists, {k: self._video_dirs() for k in ("train", "test")}
+                )
             raise self.missing(self.root, expected)
         try:
             split = parse_hmdb51(split_dir, self.split)
         except SplitFileError as exc:
             raise self.missing(split_dir, f"{expected}; {exc}") from exc
-        video_dir = _first_dir(
-            [self.root / "hmdb51_org", self.root / "videos", self.root],
-            lambda d: (d / split.classes[0]).is_dir(),
-        )
+        video_dir = _first_dir(self._video_dirs(), lambda d: (d / split.classes[0]).is_dir())
         if video_dir is None:
             raise self.missing(self.root / split.classes[0], expected)
 
         def entries(items):
             return [VideoEntry(video_dir / rel, rel, label) for rel, label in items]
 
-        return VideoIndex(split.classes, entries(split.train), entries(split.test))
+        layout = "official" if split_dir.name != "annotations" else "mmaction2 (annotations/)"
+        return VideoIndex(split.classes, entries(split.train), entries(split.test), layout)
+
+    def _video_dirs(self) -> list[Path]:
+        return [self.root / "hmdb51_org", self.root / "videos", self.root]
+
+    def _mmaction_lists(self) -> tuple[Path, Path] | None:
+        dirs = [self.root, self.root / "annotations"]
+        train = _first_file(dirs, [f"hmdb51_train_split_{self.split}_videos.txt"])
+        test = _first_file(
+            dirs,
+            [
+                f"hmdb51_val_split_{self.split}_videos.txt",
+                f"hmdb51_test_split_{self.split}_videos.txt",
+            ],
+        )
+        return (train, test) if train and test else None
 
 
 class Kinetics400DataModule(VideoDataModule):
@@ -133,12 +229,23 @@ class Kinetics400DataModule(VideoDataModule):
     def find_videos(self) -> VideoIndex:
         expected = (
             "annotations/train.csv and annotations/validate.csv (or val.csv) with header "
-            "label,youtube_id,time_start,time_end,split, and clips <youtube_id>_<start:06d>_<end:06d>.mp4"
+            "label,youtube_id,time_start,time_end,split, and clips <youtube_id>_<start:06d>_<end:06d>.mp4;"
+            " or MMAction2's kinetics400_{train,val}_list_videos.txt ('<path> <label>') with the "
+            "videos under videos_train/ and videos_val/"
         )
         ann = _first_dir(
             [self.root / "annotations", self.root], lambda d: (d / "train.csv").is_file()
         )
         if ann is None:
+            dirs = [self.root, self.root / "annotations"]
+            train_list = _first_file(dirs, ["kinetics400_train_list_videos.txt"])
+            val_list = _first_file(dirs, ["kinetics400_val_list_videos.txt"])
+            if train_list and val_list:
+                videos = {
+                    "train": [self.root / "videos_train", self.root / "train", self.root],
+                    "test": [self.root / "videos_val", self.root / "val", self.root],
+                }
+                return _from_mmaction_lists(self, train_list, val_list, videos)
             raise self.missing(self.root / "annotations", expected)
         val_csv = next((ann / n for n in ("validate.csv", "val.csv") if (ann / n).is_file()), None)
         if val_csv is None:
@@ -184,7 +291,7 @@ class Kinetics400DataModule(VideoDataModule):
         test = entries(val_clips, "val")
         if not train and not test:
             raise self.missing(self.root, f"{expected}; no listed clip was found on disk")
-        return VideoIndex(classes, train, test)
+        return VideoIndex(classes, train, test, "official (annotation CSVs)")
 
 
 class VideoFolderDataModule(VideoDataModule):
@@ -210,7 +317,7 @@ class VideoFolderDataModule(VideoDataModule):
         def entries(items):
             return [VideoEntry(self.root / rel, rel, label) for rel, label in items]
 
-        return VideoIndex(split.classes, entries(split.train), entries(split.test))
+        return VideoIndex(split.classes, entries(split.train), entries(split.test), "class folders")
 
 
 class MovingShapesDataModule(VideoDataModule):
@@ -250,4 +357,4 @@ class MovingShapesDataModule(VideoDataModule):
                 for p in sorted((videos / split / cls).glob("*.avi"))
             ]
 
-        return VideoIndex(classes, entries("train"), entries("test"))
+        return VideoIndex(classes, entries("train"), entries("test"), "generated")

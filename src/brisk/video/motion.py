@@ -4,8 +4,12 @@ Sign convention (used everywhere in brisk): a motion vector is ``dst - src`` in 
 it points in the direction the content moved. An object moving right by 2 px per frame gives ``x = +2``.
 This is CoViAR's convention and the negative of FFmpeg's ``motion / motion_scale``.
 
-Reference pixels that fall outside the frame are clamped to the border, which is what the codec's
-edge extension does for unrestricted motion vectors (CoViAR skips such blocks instead).
+A pixel whose motion vector points outside the frame is handled by ``border`` (``dataset.mv_border``):
+
+- ``skip`` (default, CoViAR's rule): the pixel keeps its previous source, i.e. that vector is ignored
+  for that pixel. The accumulated residual then matches CoViAR's ``accumulate=True`` loader exactly.
+- ``clamp``: the reference is clamped to the border, which is what the codec's edge extension does for
+  unrestricted motion vectors.
 """
 
 from __future__ import annotations
@@ -103,6 +107,9 @@ def _rasterise_uniform(fwd: np.ndarray, hc: int, wc: int, cell: int) -> np.ndarr
     return np.ascontiguousarray(grid[:, :hc, :wc])
 
 
+MV_BORDERS = ("skip", "clamp")
+
+
 class MotionCompensator:
     """Per-frame and accumulated (CoViAR) motion compensation for one frame size.
 
@@ -110,13 +117,16 @@ class MotionCompensator:
     times faster than fancy indexing; gathering whole RGB rows with ``axis=0`` measured faster than
     gathering packed ``uint32`` pixels, whose strided 3-of-4-byte view then slows the subtraction). The source index of a pixel is its own index minus the flat
     offset ``dy * W + dx`` of its cell; only cells whose source box leaves the frame need per-pixel
-    clamping, and those are handled separately, so the common case is one gather and one subtraction.
+    border handling (``skip`` or ``clamp``), and those are handled separately, so the common case is one gather and one subtraction.
     (Frames must come from PyAV's ``rgb24`` conversion: its ``rgba``/``bgra`` paths leave the last
     columns uninitialised when the width is not a multiple of 16, e.g. 340.)
+    ``border``: what a pixel whose source leaves the frame gets (see the module docstring).
     """
 
-    def __init__(self, height: int, width: int, cell: int) -> None:
-        self.height, self.width, self.cell = height, width, cell
+    def __init__(self, height: int, width: int, cell: int, border: str = "skip") -> None:
+        if border not in MV_BORDERS:
+            raise ValueError(f"mv_border={border!r}: expected one of {MV_BORDERS}")
+        self.height, self.width, self.cell, self.border = height, width, cell, border
         hc, wc = -(-height // cell), -(-width // cell)
         self.identity = np.arange(height * width, dtype=np.intp)
         ys, xs = np.divmod(self.identity, width)
@@ -134,7 +144,8 @@ class MotionCompensator:
         self.cell_pixels = py * width + px
 
     def source_index(self, field: np.ndarray) -> np.ndarray:
-        """Flat index of the reference pixel each pixel is predicted from (``x - mv``, clamped)."""
+        """Flat index of the reference pixel each pixel is predicted from: ``x - mv``, or for a
+        source outside the frame its own index (``skip``) or the clamped source (``clamp``)."""
         dx = field[0].ravel().astype(np.intp)
         dy = field[1].ravel().astype(np.intp)
         index = self.identity - np.take(dy * self.width + dx, self.cell_index)
@@ -148,9 +159,14 @@ class MotionCompensator:
             cells = np.flatnonzero(outside)
             pix = self.cell_pixels[cells]
             py, px = np.divmod(pix, self.width)
-            sy = np.clip(py - dy[cells, None], 0, self.height - 1)
-            sx = np.clip(px - dx[cells, None], 0, self.width - 1)
-            index[pix] = sy * self.width + sx
+            sy, sx = py - dy[cells, None], px - dx[cells, None]
+            if self.border == "clamp":
+                index[pix] = np.clip(sy, 0, self.height - 1) * self.width + np.clip(
+                    sx, 0, self.width - 1
+                )
+            else:
+                inside = (sy >= 0) & (sy < self.height) & (sx >= 0) & (sx < self.width)
+                index[pix] = np.where(inside, sy * self.width + sx, pix)
         return index
 
     @staticmethod
@@ -173,15 +189,15 @@ def residual(frame: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     return np.subtract(frame, prediction, dtype=np.int16)
 
 
-def quantise_residual(res: np.ndarray) -> np.ndarray:
+def residual_as_u8(res: np.ndarray) -> np.ndarray:
     """CoViAR/MFCD storage of a residual: ``clip(R + 128, 0, 255)`` as ``uint8``."""
     return (np.clip(res, -128, 127).astype(np.int8).view(np.uint8) ^ np.uint8(0x80)).astype(
         np.uint8
     )
 
 
-def quantised_residual(frame: np.ndarray, prediction: np.ndarray) -> np.ndarray:
-    """``quantise_residual(residual(frame, prediction))`` in one pass over int16 (the cache path)."""
+def frame_minus_prediction_u8(frame: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """``residual_as_u8(residual(frame, prediction))`` in one pass over int16 (the cache path)."""
     diff = np.subtract(frame, prediction, dtype=np.int16)
     np.clip(diff, -128, 127, out=diff)
     # int8 two's complement XOR 0x80 is x + 128 as uint8.

@@ -18,13 +18,14 @@ import numpy as np
 
 from brisk.video.codec import KeyframeIndex, VideoDecodeError, keyframe_index
 from brisk.video.motion import (  # noqa: F401 - MV_FIELDS is referenced by the docs
+    MV_BORDERS,
     MV_FIELDS,
     MotionCompensator,
+    frame_minus_prediction_u8,
     motion_vector_rows,
-    quantise_residual,
-    quantised_residual,
     rasterise,
     residual,
+    residual_as_u8,
 )
 
 Residuals = Literal["none", "frame", "accumulated", "both"]
@@ -73,7 +74,8 @@ class GopReader:
     return the per-pixel motion traced back to the I-frame (the optional MV input channels).
     ``quantised_only``: keep only the uint8 accumulated residual (saves the int16 copy in the cache path).
     ``rgb=False`` with ``residuals="none"`` skips the pixel conversion: motion vectors only, the cheapest
-    mode (``Gop.rgb`` is then None).
+    mode (``Gop.rgb`` is then None). ``mv_border``: ``skip`` (CoViAR's rule) or ``clamp`` for pixels
+    whose motion vector points outside the frame (:mod:`brisk.video.motion`).
     """
 
     def __init__(
@@ -84,9 +86,15 @@ class GopReader:
         quantised_only: bool = False,
         cell: int | None = None,
         rgb: bool = True,
+        mv_border: str = "skip",
+        index: KeyframeIndex | None = None,
     ) -> None:
+        if mv_border not in MV_BORDERS:
+            raise ValueError(f"mv_border={mv_border!r}: expected one of {MV_BORDERS}")
         self.path = Path(path)
-        self.index: KeyframeIndex = keyframe_index(self.path)
+        self.mv_border = mv_border
+        # A known index (kept by the cache's preparation) spares the demux pass over the whole file.
+        self.index: KeyframeIndex = index or keyframe_index(self.path)
         self.residuals = residuals
         self.accumulated_mv = accumulated_mv
         self.quantised_only = quantised_only
@@ -101,7 +109,9 @@ class GopReader:
     def _mc(self) -> MotionCompensator:
         """Built on first use: its per-pixel index tables are not needed for motion vectors only."""
         if self._compensator is None:
-            self._compensator = MotionCompensator(self.height, self.width, self.cell)
+            self._compensator = MotionCompensator(
+                self.height, self.width, self.cell, self.mv_border
+            )
         return self._compensator
 
     @property
@@ -233,9 +243,9 @@ class GopReader:
                 pred = mc.gather(rgb[0], src)
                 if acc is not None:
                     acc[t - 1] = residual(rgb[t], pred)
-                    acc_u8[t - 1] = quantise_residual(acc[t - 1])
+                    acc_u8[t - 1] = residual_as_u8(acc[t - 1])
                 else:
-                    acc_u8[t - 1] = quantised_residual(rgb[t], pred)
+                    acc_u8[t - 1] = frame_minus_prediction_u8(rgb[t], pred)
             if acc_mv is not None:
                 acc_mv[t - 1] = mc.accumulated_motion(src)
         gop.acc_residual, gop.acc_residual_u8, gop.acc_mv = acc, acc_u8, acc_mv

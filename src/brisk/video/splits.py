@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +179,85 @@ def folder_split(root: str | Path, test_fraction: float = 0.3, seed: int = 0) ->
         test += [(n, label) for n in sorted(names[:n_test])]
         train += [(n, label) for n in sorted(names[n_test:])]
     return Split(classes, train, test)
+
+
+def parse_label_list(path: str | Path) -> list[tuple[str, int]]:
+    """An MMAction2 video list (``<path> <0-based label>`` per line, e.g.
+    ``ucf101_train_split_1_videos.txt`` or ``kinetics400_val_list_videos.txt``).
+
+    The path may contain spaces (the label is the last field). Used when users already prepared their
+    data with MMAction2's tools, so they need not rebuild the official layout.
+    """
+    path = Path(path)
+    items = []
+    for no, line in _lines(path):
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise SplitFileError(
+                f"{path}:{no}: expected '<video path> <0-based label>', got {line!r}"
+            )
+        items.append((parts[0].replace("\\", "/"), int(parts[1])))
+    return items
+
+
+def classes_from_lists(*lists: list[tuple[str, int]], path: Path | str = "") -> list[str]:
+    """Class names of MMAction2 lists: the directory part of each label's videos when every line has
+    one and each label has a single directory; otherwise the label number itself."""
+    labels = sorted({y for items in lists for _, y in items})
+    if labels != list(range(len(labels))):
+        raise SplitFileError(f"{path}: labels are not 0..{len(labels) - 1}")
+    dirs: dict[int, set[str]] = {}
+    for items in lists:
+        for rel, y in items:
+            dirs.setdefault(y, set()).add(rel.split("/")[0] if "/" in rel else "")
+    if all(len(d) == 1 and "" not in d for d in dirs.values()):
+        return [next(iter(dirs[y])) for y in labels]
+    return [str(y) for y in labels]
+
+
+_UCF_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
+
+
+def ucf101_group(rel: str) -> str | None:
+    """``v_<Class>_gNN_cMM.avi`` -> ``<class dir>/gNN``: the clips of one group are cut from one long
+    video, so a group must sit wholly on one side of a split."""
+    m = _UCF_GROUP.search(Path(rel).name)
+    return None if m is None else f"{rel.split('/')[0]}/g{int(m.group(1)):02d}"
+
+
+def carve_validation(
+    labels: list[int], groups: list[str | None], fraction: float, seed: int = 0
+) -> list[int]:
+    """Indices of the training items that become the validation set.
+
+    Stratified per class: each class gives about ``fraction`` of its videos, chosen with ``seed``. Items
+    with the same group key stay together (a ``None`` group is the item alone). A class keeps at least
+    one group for training; with ``fraction > 0`` and two groups or more it gives at least one. The
+    result depends only on the order-free content of the lists and the seed, not on the run's seed.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"dataset.val_fraction={fraction}: expected 0 <= val_fraction < 1")
+    if fraction == 0.0:
+        return []
+    by_class: dict[int, dict[str, list[int]]] = {}
+    for i, (y, g) in enumerate(zip(labels, groups, strict=True)):
+        by_class.setdefault(y, {}).setdefault(g if g is not None else f"#{i}", []).append(i)
+    rng = random.Random(seed)
+    val: list[int] = []
+    for y in sorted(by_class):
+        keyed = by_class[y]
+        names = sorted(keyed)
+        rng.shuffle(names)
+        total = sum(len(v) for v in keyed.values())
+        target = fraction * total
+        taken = 0
+        for k, name in enumerate(names):
+            if k == len(names) - 1:
+                break  # the class keeps at least one group for training
+            size = len(keyed[name])
+            # take the group when that brings the count closer to the target (always the first one)
+            if k > 0 and abs(taken + size - target) >= abs(taken - target):
+                break
+            val += keyed[name]
+            taken += size
+    return sorted(val)

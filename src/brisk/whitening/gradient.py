@@ -78,7 +78,7 @@ class GradientWhitening(LayerWhitening):
             for layer in due:
                 self._refresh(layer)
             return
-        owners = assign_by_cost([layer.cost for layer in due], world)
+        owners = assign_by_cost([self._refresh_cost(layer) for layer in due], world)
         rank = torch.distributed.get_rank()
         for layer, owner in zip(due, owners):
             if owner == rank:
@@ -91,6 +91,11 @@ class GradientWhitening(LayerWhitening):
         for layer, owner in zip(due, owners):
             if owner == rank:
                 layer.state.pop("_fallbacks", None)
+
+    def _refresh_cost(self, layer: WhitenedLayer) -> float:
+        """Relative cost of refreshing ``layer``, for the assignment: a decomposition, ``M^3``
+        per group and block (an algorithm whose refresh scales otherwise overrides this)."""
+        return layer.cost
 
     def _pack_refresh(self, layer: WhitenedLayer) -> dict[str, Any]:
         """What a refresh changed: the algorithm state, the (tracked) covariance, the logs."""
