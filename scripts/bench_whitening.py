@@ -125,7 +125,7 @@ REFRESH_METHODS = ("evd_eigh64", "evd", "clip", "recursive")
 def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024) -> list[dict]:
     """Every cost of one refresh cycle, per method and M, at the shipped cadence.
 
-    Parts: ``statistics`` (centre ``N = 1024`` rows and accumulate ``X^T X``, one statistics update),
+    Parts: ``statistics`` (centre ``N = 1024`` rows, accumulate ``X^T X``: one statistics update),
     ``projection`` (``recursive`` only: the rows through T, paid at every statistics update),
     ``decomposition`` (one refresh: the inverse, or ``steps`` block steps, with the backup copies
     the real refresh makes), ``transform`` (``G Q`` for S = M / 9 outputs, a 3x3 convolution with
@@ -280,7 +280,13 @@ def bench_step(methods: list[str], rounds: int, batch: int, steps_per_round: int
 
 
 def bench_resnet50(
-    methods: list[str], rounds: int, batch: int, image: int, device: str, threads: int
+    methods: list[str],
+    rounds: int,
+    batch: int,
+    image: int,
+    device: str,
+    threads: int,
+    max_block: int | None = None,
 ) -> dict:
     """torchvision ResNet-50, every conv and the fc whitened (blocks above ``max_block``), with
     the shipped settings, against a plain step: side by side in one process.
@@ -303,7 +309,8 @@ def bench_resnet50(
     period = 1
     for name in methods:
         model = copy.deepcopy(base).to(device)
-        w = classes[name](model) if name in classes else None
+        extra = {} if max_block is None else {"max_block": max_block}
+        w = classes[name](model, **extra) if name in classes else None
         if w is not None:
             period = math.lcm(period, w.stats_every, w.inverse_every)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -368,9 +375,8 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
     model, w = run["model"], run["w"]
 
     def forward(collect: bool) -> None:
-        w._collect = collect
-        with torch.no_grad(), torch.enable_grad():
-            model(x)
+        w._collect = collect  # the statistics hooks run only in training forward passes
+        model(x)
         if collect:
             w._commit(w.layers)
 
@@ -423,6 +429,7 @@ def main() -> None:
     p.add_argument("--resnet-rounds", type=int, default=3)
     p.add_argument("--resnet-batch", type=int, default=32)
     p.add_argument("--resnet-image", type=int, default=224)
+    p.add_argument("--resnet-max-block", type=int, default=None, help="default: the shipped one")
     p.add_argument("--methods", nargs="+", default=["none", "evd", "recursive"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=None, help="default: lcm of the periods")
@@ -484,6 +491,7 @@ def main() -> None:
             64 if args.quick else args.resnet_image,
             args.device,
             args.threads,
+            args.resnet_max_block,
         )
         results["resnet50"] = res
         print(

@@ -1,14 +1,14 @@
-"""``whitening=feature``: classical feature whitening, the reference the gradient transform must match.
+"""``whitening=feature``: classical feature whitening, the reference for the gradient transform.
 
 Each whitened layer computes ``y = W~ P (x - mu) + b~`` on its input patches: the samples are
-transformed in the forward pass and, through autograd, their gradients in the backward pass
-(``P^T P = c (R + eps I)^-1``, ``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``;
-``c`` is the mean eigenvalue when ``normalize``).  The module's parameters *are* the whitened-coordinate
+transformed in the forward pass and, through autograd, their gradients in the backward pass (``P^T P
+= c (R + eps I)^-1``, ``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``; ``c`` is
+the mean eigenvalue when ``normalize``). The module's parameters *are* the whitened-coordinate
 weights ``W~, b~``: the optimizer steps in whitened space, which is what classical whitening means.
-When P is refreshed the weights are re-expressed so that the network function does not change
-(``W~ <- W~ P_old P_new^-1``, PRONG's re-parametrisation), and so are SGD momentum buffers
+When P is refreshed the weights are re-expressed so that the network function does not change (``W~
+<- W~ P_old P_new^-1``, PRONG's re-parametrisation), and so are SGD momentum buffers
 (``momentum_buffer`` entries of any optimizer that steps these parameters), which keeps this
-algorithm step-for-step equal to ``evd`` under SGD with momentum, Nesterov and weight decay.  Other
+algorithm step-for-step equal to ``evd`` under SGD with momentum, Nesterov and weight decay. Other
 optimizer state (Adam moments) is left as is: adaptive optimizers are not whitening-invariant.
 
 Inputs are centred only for layers with a bias, which absorbs the shift; a bias-free layer keeps
@@ -97,8 +97,8 @@ class FeatureWhitening(LayerWhitening):
 
     # ------------------------------------------------------------------------------ refresh
     def _refresh(self, layer: WhitenedLayer) -> None:
-        """``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``: ``P^T P`` is the same
-        ``c (R + eps I)^-1`` as ``evd``'s, which is all the equivalence needs (any P with that
+        """``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``: ``P^T P`` is the
+        same ``c (R + eps I)^-1`` as ``evd``'s, which is all the equivalence needs (any P with that
         product whitens; the rotation of the whitened coordinates is immaterial to SGD)."""
         cov = layer.stats.cov
         damping = self.damping(layer)

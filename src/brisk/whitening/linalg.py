@@ -11,7 +11,8 @@ from torch import Tensor
 
 
 def condition_number(evals: Tensor) -> float:
-    """Largest condition number over groups, finite: eigenvalues below ``eps64 * max`` count as that.
+    """Largest condition number over groups, finite: eigenvalues below ``eps64 * max`` count as
+    that.
 
     A rank-deficient covariance (fewer samples than features) then reports about 4.5e15 rather
     than inf or a negative number, which keeps the logs and plots usable.

@@ -1,4 +1,4 @@
-"""``whitening=recursive``: lower the input condition number a little per update, without ``M^3`` work.
+"""``whitening=recursive``: lower the input condition number per update, without ``M^3`` work.
 
 The paper (arXiv 2010.01546, contribution 2) states only the properties of its sub-optimal
 recursive algorithm: it reduces the condition number of the input covariance recursively and costs
@@ -69,8 +69,8 @@ def _sandwich(mat: Tensor, u: Tensor, d: Tensor) -> None:
 
 
 def _start_basis(a_mat: Tensor, k: int) -> Tensor:
-    """Deterministic start: the columns of A with the largest diagonal (a first power iteration
-    on those unit vectors) and the unit vectors of the smallest diagonal (identical on every rank)."""
+    """Deterministic start (identical on every rank): the columns of A with the largest diagonal
+    (a first power iteration on those unit vectors) and the unit vectors of the smallest."""
     diag = a_mat.diagonal(dim1=-2, dim2=-1)
     order = diag.argsort(-1)
     m = a_mat.shape[-1]
@@ -89,7 +89,7 @@ def equalise_block(
     k: int,
     iters: int,
 ) -> Tensor:
-    """One block step in place on ``R~``, ``T``, ``Q = T^T T`` and ``T T^T``; returns the Ritz values.
+    """One block step in place on ``R~``, ``T``, ``Q = T^T T`` and ``T T^T``; returns Ritz values.
 
     Equalises ``A = R~ + damping T T^T`` (damping ``(G,)``; zero is allowed only for a
     positive-definite R): the ``k`` largest and ``k`` smallest Ritz values of A are mapped onto
