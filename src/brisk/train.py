@@ -23,8 +23,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from brisk.config import CONFIG_NAME, CONFIG_PATH, PRECISIONS
+from brisk.cli import first_failure_was_user_error, note_other_failure, report_user_error
+from brisk.config import CONFIG_NAME, CONFIG_PATH
+from brisk.config.validate import check_data, validate_config
 from brisk.data.base import DataModule
+from brisk.errors import USER_ERROR_EXIT, ConfigValueError, UserError
 from brisk.sweep.hparams import log_hparams
 from brisk.teacher.base import NoTeacher, Teacher, TeacherContext
 from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
@@ -93,6 +96,7 @@ def _run(
 ) -> dict[str, Any]:
     _seed_everything(cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads)
     datamodule = _setup_data(cfg, dist)
+    check_data(cfg, datamodule, dist.world_size)
     # identical initial weights on every rank, while each rank keeps its own stream (seed + rank) for
     # augmentation: reseeding the global generator here would give all ranks the same random draws
     with torch.random.fork_rng(devices=[]):
@@ -156,9 +160,8 @@ def _run(
                 done.write_text("finished\n")
             barrier()
         stage_whitening.detach()  # the frozen teacher keeps no statistics hooks
-        trainer.model.load_state_dict(
-            load_checkpoint(stage_dir / "checkpoints" / "best.pt")["model"]
-        )
+        kept = "best.pt" if _selected_on(datamodule) == "val" else "last.pt"
+        trainer.model.load_state_dict(load_checkpoint(stage_dir / "checkpoints" / kept)["model"])
         return trainer.model
 
     teacher.setup(
@@ -191,7 +194,7 @@ def _run(
         log.info("resumed from %s at step %d (epoch %d)", resume_from, trainer.step, trainer.epoch)
     fit = trainer.fit()
     best_path = run_dir / "checkpoints" / "best.pt"
-    if best_path.is_file() and splits.get("selected_on", "val") == "val":
+    if best_path.is_file() and _selected_on(datamodule) == "val":
         trainer.model.load_state_dict(load_checkpoint(best_path)["model"])
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)
@@ -234,13 +237,25 @@ def _evaluate_only(cfg: DictConfig, trainer: Trainer, run_dir: Path) -> dict[str
 
 # ---------------------------------------------------------------------- helpers
 def _check(cfg: DictConfig) -> None:
-    if str(cfg.trainer.precision) not in PRECISIONS:
-        raise ValueError(
-            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{cfg.trainer.precision}'"
-        )
+    """Every value a user can get wrong fails here, before any work, naming its key."""
+    validate_config(cfg)
     if cfg.resume not in (None, "auto"):
-        raise ValueError(
+        raise ConfigValueError(
             f"resume must be null or 'auto', got '{cfg.resume}' (use ckpt_path=PATH for a file)"
+        )
+    if cfg.eval_only and not cfg.ckpt_path:
+        raise ConfigValueError(
+            "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
+        )
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise UserError(f"ckpt_path={path}: no such file")
+        if path.stat().st_size == 0:
+            raise UserError(f"ckpt_path={path}: empty file (a checkpoint cut off while written?)")
+    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError(
+            "trainer.device=cuda but no CUDA device is available (use trainer.device=auto or cpu)"
         )
 
 
@@ -331,6 +346,13 @@ def _broadcast(value: str) -> str:
     return str(broadcast_object(value))
 
 
+def _selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last`` when
+    a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+    summary = getattr(datamodule, "split_summary", None)
+    return summary()["selected_on"] if summary is not None else "val"
+
+
 def _clip_cost(datamodule: DataModule, model: nn.Module, teacher: Teacher) -> dict[str, float]:
     """For clip models: parameters and FLOPs per clip and per video of student and teacher, counted by
     torch.utils.flop_counter on the run's own clip shapes and logged at the start of the run."""
@@ -375,15 +397,26 @@ def _count(model: nn.Module) -> int:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
-    return train(cfg)
+    try:
+        return train(cfg)
+    except UserError as err:
+        report_user_error(err)  # one line on stderr; exits 2, or fails the job of a sweep
+    except Exception:
+        note_other_failure()
+        raise
 
 
 def main() -> None:
+    """The ``train`` command: exit status 0, 2 for a user error, 1 for anything else."""
     try:
         _hydra_main()
     except SystemExit as exit_:
+        if exit_.code == USER_ERROR_EXIT:
+            raise
         if exit_.code not in (0, None):
             _explain_failure(sys.argv[1:])
+            if first_failure_was_user_error():  # the sweep failure Hydra reported
+                raise SystemExit(USER_ERROR_EXIT) from None
         raise
     except Exception:  # HYDRA_FULL_ERROR=1 lets the exception through instead of exiting
         _explain_failure(sys.argv[1:])

@@ -72,7 +72,7 @@ def test_distill_preset_runs_both_stages(tmp_path: Path) -> None:
     run_train(
         "experiment=video_moving_shapes_distill",
         "debug=fast",
-        "dataset.train_per_class=2",
+        "dataset.train_per_class=3",  # 1 held out for validation: 16 training videos, one batch
         "dataset.test_per_class=1",
         "dataset.num_workers=0",
         f"paths.data_dir={tmp_path / 'data'}",

@@ -43,6 +43,9 @@ def test_a_tiny_3d_convnet_separates_the_motion_classes(tmp_path):
         # Every GOP of every training video, centre crop: a fixed tensor set keeps the check fast.
         x, y = stack(EvalClips(train.videos, train.store, dm.crop_size, dm.normalization))
         xt, yt = stack(dm.test_dataset())
+        # items are uint8; the datamodule's device hook normalises them, as in training
+        x = dm.on_device_batch({"input": x})["input"]
+        xt = dm.on_device_batch({"input": xt})["input"]
         assert x.shape[1:] == (3, 12, 56, 56) and len(set(yt.tolist())) == 8
         net = tiny_3d_net(3, 8)
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)

@@ -25,7 +25,10 @@ def explain_unknown_keys(overrides: list[str]) -> list[str]:
     groups = [
         p.input_line
         for p in parsed
-        if "." not in p.key_or_group and not p.is_add() and not p.is_delete()
+        if p.input_line is not None
+        and "." not in p.key_or_group
+        and not p.is_add()
+        and not p.is_delete()
     ]
     GlobalHydra.instance().clear()
     try:

@@ -27,7 +27,27 @@ class Backend(StrEnum):
     nccl = "nccl"
 
 
-PRECISIONS = ("32", "bf16", "16-mixed")
+class Precision(StrEnum):
+    """Training precision: ``32``, ``bf16`` (autocast) or ``16-mixed`` (autocast + loss scaling).
+
+    The member names equal the values although "32" and "16-mixed" are not identifiers: OmegaConf
+    looks a string up by name and writes names into the run's identity YAML, which must keep reading
+    "32" (the fingerprint of every earlier run depends on it).
+    """
+
+    locals()["32"] = "32"
+    bf16 = "bf16"
+    locals()["16-mixed"] = "16-mixed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        # ``trainer.precision=32`` reaches us as the int 32 from Hydra's override parser
+        if isinstance(value, int) and not isinstance(value, bool):
+            return cls._value2member_map_.get(str(value))
+        return None
+
+
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 @dataclass
@@ -47,7 +67,7 @@ class TrainerConfig:
     deterministic: bool = False
     device: Device = Device.auto
     backend: Backend = Backend.auto
-    precision: str = "32"  # 32 | bf16 | 16-mixed
+    precision: Precision = Precision["32"]  # 32 | bf16 | 16-mixed
     channels_last: bool = (
         False  # NHWC / NDHWC memory layout: 1.6-3.5x faster 3D convolutions on CPU
     )

@@ -13,17 +13,28 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from brisk.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set is missing or malformed; the message says where we looked and what we expected."""
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A data set is missing or malformed; the message says where we looked and what we expected.
+
+    A :class:`~brisk.errors.UserError` (the CLI prints it without a traceback, exit status 2) and
+    still a ``FileNotFoundError`` for callers that catch that.
+    """
 
     def __init__(self, name: str, path: Path | str, expected: str, how_to_get: str) -> None:
+        self._fields = (name, path, expected, how_to_get)
         super().__init__(
             f"{name}: no usable data set at '{path}'.\n"
             f"  expected: {expected}\n"
             f"  how to get it: {how_to_get}\n"
             f"  (set paths.data_dir=... to point brisk elsewhere; nothing is ever downloaded)"
         )
+
+    def __reduce__(self) -> tuple:
+        # launchers (joblib, submitit) pickle a failed job's exception back to the submitting side
+        return (type(self), self._fields)
 
 
 class DataModule:

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from brisk.data.base import DataModule
 from brisk.data.splits import fixed_split
+from brisk.errors import ConfigValueError
 
 
 class DigitsDataModule(DataModule):
@@ -22,8 +23,10 @@ class DigitsDataModule(DataModule):
         test_fraction: float = 0.2,
         split_seed: int = 0,
     ) -> None:
+        if int(image_size) < 1:
+            raise ConfigValueError(f"dataset.image_size must be >= 1, got {image_size}")
         if not 0 < val_fraction + test_fraction < 1:
-            raise ValueError(
+            raise ConfigValueError(
                 f"dataset.val_fraction + dataset.test_fraction must be in (0, 1), got "
                 f"{val_fraction} + {test_fraction}"
             )

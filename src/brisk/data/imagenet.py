@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
@@ -13,10 +14,23 @@ from brisk.data.base import DataModule, DatasetNotFoundError
 from brisk.data.seeded import SeededTransformDataset
 
 _MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "PPM", "TIFF", "WEBP")
+
+
+def load_image(path: str) -> Image.Image:
+    """An RGB image, decoded only if it is one of :data:`IMAGE_FORMATS`."""
+    with open(path, "rb") as f:
+        return Image.open(f, formats=IMAGE_FORMATS).convert("RGB")
 
 
 class ImageNetDataModule(DataModule):
-    """Validation doubles as the test split: ImageNet's test labels are not public."""
+    """Validation doubles as the test split: ImageNet's test labels are not public.
+
+    Images are opened by PIL restricted to raster formats (:data:`IMAGE_FORMATS`): PIL picks a
+    decoder from a file's content, not its name, and some (EPS) hand the file to Ghostscript, so a
+    crafted ``.jpg`` in a shared folder could otherwise run a program. A class folder with no image,
+    or a folder that cannot be listed, is reported with its path.
+    """
 
     def __init__(
         self, root: str, image_size: int = 224, resize_size: int = 256, seed: int = 0
@@ -28,6 +42,17 @@ class ImageNetDataModule(DataModule):
             seed,
         )
         self._splits: dict[str, Dataset] = {}
+
+    def _folder(self, split: str) -> ImageFolder:
+        try:
+            return ImageFolder(str(self.root / split), loader=load_image)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise DatasetNotFoundError(
+                "imagenet",
+                self.root / split,
+                f"image files (.jpg, .jpeg, .png, ...) in every class folder; {exc}",
+                "remove empty class folders or add their images",
+            ) from exc
 
     def setup(self) -> None:
         for split in ("train", "val"):
@@ -55,8 +80,7 @@ class ImageNetDataModule(DataModule):
                 *to_tensor,
             ]
         )
-        train = ImageFolder(str(self.root / "train"))
-        val = ImageFolder(str(self.root / "val"))
+        train, val = self._folder("train"), self._folder("val")
         if train.classes != val.classes:
             raise DatasetNotFoundError(
                 "imagenet",
@@ -65,6 +89,7 @@ class ImageNetDataModule(DataModule):
                 "re-sort val/ by class",
             )
         self.num_classes = len(train.classes)
+        self.classes = list(train.classes)
         evaluation = SeededTransformDataset(val, eval_tf)
         self._splits = {
             "train": SeededTransformDataset(train, train_tf, self.seed),

@@ -44,6 +44,7 @@ from brisk.trainer.distributed import (
     maybe_inject_fault,
 )
 from brisk.trainer.evaluation import EvalAccumulator
+from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.logging import RunLogger
 from brisk.trainer.optim import build_optimizer
 from brisk.whitening.base import Whitening
@@ -277,10 +278,8 @@ class Trainer:
             hard = F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)
             loss, parts = self.teacher.loss(out.float(), batch, hard)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} at step {self.step}: lower optimizer.lr, raise whitening eps, "
-                f"or check the inputs (last good checkpoint: {self.run_dir / 'checkpoints' / 'last.pt'})"
-            )
+            last = self.run_dir / "checkpoints" / "last.pt"
+            raise FloatingPointError(nonfinite_loss_message(loss.item(), self.step, last))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -311,6 +310,9 @@ class Trainer:
             **self.whitening.metrics(),
         }
         self.logger.metrics("train", self.step, self.epoch + 1, row)
+        warning = divergence_warning(row["loss"], self.step, self.datamodule.num_classes)
+        if warning and self.dist.is_main:
+            log.warning(warning)
         if self.dist.is_main:
             eta = per_step * (total_steps - self.step)
             log.info(

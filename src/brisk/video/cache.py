@@ -20,6 +20,7 @@ it is reported again, not retried, until the source file changes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -132,6 +133,18 @@ class PrepareReport:
     seconds: float = 0.0
 
 
+def source_folder_key(folder: str | Path) -> str:
+    """``<folder name>-<8 hex digits of its absolute path>``: a cache sub-folder per source folder.
+
+    Data sets whose videos can live in any folder (``video_folder``) key their cache by it, so two
+    folders with the same settings, whose videos often share names (``<class>/1.mp4``), never share
+    records, clips or a manifest.
+    """
+    resolved = Path(folder).expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return f"{resolved.name or 'root'}-{digest}"
+
+
 def _safe_rel(rel: str) -> str:
     parts = Path(rel).parts
     if Path(rel).is_absolute() or ".." in parts or not parts:
@@ -155,6 +168,11 @@ def _atomic_write_bytes(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    # plain arrays only: a pickled object array in a shared cache would run code when loaded
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -415,17 +433,11 @@ class ClipStore:
         """One GOP's arrays; ``index`` (from the video's record) spares a live open its demux pass."""
         s = self.cache.settings
         if s.clips:
-            rgb = self._get(
-                rel + ".rgb", lambda: np.load(self.cache.clip_path(rel, "rgb"), mmap_mode="r")
-            )
-            res = self._get(
-                rel + ".res", lambda: np.load(self.cache.clip_path(rel, "res"), mmap_mode="r")
-            )
+            rgb = self._get(rel + ".rgb", lambda: _load_npy(self.cache.clip_path(rel, "rgb")))
+            res = self._get(rel + ".res", lambda: _load_npy(self.cache.clip_path(rel, "res")))
             mv = None
             if s.motion_vectors:
-                mv = self._get(
-                    rel + ".mv", lambda: np.load(self.cache.clip_path(rel, "mv"), mmap_mode="r")
-                )
+                mv = self._get(rel + ".mv", lambda: _load_npy(self.cache.clip_path(rel, "mv")))
             return ClipArrays(
                 np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
             )

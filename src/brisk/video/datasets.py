@@ -11,6 +11,7 @@ from pathlib import Path
 
 from brisk.errors import UserError
 from brisk.video import synthetic
+from brisk.video.cache import VideoCache, source_folder_key
 from brisk.video.datamodule import VideoDataModule, VideoEntry, VideoIndex
 from brisk.video.splits import (
     SplitFileError,
@@ -302,6 +303,8 @@ class VideoFolderDataModule(VideoDataModule):
     def __init__(self, root, test_fraction: float = 0.3, split_seed: int = 0, **kwargs) -> None:
         super().__init__(root, **kwargs)
         self.test_fraction, self.split_seed = float(test_fraction), int(split_seed)
+        # any folder can be the source: key the cache by it, not only by the encoding settings
+        self.cache = VideoCache(self.cache_dir / source_folder_key(self.root), self.settings)
 
     def find_videos(self) -> VideoIndex:
         expected = "one sub-folder per class holding that class's videos: <class>/<video>"

@@ -117,7 +117,7 @@ class MotionCompensator:
     times faster than fancy indexing; gathering whole RGB rows with ``axis=0`` measured faster than
     gathering packed ``uint32`` pixels, whose strided 3-of-4-byte view then slows the subtraction). The source index of a pixel is its own index minus the flat
     offset ``dy * W + dx`` of its cell; only cells whose source box leaves the frame need per-pixel
-    clamping, and those are handled separately, so the common case is one gather and one subtraction.
+    border handling (``skip`` or ``clamp``), and those are handled separately, so the common case is one gather and one subtraction.
     (Frames must come from PyAV's ``rgb24`` conversion: its ``rgba``/``bgra`` paths leave the last
     columns uninitialised when the width is not a multiple of 16, e.g. 340.)
     ``border``: what a pixel whose source leaves the frame gets (see the module docstring).

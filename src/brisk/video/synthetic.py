@@ -34,6 +34,14 @@ GENERATOR_VERSION = 2
 MARKER = "generated.json"
 
 
+def _read_marker(marker: Path) -> object:
+    """The marker's parameters; None (regenerate) when it is absent or not valid JSON."""
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, waves: int = 3) -> np.ndarray:
     """A random colourful pattern as a function of object coordinates (moves with the object)."""
     out = np.zeros((*u.shape, 3), dtype=np.float32)
@@ -122,7 +130,7 @@ def generate(
     }
     videos = root / "videos"
     marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if _read_marker(marker) == params:
         return videos
     if videos.exists():
         shutil.rmtree(videos)

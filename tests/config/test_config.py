@@ -12,9 +12,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 import brisk.config  # noqa: F401  (registers schemas and resolvers)
+from brisk.config.validate import validate_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-# Groups whose options need an optional extra (a Hydra plugin; tests/sweep covers them) or are hydra's own.
+# Groups whose options need an optional extra (a Hydra plugin; tests/sweep covers them) or are
+# hydra's own.
 SKIP_GROUPS = {"hydra", "hparams_search"}
 
 
@@ -40,6 +42,7 @@ def _compose(overrides: list[str]):
 def test_every_option_composes_and_resolves(group: str, option: str) -> None:
     cfg = _compose([f"{group}={option}"])
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    validate_config(cfg)  # and every shipped value is in its range
 
 
 def test_task_selects_dataset_and_model_but_user_wins() -> None:
