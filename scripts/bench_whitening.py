@@ -38,8 +38,11 @@ from torch import nn
 
 import brisk.config  # noqa: F401  (registers the config schemas)
 from brisk.models import create_model
-from brisk.whitening.evd import inverse_from_eigh
-from brisk.whitening.recursive import equalise_top_eigenvalue
+from brisk.whitening import EVDWhitening, RecursiveWhitening
+from brisk.whitening.evd import clipped_from_eigh, damped_inverse, inverse_from_eigh
+from brisk.whitening.linalg import damped_eigh
+from brisk.whitening.recursive import block_size, equalise_block, rescale
+from brisk.whitening.settings import EVDSettings, RecursiveSettings
 
 
 def _time_all(fns: dict, repeats: int, block_s: float = 0.002) -> dict[str, float]:
@@ -93,56 +96,125 @@ def bench_transform(grid: list[tuple[int, int, int]], repeats: int) -> list[dict
     return rows
 
 
-def _spd(m: int, dtype: torch.dtype) -> torch.Tensor:
-    a = torch.randn(m, 2 * m, dtype=dtype)
+def _spd(m: int, dtype: torch.dtype, device: str = "cpu") -> torch.Tensor:
+    a = torch.randn(m, 2 * m, dtype=dtype, device=device)
     return (a @ a.T / (2 * m))[None]
 
 
-def bench_recursive(dims: list[int], steps: int, power_iters: int, repeats: int) -> list[dict]:
-    rows = []
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats: int, device: str) -> float:
+    """Seconds per call: minimum over ``repeats`` synchronised calls after one warm-up."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+REFRESH_METHODS = ("evd_eigh64", "evd", "clip", "recursive")
+
+
+def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024) -> list[dict]:
+    """Every cost of one refresh cycle, per method and M, at the shipped cadence.
+
+    Parts: ``statistics`` (centre ``N = 1024`` rows and accumulate ``X^T X``, one statistics update),
+    ``projection`` (``recursive`` only: the rows through T, paid at every statistics update),
+    ``decomposition`` (one refresh: the inverse, or ``steps`` block steps, with the backup copies
+    the real refresh makes), ``transform`` (``G Q`` for S = M / 9 outputs, a 3x3 convolution with
+    as many outputs as input channels; paid every step) and ``logging`` (the condition numbers,
+    paid only with ``condition_every`` > 0, off by default).  ``per_step`` amortises them over
+    the shipped cadence (statistics every 10 steps, refresh every 20, recursive every 10).
+    ``evd_eigh64`` is the float64 eigen-decomposition ``evd`` used before the Cholesky inverse.
+    """
+    evd_s, rec_s = EVDSettings(), RecursiveSettings()
+    out = []
     for m in dims:
-        r = _spd(m, torch.float32)
-        damping = torch.tensor([1e-2 * r[0].trace().item() / m])
-        eye = torch.eye(m)[None]
+        cov = _spd(m, torch.float32, device)
+        damping = torch.tensor([rec_s.eps * cov[0].trace().item() / m], device=device)
+        x = torch.randn(rows_n, 1, m, device=device)
+        s_out = max(16, m // 9)
+        g = torch.randn(1, s_out, m, device=device)
+        eye = torch.eye(m, device=device)[None]
+        state = {"rt": cov.clone(), "t": eye.clone(), "q": eye.clone(), "tt": eye.clone()}
 
-        def evd_refresh(r=r, damping=damping, eye=eye):
-            evals, evecs = torch.linalg.eigh(r + damping[:, None, None] * eye)
-            inverse_from_eigh(evals, evecs, normalize=True)
+        def statistics_update(x=x):
+            c = x - x.mean(0)
+            by_group = c.transpose(0, 1)
+            return by_group.transpose(1, 2) @ by_group
 
-        def recursive_update(r=r, damping=damping, eye=eye):
-            rt, t, q, tt = r.clone(), eye.clone(), eye.clone(), eye.clone()
-            for _ in range(steps):
-                equalise_top_eigenvalue(rt, t, q, power_iters, damping, tt)
+        def projection(x=x, state=state):
+            return x.transpose(0, 1) @ state["t"].transpose(1, 2)
 
-        def copies(r=r, eye=eye):  # the clones inside recursive_update, subtracted below
-            r.clone(), eye.clone(), eye.clone(), eye.clone()
+        def transform(g=g, q=state["q"]):
+            return g @ q
 
-        t = _time_all(
-            {"evd": evd_refresh, "rec": recursive_update, "copies": copies},
-            repeats if m <= 576 else 3,
-        )
-        t_evd, t_rec = t["evd"], max(t["rec"] - t["copies"], 1e-9)
-        rows.append(
-            {
+        def evd_eigh64(cov=cov, damping=damping):
+            decomposed = damped_eigh(cov, damping, torch.float64)
+            return inverse_from_eigh(*decomposed, normalize=True).float()
+
+        def evd_cholesky(cov=cov, damping=damping):
+            return damped_inverse(cov, damping, normalize=True)
+
+        def clip(cov=cov, damping=damping):
+            decomposed = damped_eigh(cov, damping, torch.float64)
+            return clipped_from_eigh(*decomposed, normalize=True).float()
+
+        k = rec_s.block or block_size(m)
+
+        def recursive(state=state, damping=damping, k=k, m=m):
+            parts = (state["rt"], state["t"], state["q"], state["tt"])
+            [p.clone() for p in parts]  # the refresh keeps a backup in case of non-finite values
+            for _ in range(rec_s.steps):
+                equalise_block(*parts, damping, k, rec_s.power_iters)
+            trace = state["rt"].diagonal(dim1=-2, dim2=-1).sum(-1)
+            rescale(*parts, damping, trace + m * damping)
+
+        def logging_evd(cov=cov):
+            return torch.linalg.eigvalsh(cov.double())
+
+        def logging_recursive(state=state):
+            rt, t = state["rt"].double(), state["t"].double()
+            r = torch.linalg.solve(t, torch.linalg.solve(t, rt).transpose(-1, -2))
+            torch.linalg.eigvalsh(rt), torch.linalg.eigvalsh(0.5 * (r + r.transpose(-1, -2)))
+
+        reps = repeats if m <= 1152 else max(2, repeats // 10)
+        t_stats = _timed(statistics_update, reps, device)
+        t_proj = _timed(projection, reps, device)
+        t_tr = _timed(transform, reps, device)
+        t_log = _timed(logging_evd, max(1, reps // 4), device)
+        decomps = {
+            "evd_eigh64": evd_eigh64,
+            "evd": evd_cholesky,
+            "clip": clip,
+            "recursive": recursive,
+        }
+        for name, fn in decomps.items():
+            every = rec_s.inverse_every if name == "recursive" else evd_s.inverse_every
+            row = {
                 "M": m,
-                "evd_refresh_s": t_evd,
-                "recursive_update_s": t_rec,
-                "recursive_step_s": t_rec / steps,
-                "evd_over_recursive_step": t_evd / (t_rec / steps),
-                "evd_over_recursive_update": t_evd / t_rec,
+                "method": name,
+                "statistics_s": t_stats,
+                "projection_s": t_proj if name == "recursive" else 0.0,
+                "decomposition_s": _timed(fn, max(1, reps // (4 if "eigh" in name else 1)), device),
+                "transform_s": t_tr,
+                "logging_s": _timed(logging_recursive, 1, device) if name == "recursive" else t_log,
             }
-        )
-    if len(rows) > 1:
-        xs = [math.log(r["M"]) for r in rows]
-        for key in ("evd_refresh_s", "recursive_step_s"):
-            ys = [math.log(r[key]) for r in rows]
-            mx, my = statistics.fmean(xs), statistics.fmean(ys)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum(
-                (x - mx) ** 2 for x in xs
+            row["per_step_s"] = (
+                (row["statistics_s"] + row["projection_s"]) / evd_s.stats_every
+                + row["decomposition_s"] / every
+                + row["transform_s"]
             )
-            for r in rows:
-                r[f"loglog_slope_{key}"] = slope
-    return rows
+            out.append(row)
+            print(json.dumps(row), flush=True)  # progress: a slow machine may not reach the end
+    return out
 
 
 def _whitening(name: str):
@@ -207,6 +279,129 @@ def bench_step(methods: list[str], rounds: int, batch: int, steps_per_round: int
     return out
 
 
+def bench_resnet50(
+    methods: list[str], rounds: int, batch: int, image: int, device: str, threads: int
+) -> dict:
+    """torchvision ResNet-50, every conv and the fc whitened (blocks above ``max_block``), with
+    the shipped settings, against a plain step: side by side in one process.
+
+    Methods alternate in rounds of ``lcm(stats_every, inverse_every)`` steps, so the periodic
+    work is in every round; the clock is read (and, on a GPU, synchronised) only at round
+    boundaries, so no step waits for the host.  The per-part breakdown is measured afterwards in
+    isolation, synchronised around each part, and amortised over the cadence: ``stats`` (the
+    forward pass with statistics on, minus without, plus the commit), ``refresh`` (every layer's
+    decomposition or update) and ``transform`` (every layer's ``G Q``).
+    """
+    import torchvision
+
+    torch.manual_seed(0)
+    base = torchvision.models.resnet50(num_classes=1000)
+    x = torch.randn(batch, 3, image, image, device=device)
+    y = torch.randint(1000, (batch,), device=device)
+    classes = {"evd": EVDWhitening, "recursive": RecursiveWhitening}
+    runs: dict[str, dict] = {}
+    period = 1
+    for name in methods:
+        model = copy.deepcopy(base).to(device)
+        w = classes[name](model) if name in classes else None
+        if w is not None:
+            period = math.lcm(period, w.stats_every, w.inverse_every)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+        runs[name] = {"model": model, "w": w, "opt": opt, "step": 0, "times": []}
+
+    def one_step(run: dict) -> None:
+        model, w, opt = run["model"], run["w"], run["opt"]
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if w is not None:
+            w.step()
+        opt.step()
+        run["step"] += 1
+
+    for run in runs.values():  # warm-up: the first statistics and refresh
+        for _ in range(2):
+            one_step(run)
+    order = list(runs)
+    for r in range(rounds):
+        for name in order[r % len(order) :] + order[: r % len(order)]:
+            run = runs[name]
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(period):
+                one_step(run)
+            _sync(device)
+            run["times"].append((time.perf_counter() - t0) / period)
+    if rounds == 0:  # parts only (a slow CPU): one synchronised step each after the warm-up
+        for run in runs.values():
+            _sync(device)
+            t0 = time.perf_counter()
+            one_step(run)
+            _sync(device)
+            run["times"].append(time.perf_counter() - t0)
+    out: dict = {"batch": batch, "image": image, "device": device, "threads": threads}
+    out.update(steps_per_round=period, rounds=rounds, methods={})
+    plain = runs[methods[0]]["times"]
+    for name, run in runs.items():
+        w = run["w"]
+        row: dict = {"step_s": statistics.fmean(run["times"]) if run["times"] else math.nan}
+        if plain and run["times"]:
+            row["ratio"] = row["step_s"] / statistics.fmean(plain)
+            row["median_round_ratio"] = statistics.median(
+                a / b for a, b in zip(run["times"], plain)
+            )
+        if w is not None:
+            row.update(_resnet_parts(run, x, y, device))
+            row["layers"] = len(w.layers)
+            row["max_M"] = max(layer.adapter.dim * layer.adapter.blocks for layer in w.layers)
+            row["max_block"] = max(layer.adapter.dim for layer in w.layers)
+            row["skipped"] = len(w.skipped)
+        out["methods"][name] = row
+    if plain:
+        t_plain = statistics.fmean(plain)
+        for row in out["methods"].values():
+            if "amortised_s" in row:
+                row["predicted_ratio"] = (t_plain + row["amortised_s"]) / t_plain
+    return out
+
+
+def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> dict:
+    model, w = run["model"], run["w"]
+
+    def forward(collect: bool) -> None:
+        w._collect = collect
+        with torch.no_grad(), torch.enable_grad():
+            model(x)
+        if collect:
+            w._commit(w.layers)
+
+    def refresh() -> None:
+        w._refresh_all(w.layers)
+
+    model.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+
+    def transform() -> None:
+        with torch.no_grad():
+            for layer in w.layers:
+                if layer.state.get("Q") is not None:
+                    w._transform(layer)
+
+    t_on = _timed(lambda: forward(True), 2, device)
+    t_off = _timed(lambda: forward(False), 2, device)
+    parts = {
+        "stats_s": max(t_on - t_off, 0.0),
+        "refresh_s": _timed(refresh, 2, device),
+        "transform_s": _timed(transform, 3, device),
+    }
+    parts["amortised_s"] = (
+        parts["stats_s"] / w.stats_every
+        + parts["refresh_s"] / w.inverse_every
+        + parts["transform_s"]
+    )
+    model.zero_grad(set_to_none=True)
+    return parts
+
+
 def _table(rows: list[dict], keys: list[str]) -> str:
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -222,14 +417,20 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--sections", nargs="+", default=["transform", "recursive", "step"])
+    p.add_argument("--sections", nargs="+", default=["transform", "refresh", "step", "resnet50"])
+    p.add_argument("--device", default="cpu", help="cpu | cuda (refresh and resnet50 sections)")
+    p.add_argument("--dims", nargs="+", type=int, default=[144, 288, 576, 1152, 2304, 4608])
+    p.add_argument("--resnet-rounds", type=int, default=3)
+    p.add_argument("--resnet-batch", type=int, default=32)
+    p.add_argument("--resnet-image", type=int, default=224)
     p.add_argument("--methods", nargs="+", default=["none", "evd", "recursive"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=None, help="default: lcm of the periods")
+    p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    repeats = 3 if args.quick else 40
+    repeats = 3 if args.quick else args.repeats
     results: dict = {"threads": args.threads, "torch": torch.__version__}
 
     if "transform" in args.sections:
@@ -248,31 +449,16 @@ def main() -> None:
                 ["M", "S", "B", "feature_s", "gradient_s", "measured_ratio", "predicted_ratio"],
             )
         )
-    if "recursive" in args.sections:
-        dims = [64, 256] if args.quick else [64, 144, 288, 576, 1152, 2304]
-        results["recursive"] = bench_recursive(dims, steps=4, power_iters=8, repeats=repeats)
-        print(
-            "\n## 2. one recursive update (4 rank-1 steps, 8 power iterations) vs one evd refresh\n"
-        )
-        print(
-            _table(
-                results["recursive"],
-                [
-                    "M",
-                    "evd_refresh_s",
-                    "recursive_update_s",
-                    "recursive_step_s",
-                    "evd_over_recursive_step",
-                    "evd_over_recursive_update",
-                ],
-            )
-        )
-        if "loglog_slope_evd_refresh_s" in results["recursive"][0]:
-            r0 = results["recursive"][0]
+    if "refresh" in args.sections:
+        dims = [144, 576] if args.quick else args.dims
+        results["refresh"] = bench_refresh(dims, repeats, args.device)
+        keys = ["M", "statistics_s", "projection_s", "decomposition_s", "transform_s"]
+        keys += ["logging_s", "per_step_s"]
+        for method in REFRESH_METHODS:
             print(
-                f"\nlog-log slope of time against M: evd refresh {r0['loglog_slope_evd_refresh_s']:.2f}, "
-                f"recursive step {r0['loglog_slope_recursive_step_s']:.2f}"
+                f"\n## 2. refresh cost on {args.device}: {method} (seconds; per_step_s amortised)\n"
             )
+            print(_table([r for r in results["refresh"] if r["method"] == method], keys))
     if "step" in args.sections:
         results["step"] = bench_step(
             args.methods,
@@ -289,6 +475,25 @@ def main() -> None:
         keys = ["method", "step_s_mean", "ratio_of_means", "median_round_ratio"]
         keys += ["cpu_step_s_mean", "cpu_ratio_of_means"]
         keys += sorted({k for r in rows for k in r if k.endswith("_per_step")})
+        print(_table(rows, keys))
+    if "resnet50" in args.sections:
+        res = bench_resnet50(
+            ["none", "evd", "recursive"],
+            0 if args.quick else args.resnet_rounds,
+            4 if args.quick else args.resnet_batch,
+            64 if args.quick else args.resnet_image,
+            args.device,
+            args.threads,
+        )
+        results["resnet50"] = res
+        print(
+            f"\n## 4. ResNet-50 step on {res['device']}, batch {res['batch']}, "
+            f"{res['image']}x{res['image']}, {res['rounds']} rounds of {res['steps_per_round']}\n"
+        )
+        rows = [{"method": k, **v} for k, v in res["methods"].items()]
+        keys = ["method", "step_s", "ratio", "median_round_ratio", "predicted_ratio"]
+        keys += ["stats_s", "refresh_s", "transform_s", "amortised_s", "layers", "max_M"]
+        keys += ["max_block", "skipped"]
         print(_table(rows, keys))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 """Summarise a finished (or still running) sweep: summarize.py SWEEP_DIR [--target-acc 0.9].
 
 Writes summary.csv, summary_grouped.csv, summary.md and summary_curves.png into SWEEP_DIR and
-prints the Markdown table. The same summary is written automatically at the end of `train -m`.
+prints the Markdown table: per configuration the final test accuracy (mean +- std over seeds), the
+steps and wall-clock seconds to the baseline's final validation accuracy and that time as a
+fraction of the baseline's run time; the picture shows validation accuracy against steps and
+against seconds. The same summary is written automatically during and at the end of `train -m`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         metavar="OVERRIDE",
-        help=f"override marking baseline configurations (repeatable; default: {' '.join(DEFAULT_BASELINES)})",
+        help="override marking baseline configurations (repeatable; default: "
+        f"{' '.join(DEFAULT_BASELINES)})",
     )
     parser.add_argument(
         "--group-ignore",

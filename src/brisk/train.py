@@ -28,10 +28,10 @@ from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.validate import check_data, validate_config
 from brisk.data.base import DataModule
 from brisk.errors import USER_ERROR_EXIT, ConfigValueError, UserError
-from brisk.sweep.hparams import log_hparams
 from brisk.teacher.base import NoTeacher, Teacher, TeacherContext
 from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
 from brisk.trainer.distributed import DistInfo, barrier, cleanup, init_distributed
+from brisk.trainer.hparams import log_hparams
 from brisk.trainer.logging import write_status
 from brisk.trainer.loop import Trainer
 from brisk.whitening.base import NoWhitening
@@ -426,7 +426,7 @@ def main() -> None:
 def _explain_failure(overrides: list[str]) -> None:
     """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing plugin."""
     from brisk.config.diagnose import explain_unknown_keys
-    from brisk.sweep.extras import missing_extra_messages
+    from brisk.config.extras import missing_extra_messages
 
     for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
         print(f"brisk: {message}", file=sys.stderr)

@@ -24,8 +24,13 @@ def make_job(
     error: str | None = None,
     extra_columns: dict[str, float] | None = None,
     config: dict | None = None,
+    seconds: dict[int, float] | None = None,
 ) -> Path:
-    """One job folder; ``status=None`` writes no status.json, empty curves write no metrics.csv."""
+    """One job folder; ``status=None`` writes no status.json, empty curves write no metrics.csv.
+
+    Every row's clock reads 1.5 s unless ``seconds`` maps train steps to the seconds column; then,
+    as in the runner's metrics.csv, only train rows have one.
+    """
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
@@ -50,7 +55,10 @@ def make_job(
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             for row in rows:
-                writer.writerow({**row, "seconds": 1.5, **(extra_columns or {})})
+                clock = 1.5 if seconds is None else seconds.get(row["step"], "")
+                if seconds is not None and row["split"] != "train":
+                    clock = ""
+                writer.writerow({**row, "seconds": clock, **(extra_columns or {})})
     if status is not None:
         best = max((v for _, v in val), default=None)
         (job / "status.json").write_text(

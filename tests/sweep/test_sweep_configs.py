@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_module
 from hydra.errors import MissingConfigException
 
 import brisk.config  # noqa: F401  (registers the schemas the root config lists)
-from brisk.sweep import extras
-from brisk.sweep.extras import (
+from brisk.config import extras
+from brisk.config.extras import (
     JOBLIB,
     OPTUNA,
     PLUGIN_OPTIONS,
@@ -155,3 +155,54 @@ def test_train_prints_the_install_command_after_hydras_error(tmp_path: Path) -> 
     assert "brisk: 'hydra/launcher=parallel' needs the 'joblib' extra" in done.stderr
     assert 'pip install -e ".[joblib]"' in done.stderr
     assert not (tmp_path / "sweep").exists()  # nothing ran
+
+
+CIFAR10_FULL_ARMS = {
+    # experiment: (optimizer target, learning rate, whitening target)
+    "cifar10_full_sgd": ("torch.optim.SGD", 0.1, "brisk.whitening.NoWhitening"),
+    "cifar10_full_evd": ("torch.optim.SGD", 0.2, "brisk.whitening.EVDWhitening"),
+    "cifar10_full_recursive": ("torch.optim.SGD", 0.2, "brisk.whitening.RecursiveWhitening"),
+    "cifar10_full_muon": ("brisk.trainer.muon.muon_with_aux", 0.05, "brisk.whitening.NoWhitening"),
+    "cifar10_full_muon_recursive": (
+        "brisk.trainer.muon.muon_with_aux",
+        0.1,
+        "brisk.whitening.RecursiveWhitening",
+    ),
+}
+
+
+def _sweep_jobs(*overrides: str) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper launches for ``train <overrides>``, in launch order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose_root(*overrides)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def test_cifar10_full_preset_expands_into_five_arms_of_two_seeds() -> None:
+    cfg = compose_root("sweep=cifar10_full")
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert list(cfg.hydra.callbacks.sweep_summary.baselines) == ["experiment=cifar10_full_sgd"]
+    jobs = _sweep_jobs("sweep=cifar10_full")
+    arms = list(CIFAR10_FULL_ARMS)
+    # seed 0 of every arm runs first, so an interrupted sweep already compares all arms
+    assert [sorted(j) for j in jobs] == [
+        sorted(["sweep=cifar10_full", f"seed={s}", f"experiment={a}"]) for s in (0, 1) for a in arms
+    ]
+    for job in jobs[:5]:
+        job_cfg = compose_root(*job, "trainer.device=cuda", "trainer.num_workers=4")
+        optimizer, lr, whitening = CIFAR10_FULL_ARMS[job_cfg.hydra.runtime.choices.experiment]
+        assert (job_cfg.optimizer._target_, job_cfg.optimizer.lr) == (optimizer, lr)
+        assert job_cfg.whitening._target_ == whitening
+        assert job_cfg.model.name == "resnet20" and job_cfg.scheduler._target_.endswith("cosine")
+        assert (job_cfg.dataset.val_size, job_cfg.dataset.train_subset) == (5000, None)
+        trainer = job_cfg.trainer
+        assert (trainer.epochs, trainer.batch_size, trainer.num_workers) == (10, 128, 4)
+        assert trainer.device == "cuda" and 351 % trainer.log_every == 0  # a clock at each epoch
+        if optimizer.startswith("brisk"):
+            assert (job_cfg.optimizer.momentum, job_cfg.optimizer.weight_decay) == (0.95, 0.01)
+        else:
+            assert (job_cfg.optimizer.momentum, job_cfg.optimizer.weight_decay) == (0.9, 5e-4)

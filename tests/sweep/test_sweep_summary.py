@@ -145,20 +145,24 @@ def test_markdown_table_and_failed_jobs(sweep: Path) -> None:
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| config |"))
     table = lines[header : header + 5]
-    assert table[1] == "|---|---|---|---|---|---|---|"
+    assert table[1] == "|---|---|---|---|---|---|---|---|---|---|"
     # final val 91.00 ± 1.41, best the same, test 89.00 ± 1.41, loss 0.4500 ± 0.0707,
-    # steps-to-target 30 from the one seed that reached 91%
+    # steps-to-target 30 from the one seed that reached 91%; every row's clock reads 1.5 s, so the
+    # target is reached at 1.5 s, 1.00x the baseline's (lr 0.1's) run time of 1.5 s
     assert table[2] == (
         "| `optimizer.lr=0.1` | 2/2 | 91.00 ± 1.41 | 91.00 ± 1.41 | 89.00 ± 1.41 "
-        "| 0.4500 ± 0.0707 | 30 (1/2) |"
+        "| 0.4500 ± 0.0707 | 30 (1/2) | 2 | 1.00x | 2 ± 0 |"
     )
     assert table[3] == (
         "| `optimizer.lr=0.05` | 2/2 | 75.00 ± 7.07 | 75.00 ± 7.07 | 74.00 ± 7.07 "
-        "| 0.9000 ± 0.1414 | — (0/2) |"
+        "| 0.9000 ± 0.1414 | — (0/2) | — | — | 2 ± 0 |"
     )
-    assert table[4] == "| `optimizer.lr=0.5` | 0/2 | — | — | — | — | — (0/0) |"
+    assert table[4] == "| `optimizer.lr=0.5` | 0/2 | — | — | — | — | — (0/0) | — | — | — |"
     assert "Target accuracy for steps-to-target: 91.00%" in text
-    assert "![validation accuracy and training loss](summary_curves.png)" in text
+    assert (
+        "![validation accuracy against steps and seconds, training loss](summary_curves.png)"
+        in (text)
+    )
     failed = text[text.index("## Failed or unfinished jobs") :]
     assert (
         "| 4 | `optimizer.lr=0.5 seed=0 debug=fast` | failed | RuntimeError: loss is NaN at step 12 |"
@@ -174,6 +178,66 @@ def test_curves_png_is_a_real_image(sweep: Path) -> None:
     image = matplotlib.image.imread(path)
     assert image.shape[0] > 300 and image.shape[1] > 800
     assert image[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+
+
+def _clocked_job(sweep: Path, num: int, overrides: list[str], rate: float, val, **kw) -> Path:
+    """A job as the runner writes it: train rows every 10 steps with seconds = rate * step,
+    validation rows without a clock."""
+    last = max(s for s, _ in val)
+    steps = range(10, last + 1, 10)
+    return make_job(
+        sweep,
+        num,
+        overrides,
+        val=val,
+        train=[(s, 1.0) for s in steps],
+        seconds={s: rate * s for s in steps},
+        **kw,
+    )
+
+
+def test_time_to_target_in_seconds_and_as_a_fraction_of_the_baselines_time(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # the baseline takes 1 s a step and ends at 0.60 (mean of 0.58 and 0.62) at step 40 (40 s);
+    # the other arm takes 1.2 s a step and passes 0.60 at its validation of step 20 (24 s)
+    for seed, end in ((0, 0.58), (1, 0.62)):
+        _clocked_job(sweep, seed, ["arm=sgd", f"seed={seed}"], 1.0, [(20, 0.4), (40, end)])
+    for seed, mid in ((0, 0.61), (1, 0.65)):
+        _clocked_job(sweep, 2 + seed, ["arm=new", f"seed={seed}"], 1.2, [(20, mid), (40, 0.7)])
+    paths = summarize(sweep, baselines=["arm=sgd"])
+    grouped = {r["config"]: r for r in read_csv(paths.grouped_csv)}
+    new, sgd = grouped["arm=new"], grouped["arm=sgd"]
+    assert num(new["target_acc"]) == pytest.approx(0.60)
+    assert num(new["steps_to_target_mean"]) == 20
+    assert num(new["seconds_to_target_mean"]) == pytest.approx(24.0)
+    assert num(new["reference_seconds"]) == pytest.approx(40.0)
+    assert num(new["seconds_to_target_ratio"]) == pytest.approx(0.6)
+    assert num(new["run_seconds_mean"]) == pytest.approx(48.0)
+    assert num(sgd["seconds_to_target_mean"]) == pytest.approx(40.0)  # seed 1 only, at its end
+    assert sgd["steps_to_target_reached"] == "1/2"
+    per_job = read_csv(paths.per_job_csv)
+    assert [num(r["seconds_to_target"]) for r in per_job] == [None, 40.0, 24.0, 24.0]
+    assert "| 20 ± 0 (2/2) | 24 ± 0 | 0.60x | 48 ± 0 |" in paths.markdown.read_text()
+
+
+def test_a_resumed_jobs_clock_continues_where_the_cut_session_stopped(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # 2 s a step; killed after step 20 and resumed: the new process's clock starts again at 0
+    seconds = {10: 20.0, 20: 40.0, 30: 25.0, 40: 45.0}
+    make_job(
+        sweep,
+        0,
+        ["seed=0"],
+        val=[(25, 0.5), (40, 0.8)],
+        train=[(s, 1.0) for s in seconds],
+        seconds=seconds,
+    )
+    record = read_csv(summarize(sweep, target_acc=0.8).per_job_csv)[0]
+    # step 30 continues at 40 + 2 * 10 = 60 s, step 40 is 20 s later
+    assert num(record["run_seconds"]) == pytest.approx(80.0)
+    assert num(record["seconds_to_target"]) == pytest.approx(80.0)
+    early = read_csv(summarize(sweep, target_acc=0.5).per_job_csv)[0]
+    assert num(early["seconds_to_target"]) == pytest.approx(50.0)  # step 25: between 40 and 60 s
 
 
 def test_mean_band_pools_seeds_by_step() -> None:

@@ -1,4 +1,8 @@
-"""Two gloo processes precondition exactly as one process on the same global batch."""
+"""Two gloo processes precondition exactly as one process on the same global batch.
+
+Refreshes are spread over the ranks (each layer decomposed on one rank, then broadcast), and
+``DDP.no_sync`` gradient accumulation with the plain ``step()`` API gives the same result.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ ALGORITHMS = {"evd": EVDWhitening, "recursive": RecursiveWhitening}
 def _run(name: str, data, rank: int, world: int) -> dict:
     """Train STEPS steps on this rank's share of each global batch; return grads and weights."""
     model = grouped_conv_net()
-    w = ALGORITHMS[name](inverse_every=2, eps=0.05)
+    w = ALGORITHMS[name](inverse_every=2, eps=0.05, stats_every=1)
     w.attach(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     grads = []
@@ -41,12 +45,35 @@ def _run(name: str, data, rank: int, world: int) -> dict:
     return {"grads": grads, "params": [p.detach().clone() for p in model.parameters()]}
 
 
+def _run_ddp_no_sync(name: str, data, rank: int, world: int) -> dict:
+    """DDP, two micro-batches per step (the first under ``no_sync``), ``whitening.step()``."""
+    model = grouped_conv_net()
+    w = ALGORITHMS[name](model, inverse_every=2, eps=0.05, stats_every=1)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    grads = []
+    for step in range(STEPS):
+        x, y = data[step]
+        share = len(x) // world
+        x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+        half = share // 2
+        opt.zero_grad()
+        with ddp.no_sync():
+            (nn.functional.cross_entropy(ddp(x[:half]), y[:half]) / 2).backward()
+        (nn.functional.cross_entropy(ddp(x[half:]), y[half:]) / 2).backward()
+        w.step()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        opt.step()
+    return {"grads": grads, "params": [p.detach().clone() for p in model.parameters()]}
+
+
 def _worker(rank: int, world: int, name: str, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         data = batches((4, 9, 9), 5, n=STEPS, batch=16)
         torch.save(_run(name, data, rank, world), Path(out_dir) / f"rank{rank}.pt")
+        torch.save(_run_ddp_no_sync(name, data, rank, world), Path(out_dir) / f"ddp{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -56,8 +83,8 @@ def _worker(rank: int, world: int, name: str, init_file: str, out_dir: str) -> N
 def test_two_gloo_ranks_match_a_single_process(tmp_path: Path, name: str) -> None:
     mp.spawn(_worker, args=(2, name, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     single = _run(name, batches((4, 9, 9), 5, n=STEPS, batch=16), rank=0, world=1)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for rank, prefix in ((0, "rank"), (1, "rank"), (0, "ddp"), (1, "ddp")):
+        got = torch.load(tmp_path / f"{prefix}{rank}.pt", weights_only=True)
         for step in range(STEPS):
             for a, b in zip(got["grads"][step], single["grads"][step]):
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -30,7 +30,7 @@ def _pair(net_name: str, steps: int, nesterov: bool = False, **kw):
     for cls in (EVDWhitening, FeatureWhitening):
         extra = {"unpaired_weight_decay": WD} if cls is EVDWhitening else {}
         model = clone(base)
-        whitening = cls(eps=0.05, inverse_every=3, **kw, **extra)
+        whitening = cls(eps=0.05, inverse_every=3, **{"stats_every": 1, **kw}, **extra)
         whitening.attach(model)
         losses, _ = train(model, whitening, data, steps, weight_decay=WD, nesterov=nesterov)
         whitening.detach()

@@ -14,6 +14,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from brisk.config.whitening import register_whitening_schemas
+
 
 class Device(StrEnum):
     auto = "auto"
@@ -25,6 +27,11 @@ class Backend(StrEnum):
     auto = "auto"
     gloo = "gloo"
     nccl = "nccl"
+
+
+class AuxOptimizer(StrEnum):
+    adamw = "adamw"
+    sgd = "sgd"
 
 
 class Precision(StrEnum):
@@ -107,6 +114,26 @@ class AdamWConfig:
 
 
 @dataclass
+class MuonConfig:
+    """Muon on hidden weights plus an auxiliary optimizer (brisk/trainer/muon.py)."""
+
+    _target_: str = "brisk.trainer.muon.muon_with_aux"
+    _partial_: bool = True
+    lr: float = 0.02  # Muon's learning rate on the hidden weights
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations
+    weight_decay: float = 0.01  # decoupled, hidden weights
+    adjust_lr_fn: str | None = None  # torch.optim.Muon's; null: "original"
+    aux: AuxOptimizer = AuxOptimizer.adamw  # input layer, classifier, norms and biases
+    aux_lr: float | None = None  # null: 3e-4 for adamw, 0.1 for sgd
+    aux_betas: tuple[float, float] = (0.9, 0.95)
+    aux_eps: float = 1e-10
+    aux_momentum: float = 0.9  # sgd only
+    aux_weight_decay: float = 0.01  # input and output weights; norms and biases never
+
+
+@dataclass
 class CosineConfig:
     _target_: str = "brisk.trainer.schedulers.warmup_cosine"
     _partial_: bool = True
@@ -156,5 +183,7 @@ def register_schemas() -> None:
     cs.store(group="paths", name="base_paths", node=PathsConfig)
     cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
     cs.store(group="optimizer", name="base_adamw", node=AdamWConfig)
+    cs.store(group="optimizer", name="base_muon", node=MuonConfig)
     cs.store(group="scheduler", name="base_cosine", node=CosineConfig)
     cs.store(group="scheduler", name="base_multistep", node=MultiStepConfig)
+    register_whitening_schemas(cs)

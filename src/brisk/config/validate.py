@@ -116,11 +116,13 @@ RULES: dict[str, dict[str, Range]] = {
         "inverse_every": POSITIVE_INT,
         "stats_max_rows": OPTIONAL_POSITIVE_INT,
         "start_step": NONNEGATIVE_INT,
-        "max_dim": POSITIVE_INT,
+        "max_block": POSITIVE_INT,
+        "max_dim": OPTIONAL_POSITIVE_INT,
         "steps": POSITIVE_INT,
         "power_iters": POSITIVE_INT,
+        "block": OPTIONAL_POSITIVE_INT,
         "condition_every": NONNEGATIVE_INT,
-        "unpaired_weight_decay": NONNEGATIVE,
+        "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
     },
     "teacher": {
         "alpha": NONNEGATIVE,

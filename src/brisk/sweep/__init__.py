@@ -1,5 +1,5 @@
-"""Sweeps: summaries of a multirun directory, the Hydra callback that writes them, and the
-TensorBoard hparams record each job leaves for the HParams dashboard."""
+"""Sweeps: the summary of a multirun directory (``summary``, read through ``jobs``, drawn by
+``plots``) and the Hydra callback that writes it while the sweep runs."""
 
 from brisk.sweep.summary import SummaryPaths, summarize
 

@@ -12,6 +12,8 @@ import csv
 import functools
 import json
 import math
+import statistics
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,15 @@ MISSING_STATUS_ERROR = "no status.json: the job stopped before writing it, or is
 
 @dataclass
 class Curve:
-    """One metric against optimizer steps, in the order the job logged it."""
+    """One metric against optimizer steps, in the order the job logged it.
+
+    ``seconds`` holds the run's wall-clock seconds at each point (None where the job did not log a
+    clock), parallel to ``steps``; empty when nobody filled it.
+    """
 
     steps: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
+    seconds: list[float | None] = field(default_factory=list)
 
     def last(self) -> float | None:
         return self.values[-1] if self.values else None
@@ -36,12 +43,17 @@ class Curve:
     def best(self) -> float | None:
         return max(self.values) if self.values else None
 
+    def first_reaching(self, target: float) -> tuple[int, float | None] | None:
+        """The step and seconds of the first point whose value is at least ``target``."""
+        for i, (step, value) in enumerate(zip(self.steps, self.values)):
+            if value >= target - 1e-12:
+                return step, self.seconds[i] if i < len(self.seconds) else None
+        return None
+
     def first_step_reaching(self, target: float) -> int | None:
         """The first logged step whose value is at least ``target`` (None if never reached)."""
-        for step, value in zip(self.steps, self.values):
-            if value >= target - 1e-12:
-                return step
-        return None
+        hit = self.first_reaching(target)
+        return None if hit is None else hit[0]
 
 
 @dataclass
@@ -59,6 +71,7 @@ class JobRecord:
     val: Curve = field(default_factory=Curve)  # validation accuracy (the chosen metric)
     train_loss: Curve = field(default_factory=Curve)
     status_best_val: float | None = None
+    run_seconds: float | None = None  # wall-clock seconds at the last logged step
     test_acc: float | None = None
     test_from_metrics: float | None = None
     problems: list[str] = field(default_factory=list)
@@ -84,6 +97,50 @@ class JobRecord:
     @property
     def final_test_acc(self) -> float | None:
         return self.test_acc if self.test_acc is not None else self.test_from_metrics
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n-1) over the seeds that produced a value."""
+
+    mean: float | None
+    std: float | None  # None with fewer than two values
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat:
+        present = [v for v in values if v is not None]
+        if not present:
+            return cls(None, None, 0)
+        std = statistics.stdev(present) if len(present) > 1 else None
+        return cls(statistics.fmean(present), std, len(present))
+
+
+@dataclass
+class ConfigGroup:
+    """The jobs of one configuration (same overrides up to the seed and ignored keys)."""
+
+    key: tuple[str, ...]
+    label: str = ""
+    jobs: list[JobRecord] = field(default_factory=list)
+
+    @property
+    def ok_jobs(self) -> list[JobRecord]:
+        return [j for j in self.jobs if j.ok]
+
+    def stat(self, value: Callable[[JobRecord], float | None]) -> Stat:
+        return Stat.of(value(j) for j in self.ok_jobs)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The accuracy whose first crossing is timed, and the baseline it came from."""
+
+    value: float | None
+    reason: str
+    # the baseline configuration's mean run length, what the time to target is a fraction of
+    reference_seconds: float | None = None
+    reference_steps: float | None = None
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -196,6 +253,7 @@ def _read_status(
 def _read_metrics(path: Path, metric: str, record: JobRecord) -> None:
     if not path.is_file():
         return
+    clock = Clock()
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
@@ -211,10 +269,12 @@ def _read_metrics(path: Path, metric: str, record: JobRecord) -> None:
                     bad_rows += 1
                     continue
                 split = row.get("split")
+                raw_seconds = _number(row.get("seconds"))
+                seconds = None if raw_seconds is None else clock.add(int(step), raw_seconds)
                 if split == "train":
-                    _append(record.train_loss, int(step), _number(row.get("loss")))
+                    _append(record.train_loss, int(step), _number(row.get("loss")), seconds)
                 elif split == "val":
-                    _append(record.val, int(step), _number(row.get(metric)))
+                    _append(record.val, int(step), _number(row.get(metric)), seconds)
                 elif split == "test":
                     value = _number(row.get(metric))
                     if value is not None:
@@ -225,12 +285,61 @@ def _read_metrics(path: Path, metric: str, record: JobRecord) -> None:
                 record.problems.append(f"{path} has no '{metric}' column")
     except (OSError, csv.Error, UnicodeDecodeError) as exc:
         record.problems.append(f"{path} unreadable ({exc.__class__.__name__}: {exc})")
+    for curve in (record.val, record.train_loss):
+        curve.seconds = [
+            clock.at(st) if t is None else t for st, t in zip(curve.steps, curve.seconds)
+        ]
+    last_step = max(record.val.steps + record.train_loss.steps, default=None)
+    record.run_seconds = None if last_step is None else clock.at(last_step)
 
 
-def _append(curve: Curve, step: int, value: float | None) -> None:
+class Clock:
+    """Wall-clock seconds since a run started, by step, across the sessions of a resumed run.
+
+    The runner logs ``seconds`` since the start of the current process on its train rows; a
+    resumed run starts again from 0. A drop in ``seconds`` marks a new session: it continues from
+    the previous session's last row at that session's average pace (the steps redone after the
+    restart and the restart itself are not counted). Rows without a clock (validation rows) get the
+    time of the train row at their step, or a linear interpolation between the rows around it.
+    """
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, float]] = []
+        self._last_raw: float | None = None
+        self._offset = 0.0
+
+    def add(self, step: int, raw: float) -> float:
+        if self._last_raw is not None and raw < self._last_raw and self.points:
+            prev_step, prev = self.points[-1]
+            pace = prev / prev_step if prev_step > 0 else 0.0
+            self._offset = prev + pace * max(0, step - prev_step) - raw
+        self._last_raw = raw
+        self.points.append((step, raw + self._offset))
+        return self.points[-1][1]
+
+    def at(self, step: int) -> float | None:
+        """Seconds at ``step``: the last point logged at that step, else interpolated between the
+        points around it, else extrapolated at the run's average pace; None without points."""
+        if not self.points:
+            return None
+        exact = [t for s, t in self.points if s == step]
+        if exact:
+            return exact[-1]
+        before = (0, 0.0)
+        for point in self.points:
+            if point[0] > step:
+                (s0, t0), (s1, t1) = before, point
+                return t0 + (t1 - t0) * (step - s0) / max(1, s1 - s0)
+            before = point
+        last_step, last = self.points[-1]
+        return last + (last / last_step if last_step > 0 else 0.0) * (step - last_step)
+
+
+def _append(curve: Curve, step: int, value: float | None, seconds: float | None = None) -> None:
     if value is not None:
         curve.steps.append(step)
         curve.values.append(value)
+        curve.seconds.append(seconds)
 
 
 def _number(value: Any) -> float | None:

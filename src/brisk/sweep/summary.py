@@ -9,6 +9,9 @@ first validation step at which a job reaches the target accuracy. By default the
 final mean validation accuracy of the best *baseline* configuration (one whose overrides include
 ``whitening=none`` or ``teacher=none``; when no configuration does, every configuration counts as a
 baseline), so the column answers "how many steps does each method need to match the baseline?".
+Time to target answers the same question on the clock: the wall-clock seconds (training plus
+evaluation, as the run logged them) at that first validation, and their ratio to the baseline
+configuration's mean run time.
 """
 
 from __future__ import annotations
@@ -16,12 +19,19 @@ from __future__ import annotations
 import csv
 import io
 import os
-import statistics
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from brisk.sweep.jobs import JobRecord, find_job_dirs, override_key, read_job
+from brisk.sweep.jobs import (
+    ConfigGroup,
+    JobRecord,
+    Stat,
+    Target,
+    find_job_dirs,
+    override_key,
+    read_job,
+)
 
 DEFAULT_BASELINES = ("whitening=none", "teacher=none")
 PER_JOB_CSV = "summary.csv"
@@ -38,45 +48,6 @@ class SummaryPaths:
     grouped_csv: Path
     markdown: Path
     curves_png: Path
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample standard deviation (n-1) over the seeds that produced a value."""
-
-    mean: float | None
-    std: float | None  # None with fewer than two values
-    n: int
-
-    @classmethod
-    def of(cls, values: Iterable[float | None]) -> Stat:
-        present = [v for v in values if v is not None]
-        if not present:
-            return cls(None, None, 0)
-        std = statistics.stdev(present) if len(present) > 1 else None
-        return cls(statistics.fmean(present), std, len(present))
-
-
-@dataclass
-class ConfigGroup:
-    """The jobs of one configuration (same overrides up to the seed and ignored keys)."""
-
-    key: tuple[str, ...]
-    label: str = ""
-    jobs: list[JobRecord] = field(default_factory=list)
-
-    @property
-    def ok_jobs(self) -> list[JobRecord]:
-        return [j for j in self.jobs if j.ok]
-
-    def stat(self, value: Callable[[JobRecord], float | None]) -> Stat:
-        return Stat.of(value(j) for j in self.ok_jobs)
-
-
-@dataclass(frozen=True)
-class Target:
-    value: float | None
-    reason: str
 
 
 def summarize(
@@ -139,24 +110,30 @@ def choose_target(
     groups: Sequence[ConfigGroup], target_acc: float | None, baselines: Sequence[str]
 ) -> Target:
     """The accuracy whose first crossing is counted in steps (see the module docstring)."""
-    if target_acc is not None:
-        return Target(float(target_acc), "given")
-    scored = [(g, g.stat(lambda j: j.final_val_acc).mean) for g in groups]
-    scored = [(g, m) for g, m in scored if m is not None]
-    if not scored:
-        return Target(None, "no completed job has validation rows")
+    means = [(g, g.stat(lambda j: j.final_val_acc).mean) for g in groups]
+    scored = [(g, m) for g, m in means if m is not None]
     marked = [(g, m) for g, m in scored if any(b in g.key for b in baselines)]
     pool, kind = (marked, "baseline") if marked else (scored, "")
-    best, mean = max(pool, key=lambda gm: gm[1])
+    best = max(pool, key=lambda gm: gm[1]) if pool else None
+    reference: dict[str, float | None] = {}
+    if best is not None:
+        reference = {
+            "reference_seconds": best[0].stat(lambda j: j.run_seconds).mean,
+            "reference_steps": best[0].stat(lambda j: _as_float(_last_step(j))).mean,
+        }
+    if target_acc is not None:
+        return Target(float(target_acc), "given", **reference)
+    if best is None:
+        return Target(None, "no completed job has validation rows")
     what = f"best {kind} configuration" if kind else "best configuration"
-    return Target(mean, f"final mean of the {what} `{best.label}`")
+    return Target(best[1], f"final mean of the {what} `{best[0].label}`", **reference)
 
 
 def per_job_csv(
     jobs: Sequence[JobRecord], groups: Sequence[ConfigGroup], target: Target, metric: str
 ) -> str:
     label_of = {id(j): g.label for g in groups for j in g.jobs}
-    rows = [
+    rows: list[dict[str, object]] = [
         {
             "job": j.name,
             "config": label_of[id(j)],
@@ -168,9 +145,11 @@ def per_job_csv(
             "best_val_acc": j.best_val_acc,
             "test_acc": j.final_test_acc,
             "final_train_loss": j.final_train_loss,
-            "last_step": max(j.val.steps + j.train_loss.steps, default=None),
+            "last_step": _last_step(j),
+            "run_seconds": j.run_seconds,
             "target_acc": target.value,
             "steps_to_target": _steps_to_target(j, target),
+            "seconds_to_target": _seconds_to_target(j, target),
             "error": j.error,
             "traceback": j.traceback,
             "problems": "; ".join(j.problems) or None,
@@ -194,7 +173,9 @@ def grouped_csv(groups: Sequence[ConfigGroup], target: Target, metric: str) -> s
         for name, stat in _group_stats(g, target).items():
             row[f"{name}_mean"], row[f"{name}_std"] = stat.mean, stat.std
         row["steps_to_target_reached"] = _reached(g, target)
+        row["seconds_to_target_ratio"] = _time_ratio(g, target)
         row["target_acc"] = target.value
+        row["reference_seconds"] = target.reference_seconds
         rows.append(row)
     return _csv(rows)
 
@@ -224,14 +205,22 @@ def markdown(
         f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs that "
         "finished ok; accuracies in %.",
         f"Target accuracy for steps-to-target: {target_text}.",
+        "Time to target: the step and the wall-clock seconds (training and evaluation since the "
+        "run started) of the first validation at or above the target, over the seeds that reach "
+        "it; '÷ baseline' divides the mean seconds by the baseline configuration's mean run time"
+        + (
+            f" ({target.reference_seconds:.0f} s)."
+            if target.reference_seconds is not None
+            else " (none here)."
+        ),
     ]
     if common:
         lines.append("Overrides shared by every job: " + " ".join(f"`{o}`" for o in common) + ".")
     lines += [
         "",
         "| config | ok/jobs | final val acc | best val acc | test acc | final train loss "
-        "| steps to target (reached) |",
-        "|---|---|---|---|---|---|---|",
+        "| steps to target (reached) | seconds to target | ÷ baseline | run seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         s = _group_stats(g, target)
@@ -243,9 +232,16 @@ def markdown(
             _fmt(s["test_acc"], percent=True),
             _fmt(s["final_train_loss"], digits=4),
             f"{_fmt(s['steps_to_target'], digits=0)} ({_reached(g, target)})",
+            _fmt(s["seconds_to_target"], digits=0),
+            _ratio_text(_time_ratio(g, target)),
+            _fmt(s["run_seconds"], digits=0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"![validation accuracy and training loss]({paths.curves_png.name})", ""]
+    lines += [
+        "",
+        f"![validation accuracy against steps and seconds, training loss]({paths.curves_png.name})",
+        "",
+    ]
 
     failed = [j for j in jobs if not j.ok]
     if failed:
@@ -276,11 +272,34 @@ def _group_stats(g: ConfigGroup, target: Target) -> dict[str, Stat]:
         "test_acc": g.stat(lambda j: j.final_test_acc),
         "final_train_loss": g.stat(lambda j: j.final_train_loss),
         "steps_to_target": g.stat(lambda j: _as_float(_steps_to_target(j, target))),
+        "seconds_to_target": g.stat(lambda j: _seconds_to_target(j, target)),
+        "run_seconds": g.stat(lambda j: j.run_seconds),
     }
 
 
 def _steps_to_target(job: JobRecord, target: Target) -> int | None:
     return None if target.value is None else job.val.first_step_reaching(target.value)
+
+
+def _seconds_to_target(job: JobRecord, target: Target) -> float | None:
+    hit = None if target.value is None else job.val.first_reaching(target.value)
+    return None if hit is None else hit[1]
+
+
+def _time_ratio(g: ConfigGroup, target: Target) -> float | None:
+    """Mean seconds to target over the baseline's mean run time (what "0.7x SGD's time" means)."""
+    mean = g.stat(lambda j: _seconds_to_target(j, target)).mean
+    if mean is None or not target.reference_seconds:
+        return None
+    return mean / target.reference_seconds
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{ratio:.2f}x"
+
+
+def _last_step(job: JobRecord) -> int | None:
+    return max(job.val.steps + job.train_loss.steps, default=None)
 
 
 def _reached(g: ConfigGroup, target: Target) -> str:

@@ -13,7 +13,8 @@ from torch.optim import Optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if not param.requires_grad:
             continue
@@ -25,6 +26,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(factory: Callable[..., Optimizer], model: nn.Module) -> Optimizer:
-    """``factory`` is the partially instantiated ``cfg.optimizer``."""
+    """``factory`` is the partially instantiated ``cfg.optimizer``.
+
+    A factory marked ``takes_model`` (``optimizer=muon``) is given the model itself, because it
+    splits the parameters by the layer they belong to, not only by their shape.
+    """
+    if getattr(getattr(factory, "func", factory), "takes_model", False):
+        return factory(model)
     weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0)
     return factory(param_groups(model, weight_decay))

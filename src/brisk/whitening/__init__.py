@@ -1,9 +1,10 @@
 """Whitening algorithms that precondition layer gradients (arXiv 2010.01546 and our reconstruction)."""
 
 from brisk.whitening.base import NoWhitening, Whitening
-from brisk.whitening.core import GradientWhitening, LayerWhitening
 from brisk.whitening.evd import EVDWhitening
 from brisk.whitening.feature import FeatureWhitening
+from brisk.whitening.gradient import GradientWhitening
+from brisk.whitening.layers import LayerWhitening
 from brisk.whitening.recursive import RecursiveWhitening
 
 __all__ = [

@@ -2,8 +2,8 @@
 
 Each whitened layer computes ``y = W~ P (x - mu) + b~`` on its input patches: the samples are
 transformed in the forward pass and, through autograd, their gradients in the backward pass
-(``P^T P = c (R + eps I)^-1``, ``P = sqrt(c) Lambda^-1/2 U^T`` from an eigen-decomposition; ``c`` is
-the mean eigenvalue when ``normalize``).  The module's parameters *are* the whitened-coordinate
+(``P^T P = c (R + eps I)^-1``, ``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``;
+``c`` is the mean eigenvalue when ``normalize``).  The module's parameters *are* the whitened-coordinate
 weights ``W~, b~``: the optimizer steps in whitened space, which is what classical whitening means.
 When P is refreshed the weights are re-expressed so that the network function does not change
 (``W~ <- W~ P_old P_new^-1``, PRONG's re-parametrisation), and so are SGD momentum buffers
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from brisk.whitening.core import LayerWhitening, WhitenedLayer
-from brisk.whitening.linalg import condition_number
+from brisk.whitening.layers import LayerWhitening, WhitenedLayer
+from brisk.whitening.linalg import condition_number, damped_cholesky
 
 __all__ = ["FeatureWhitening"]
 
@@ -38,6 +38,7 @@ class FeatureWhitening(LayerWhitening):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._timers.setdefault("logging", 0.0)
         self._optimizers: list[weakref.ref] = []
         self._refreshed_at: dict[str, int] = {}
 
@@ -96,20 +97,35 @@ class FeatureWhitening(LayerWhitening):
 
     # ------------------------------------------------------------------------------ refresh
     def _refresh(self, layer: WhitenedLayer) -> None:
-        decomposed = self.decompose(layer)
-        if decomposed is None:
+        """``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``: ``P^T P`` is the same
+        ``c (R + eps I)^-1`` as ``evd``'s, which is all the equivalence needs (any P with that
+        product whitens; the rotation of the whitened coordinates is immaterial to SGD)."""
+        cov = layer.stats.cov
+        damping = self.damping(layer)
+        factor = damped_cholesky(cov, damping)
+        if factor is None:
+            self.fallbacks += 1
             return
-        evals, evecs, damping = decomposed
-        scale = evals.mean(-1, keepdim=True) if self.normalize else torch.ones_like(evals[:, :1])
-        root = (scale / evals).sqrt()  # (G, M)
-        dtype = layer.stats.cov.dtype
-        p_new = (root.unsqueeze(-1) * evecs.transpose(-1, -2)).to(dtype)
-        p_inv_new = (evecs / root.unsqueeze(-2)).to(dtype)
+        m = layer.adapter.dim
+        scale = torch.ones_like(damping)
+        if self.normalize:
+            scale = (cov.diagonal(dim1=-2, dim2=-1).sum(-1) + m * damping) / m
+        root = scale.to(factor.dtype).sqrt()[:, None, None]
+        eye = torch.eye(m, dtype=factor.dtype, device=factor.device).expand_as(factor)
+        l_inv = torch.linalg.solve_triangular(factor, eye, upper=False)
+        dtype = cov.dtype
+        p_new = (root * l_inv).to(dtype)
+        p_inv_new = (factor / root).to(dtype)
         mu_new = layer.stats.mean.clone() if (layer.has_bias and self.center) else None
         self._reparametrise(layer, p_new, p_inv_new, mu_new)
-        raw = evals - damping.to(evals.dtype)[:, None]
-        layer.kappa_r = condition_number(raw)
-        layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
+        if self.condition_every and layer.refreshes % self.condition_every == 0:
+            with self._timed("logging"):
+                decomposed = self.decompose(layer)
+                if decomposed is not None:
+                    evals, _, damping = decomposed
+                    raw = evals - damping.to(evals.dtype)[:, None]
+                    layer.kappa_r = condition_number(raw)
+                    layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
 
     def _to_plain(self, layer: WhitenedLayer, w_tilde: Tensor) -> Tensor:
         """``W~ P`` as ``(G, S_g, M)`` in the preconditioner's dtype."""
@@ -157,6 +173,3 @@ class FeatureWhitening(LayerWhitening):
                 self._reparametrise(layer, None, None, None)
         super().detach()
         self._optimizers = []
-
-    def precondition(self, step: int) -> None:
-        """Nothing to do: the optimizer already steps in whitened coordinates."""

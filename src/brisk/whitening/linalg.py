@@ -1,6 +1,6 @@
 """Linear algebra shared by the whitening algorithms: damped decompositions and condition numbers.
 
-Kept apart from the per-layer framework (``core.py``) so that the algebra can be read, tested and
+Kept apart from the per-layer framework (``layers.py``) so that the algebra can be read, tested and
 benchmarked on plain tensors.
 """
 
@@ -39,3 +39,28 @@ def damped_eigh(cov: Tensor, damping: Tensor, dtype: torch.dtype) -> tuple[Tenso
         if torch.isfinite(evals).all() and torch.isfinite(evecs).all() and (evals > 0).all():
             return evals, evecs
     return None
+
+
+def damped_cholesky(cov: Tensor, damping: Tensor) -> Tensor | None:
+    """Lower Cholesky factor of ``R + damping I`` per group, or None when it fails.
+
+    The cheapest exact route to a damped inverse (``M^3 / 3`` for the factor, against about
+    ``9 M^3`` for a symmetric eigen-decomposition), so it is tried in the statistics' own dtype
+    first (float32 runs at twice the speed and, on a GPU, many times that) and retried in float64
+    only when the factorisation breaks down or is not finite.
+    """
+    dtypes = (cov.dtype,) if cov.dtype == torch.float64 else (cov.dtype, torch.float64)
+    for dt in dtypes:
+        r = cov.to(dt)
+        eye = torch.eye(r.shape[-1], dtype=dt, device=r.device)
+        r = r + damping.to(dt)[:, None, None] * eye
+        factor, info = torch.linalg.cholesky_ex(r)
+        # one host read per refresh (not per step): a failed factor must not reach the gradients
+        if bool((info == 0).all() & torch.isfinite(factor).all()):
+            return factor
+    return None
+
+
+def inverse_from_cholesky(factor: Tensor) -> Tensor:
+    """``(L L^T)^-1`` per group from the lower factor (two triangular solves, no eigenvalues)."""
+    return torch.cholesky_inverse(factor)

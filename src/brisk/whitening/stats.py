@@ -21,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brisk.runtime import is_distributed
+
 __all__ = [
+    "AttentionOutputAdapter",
+    "BlockAdapter",
     "ConvAdapter",
     "LayerAdapter",
     "LinearAdapter",
@@ -40,6 +44,15 @@ class LayerAdapter:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
 
+    @property
+    def hook_module(self) -> nn.Module:
+        """The module whose forward pre-hook sees the layer's input (the layer itself, usually)."""
+        return self.module
+
+    def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The layer's input, from the arguments of :attr:`hook_module`'s forward call."""
+        return args[0]
+
     def num_rows(self, x: Tensor) -> int:
         raise NotImplementedError
 
@@ -57,6 +70,15 @@ class LayerAdapter:
         """The weight (or its gradient) as ``(G, S_g, M)``; a view when possible."""
         out = weight.shape[0]
         return weight.reshape(self.groups, out // self.groups, self.dim)
+
+    def weight_from_matrix(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        """Inverse of :meth:`weight_matrix`: ``(G, S_g, M)`` back to the weight's ``shape``."""
+        return matrix.reshape(shape)
+
+    @property
+    def blocks(self) -> int:
+        """Covariance blocks per weight group (1: the whole group is one block)."""
+        return 1
 
     def _sample(self, total: int, max_rows: int | None, generator: torch.Generator | None):
         if max_rows is None or total <= max_rows:
@@ -165,6 +187,108 @@ class ConvAdapter(LayerAdapter):
         return out if x.dim() == self.nd + 2 else out.squeeze(0)
 
 
+class AttentionOutputAdapter(LinearAdapter):
+    """``nn.MultiheadAttention.out_proj``: a Linear that its parent uses without calling it.
+
+    The attention kernel multiplies by ``out_proj.weight`` directly, so hooks on ``out_proj`` never
+    run.  Its input, the concatenated heads, is recomputed on statistics steps from the parent's
+    own call with ``out_proj`` replaced by the identity (one extra attention pass, no gradient).
+    """
+
+    def __init__(self, module: nn.Linear, parent: nn.MultiheadAttention) -> None:
+        super().__init__(module)
+        self.parent = parent
+        self._busy = False
+
+    @property
+    def hook_module(self) -> nn.Module:
+        return self.parent
+
+    def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        if self._busy:  # the recomputation below calls the parent again
+            return None
+        weight = self.module.weight
+        identity = {
+            "out_proj.weight": torch.eye(self.dim, dtype=weight.dtype, device=weight.device),
+            "out_proj.bias": torch.zeros(self.dim, dtype=weight.dtype, device=weight.device),
+        }
+        self._busy = True
+        try:
+            with torch.no_grad():
+                out = torch.func.functional_call(self.parent, identity, args, kwargs)
+        finally:
+            self._busy = False
+        return out[0]
+
+
+class BlockAdapter(LayerAdapter):
+    """A layer whose ``M`` exceeds ``max_block``: its covariance is block-diagonal.
+
+    The ``M`` inputs of each weight group are cut into ``blocks`` consecutive runs of equal length,
+    and each run is one covariance "group" ``(G * blocks, M / blocks)``.  For a convolution the runs
+    are whole input channels (all their kernel taps) whenever the sizes allow, so a block keeps the
+    spatial correlations that whitening is mostly about and drops only those between far channels.
+    The weight gradient is transformed block by block: ``G <- [G_1 Q_1, ..., G_b Q_b]``.
+    """
+
+    def __init__(self, inner: LayerAdapter, blocks: int) -> None:
+        super().__init__(inner.module)
+        if inner.dim % blocks:
+            raise ValueError(f"{blocks} blocks do not divide M={inner.dim}")
+        self.inner, self._blocks = inner, blocks
+        self.weight_groups = inner.groups
+        self.groups = inner.groups * blocks
+        self.dim = inner.dim // blocks
+
+    @property
+    def blocks(self) -> int:
+        return self._blocks
+
+    @property
+    def hook_module(self) -> nn.Module:
+        return self.inner.hook_module
+
+    def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        return self.inner.layer_input(args, kwargs)
+
+    def num_rows(self, x: Tensor) -> int:
+        return self.inner.num_rows(x)
+
+    def rows(self, x, max_rows=None, generator=None):
+        rows = self.inner.rows(x, max_rows, generator)
+        return rows.reshape(rows.shape[0], self.groups, self.dim)
+
+    def output_from_rows(self, y, x):
+        return self.inner.output_from_rows(y, x)
+
+    def weight_matrix(self, weight: Tensor) -> Tensor:
+        full = self.inner.weight_matrix(weight)  # (G, S_g, M)
+        g, s = full.shape[:2]
+        blocked = full.reshape(g, s, self._blocks, self.dim).transpose(1, 2)
+        return blocked.reshape(self.groups, s, self.dim)
+
+    def weight_from_matrix(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        s = matrix.shape[1]
+        full = matrix.reshape(self.weight_groups, self._blocks, s, self.dim).transpose(1, 2)
+        return full.reshape(shape)
+
+
+def block_count(dim: int, max_block: int, unit: int = 1) -> int:
+    """Fewest equal blocks of at most ``max_block`` inputs, whole ``unit``s each when possible.
+
+    ``unit`` is a convolution's kernel size (its taps per input channel): blocks of whole channels
+    keep each channel's patch intact.  Falls back to any divisor of ``dim``, so no layer is dropped.
+    """
+    if dim <= max_block:
+        return 1
+    need = math.ceil(dim / max_block)
+    for aligned in (True, False):
+        for blocks in range(need, dim + 1):
+            if dim % blocks == 0 and (not aligned or (dim // blocks) % unit == 0):
+                return blocks
+    return dim
+
+
 LAYER_TYPES: dict[str, type[nn.Module]] = {
     "Linear": nn.Linear,
     "Conv1d": nn.Conv1d,
@@ -173,12 +297,27 @@ LAYER_TYPES: dict[str, type[nn.Module]] = {
 }
 
 
-def make_adapter(module: nn.Module) -> LayerAdapter:
-    """The adapter for a supported layer; a clear error for anything else."""
-    if isinstance(module, nn.Linear):
-        return LinearAdapter(module)
-    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-        return ConvAdapter(module)
+def make_adapter(
+    module: nn.Module, max_block: int | None = None, parent: nn.Module | None = None
+) -> LayerAdapter:
+    """The adapter for a supported layer (subclasses too); a clear error for anything else.
+
+    With ``max_block``, a layer with more inputs gets a :class:`BlockAdapter`.  ``parent`` is the
+    ``nn.MultiheadAttention`` that owns ``module`` as its ``out_proj``.
+    """
+    adapter: LayerAdapter | None
+    if isinstance(parent, nn.MultiheadAttention) and isinstance(module, nn.Linear):
+        adapter, unit = AttentionOutputAdapter(module, parent), 1
+    elif isinstance(module, nn.Linear):
+        adapter, unit = LinearAdapter(module), 1
+    elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        adapter, unit = ConvAdapter(module), math.prod(module.kernel_size)
+    else:
+        adapter = None
+    if adapter is not None:
+        if max_block is None or adapter.dim <= max_block:
+            return adapter
+        return BlockAdapter(adapter, block_count(adapter.dim, max_block, unit))
     raise TypeError(
         f"no whitening adapter for {type(module).__name__}; supported: {', '.join(LAYER_TYPES)}"
     )
@@ -245,7 +384,7 @@ class RunningCovariance:
         if self._n == 0:
             if self.mean is not None:
                 self.shift = self.mean.to(rows.dtype, copy=True)
-            elif not _distributed():
+            elif not is_distributed():
                 self.shift = rows.mean(0)
             else:
                 self.shift = torch.zeros_like(rows[0])
@@ -316,10 +455,6 @@ class RunningCovariance:
         self._reset_pending()
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def commit_all(stats: list[RunningCovariance]) -> int:
     """Fold the pending sums of every layer, summed over ranks in one all-reduce.
 
@@ -331,7 +466,7 @@ def commit_all(stats: list[RunningCovariance]) -> int:
     if not todo:
         return 0
     parts = [s.pending_tensors() for s in todo]
-    if _distributed():
+    if is_distributed():
         flat = torch.cat([t.reshape(-1) for p in parts for t in p])
         torch.distributed.all_reduce(flat)
         offset = 0

@@ -5,8 +5,8 @@ Written through ``SummaryWriter.add_hparams`` with the fixes its defaults need:
 ``run_name="."`` keeps the record in the run's own event directory (the default, a new
 ``str(time.time())`` sub-directory, shows up as a separate run); values that TensorBoard rejects
 (lists, None, enums) become strings while numbers stay numbers so the dashboard can still sort
-and range-filter by them; booleans become "True"/"False" (torch would store them as 1/0); metric tags get an ``hparam/`` prefix so they cannot
-collide with the training curves' scalar tags.
+and range-filter by them; booleans become "True"/"False" (torch would store them as 1/0); metric
+tags get an ``hparam/`` prefix so they cannot collide with the training curves' scalar tags.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ def flatten_config(config: Mapping[str, Any] | DictConfig, prefix: str = "") -> 
 
     Already-flat dicts pass through unchanged; lists stay whole values (one hparam column each).
     """
-    if isinstance(config, DictConfig):
-        config = OmegaConf.to_container(config, resolve=True)
+    items: Mapping[Any, Any] = (
+        OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+        if isinstance(config, DictConfig)
+        else config
+    )
     flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
+    for key, value in items.items():
+        name = f"{prefix}{key!s}"
         if isinstance(value, DictConfig):
             value = OmegaConf.to_container(value, resolve=True)
         if isinstance(value, Mapping) and value:
