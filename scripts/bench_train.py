@@ -35,8 +35,9 @@ def measure(overrides: list[str], steps: int, warmup: int, threads: int) -> dict
 
     import brisk.config  # noqa: F401
     from brisk.data.base import DataModule
-    from brisk.trainer.distributed import DistInfo
-    from brisk.trainer.loop import Trainer
+    from brisk.trainer.context import RunContext
+    from brisk.trainer.loop import Trainer, _Session, _Window
+    from brisk.trainer.run_dir import RunPaths
 
     torch.set_num_threads(threads)
     with initialize_config_module("brisk.conf", version_base="1.3"):
@@ -62,21 +63,17 @@ def measure(overrides: list[str], steps: int, warmup: int, threads: int) -> dict
         val_dataset = test_dataset = train_dataset
 
     model = instantiate(cfg.model, num_classes=10)
+    ctx = RunContext(InMemory(), RunPaths(Path(tempfile.mkdtemp())))
     trainer = Trainer(
-        cfg.trainer,
+        ctx,
         model,
-        InMemory(),
+        cfg.trainer,
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler),
         instantiate(cfg.whitening),
         instantiate(cfg.teacher),
-        Path(tempfile.mkdtemp()),
-        torch.device("cpu"),
-        DistInfo(),
-        0,
-        "",
-        input_key="input",
     )
+    trainer._window, trainer._session = _Window(trainer.device), _Session()
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []

@@ -1,11 +1,13 @@
-"""Shared fixtures: where the optional real data lives, and a quiet torch."""
+"""Shared fixtures: where the optional real data lives, a quiet torch, in-process Hydra compose."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -22,6 +24,28 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config ``train OVERRIDES`` would run, composed in this process (no Hydra run directory)."""
+    from hydra import compose, initialize_config_module
+
+    from brisk.config import CONFIG_NAME
+
+    with initialize_config_module(config_module="brisk.conf", version_base="1.3"):
+        return compose(config_name=CONFIG_NAME, overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_digits(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose a one-thread digits config whose outputs land in ``tmp_path``; add overrides."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        return compose_config(
+            f"paths.output_dir={tmp_path / 'outputs'}", "trainer.threads=1", *overrides
+        )
+
+    return _compose
 
 
 def run_train(

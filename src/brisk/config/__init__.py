@@ -12,7 +12,7 @@ CONFIG_NAME = "config"
 
 def _rank_suffix() -> str:
     """'' on rank 0 (and outside torchrun), '_rank<N>' elsewhere: one log file per rank."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))  # srun without torchrun
     return "" if rank == 0 else f"_rank{rank}"
 
 

@@ -172,6 +172,8 @@ class RunConfig:
     seed: int = 42
     resume: str | None = None  # null | auto
     ckpt_path: str | None = None
+    resume_strict: bool = True  # false: a resume applies this config's differing values
+    init_from: str | None = None  # weights only (brisk checkpoint or state dict); fresh optimizer
     eval_only: bool = False
     name: str = "run"  # a label for the run, shown in logs and summaries
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,3 +157,29 @@ def log_run_costs(
         + format_cost_table(costs, "student")
     )
     return cost_metrics(costs)
+
+
+def log_clip_costs(
+    datamodule: Any, student: nn.Module, teacher: Any, log: Callable[[str], None] = print
+) -> dict[str, float]:
+    """For a run on clips: :func:`log_run_costs` on the shapes of the run's own first sample.
+
+    ``datamodule`` is the run's :class:`~brisk.data.base.DataModule`, ``teacher`` its
+    :class:`~brisk.teacher.base.Teacher`. Image runs (a 3-D sample) cost nothing to log: returns ``{}``.
+    """
+    sample = datamodule.train_dataset()[0]
+    if not isinstance(sample, dict) or sample["input"].dim() != 4:
+        return {}
+    test_set = datamodule.test_dataset()
+    videos = getattr(test_set, "videos", None)
+    clips_per_video = len(test_set) / len(videos) if videos else 1.0
+    teacher_model = teacher.model
+    teacher_clip = tuple(sample[teacher.input_key].shape) if teacher_model is not None else None
+    return log_run_costs(
+        student,
+        tuple(sample["input"].shape),
+        clips_per_video,
+        teacher_model,
+        teacher_clip,
+        log=log,
+    )

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from brisk.whitening.base import Whitening
 
 
 @dataclass
@@ -35,9 +38,26 @@ class TeacherContext:
 
 
 class Teacher:
-    """Base class and the ``teacher=none`` implementation."""
+    """Base class and the ``teacher=none`` implementation.
+
+    The runner reads these attributes, which subclasses set in ``__init__`` / :meth:`setup`:
+    ``model`` (the frozen network once set up, None for no teacher), ``input_key`` (the batch field
+    it reads), ``whitening`` (the preconditioner of its stage-1 training, None for plain SGD) and
+    ``epochs`` (length of stage 1; None trains for ``trainer.epochs``).
+    """
 
     name: str = "none"
+    model: nn.Module | None = None
+    whitening: Whitening | None = None
+    # Declared without a class value, so a subclass may serve them from its config (__getattr__);
+    # a teacher that sets neither gets the defaults below.
+    input_key: str
+    epochs: int | None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _DEFAULTS:
+            return _DEFAULTS[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def setup(self, context: TeacherContext) -> None:
         """Load or train the teacher before the student's training starts."""
@@ -47,8 +67,12 @@ class Teacher:
 
     def loss(
         self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
-        """The loss to optimise and named scalar parts of it for the logs."""
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """The loss to optimise and named scalar parts of it for the logs.
+
+        Return the parts as detached 0-d tensors rather than floats: the loop sums them on the
+        device and reads them only at log steps, so a step never waits for the device.
+        """
         return hard_loss, {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -56,6 +80,9 @@ class Teacher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+_DEFAULTS: dict[str, Any] = {"input_key": "input", "epochs": None}
 
 
 class NoTeacher(Teacher):

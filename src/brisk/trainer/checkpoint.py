@@ -2,32 +2,85 @@
 
 Everything is stored as tensors, numbers, strings, lists and dicts so ``torch.load(weights_only=True)``
 reads the file; the resolved config travels as a YAML string. Writes go to a temporary file in the same
-folder, are fsync'ed and then renamed over the target, so a run killed while saving leaves the previous
-checkpoint intact.
+folder (a name unique to the writing process), are fsync'ed and then renamed over the target, so a run
+killed while saving leaves the previous checkpoint intact. A write that fails (a full disk, a quota, an
+I/O error) removes its temporary file and raises :class:`StorageError`, naming the path and the space
+left.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+from brisk.errors import UserError
+
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+class StorageError(UserError):
+    """Writing a run's file failed for a reason outside brisk: no space left, a quota, an I/O error."""
+
+
+def free_space(path: Path) -> str:
+    """Free space on the file system holding ``path``, for error messages (``?`` when unknown)."""
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "?"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename.
+
+    The temporary name is unique per call (two processes never share one), and it is removed when the
+    write fails, so a full disk leaves the previous file and no debris.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with tmp.open("wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        cause = _os_error(exc)  # torch.save wraps the OSError of a failed write in a RuntimeError
+        if cause is None:
+            raise
+        reason = errno.errorcode.get(cause.errno or 0, "I/O error")
+        raise StorageError(
+            f"could not write {path}: {cause.strerror or cause} ({reason}); "
+            f"{free_space(path)} free there; the previous file is intact"
+        ) from exc
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from brisk.trainer.distributed import DistInfo
+from brisk.trainer.signals import STOP_SIGNALS
 
 
 class ResumableSampler(DistributedSampler):
@@ -96,7 +98,16 @@ def make_loader(
         # kept across epochs only by data sets whose epoch reaches running workers (shared memory)
         persistent_workers=num_workers > 0 and getattr(dataset, "shares_epoch", False),
         multiprocessing_context=context,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group, loader workers too. The main process
+    decides when to stop (brisk.trainer.signals) and ends its workers; a worker that died of the
+    signal first would turn a clean stop into a "worker exited unexpectedly" error."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def as_batch_dict(batch: Any) -> dict[str, Any]:

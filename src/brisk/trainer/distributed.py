@@ -1,7 +1,8 @@
 """torch.distributed plumbing for runs launched by ``torchrun``; a single process never needs a group.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every worker (and ``TORCHELASTIC_RUN_ID``
-and ``TORCHELASTIC_RESTART_COUNT``). The backend follows the device (gloo on CPU, nccl on CUDA) unless
+and ``TORCHELASTIC_RESTART_COUNT``). Tasks that ``srun`` starts without torchrun get them from SLURM's
+variables instead (:func:`slurm_env`). The backend follows the device (gloo on CPU, nccl on CUDA) unless
 ``trainer.backend`` names one. Every collective runs under a finite timeout, so a rank that diverged
 (an exception on one rank that leaves the others waiting in a collective) ends the run with an error
 instead of hanging it.
@@ -12,13 +13,17 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from brisk.runtime import is_distributed
 
 # Seconds a collective may wait for the other ranks before it raises. Long enough for rank 0 to prepare
 # a data set or write a checkpoint while the others wait at a barrier; raise it for slow data preparation.
@@ -31,6 +36,8 @@ FAULT_STEP_ENV = "BRISK_FAULT_AT_STEP"
 FAULT_RANK_ENV = "BRISK_FAULT_RANK"
 # ... and only in torchrun's first attempt, so the restarted group runs to the end.
 RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
+# The signal sent (a name such as TERM or USR1; default KILL): TERM tests a graceful preemption.
+FAULT_SIGNAL_ENV = "BRISK_FAULT_SIGNAL"
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,53 @@ class DistInfo:
         return self.world_size > 1
 
 
+# The rendezvous port of srun-started ranks: this plus the job id modulo 10000, so that two jobs
+# sharing a node do not collide. MASTER_PORT in the environment wins.
+SLURM_PORT_BASE = 20000
+
+
+def slurm_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """torchrun's variables for a task of a multi-task ``srun`` step, when torchrun set none.
+
+    ``srun`` (or ``sbatch --ntasks=N`` whose script runs ``srun train ...``) starts N copies of the
+    program with ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID``; the rendezvous is the
+    first node of ``SLURM_JOB_NODELIST`` on a port derived from the job id. Only inside a job step
+    (``SLURM_STEP_ID`` set): the batch script itself also sees ``SLURM_NTASKS=N`` but is one process,
+    and mapping it would leave rank 0 waiting for ranks that never start.
+    """
+    if "WORLD_SIZE" in environ or "SLURM_STEP_ID" not in environ:
+        return {}
+    world = int(environ.get("SLURM_NTASKS", "1"))
+    if world <= 1:
+        return {}
+    env = {
+        "RANK": environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "MASTER_ADDR": environ.get("MASTER_ADDR") or _first_host(environ["SLURM_JOB_NODELIST"]),
+        "MASTER_PORT": environ.get("MASTER_PORT")
+        or str(SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % 10000),
+    }
+    if "SLURM_NTASKS_PER_NODE" in environ and environ["SLURM_NTASKS_PER_NODE"].isdigit():
+        env["LOCAL_WORLD_SIZE"] = environ["SLURM_NTASKS_PER_NODE"]
+    return env
+
+
+def _first_host(nodelist: str) -> str:
+    """``node[03-05,07],gpu1`` -> ``node03``: the first host of a SLURM node list."""
+    head = re.match(r"[^,\[]+(\[[^\]]*\])?", nodelist)
+    if head is None:
+        raise ValueError(f"cannot read a host from SLURM_JOB_NODELIST='{nodelist}'")
+    prefix, _, ranges = head.group(0).partition("[")
+    if not ranges:
+        return prefix
+    first = ranges.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
 def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
-    """Join the process group torchrun set up; a plain ``train`` (WORLD_SIZE unset or 1) joins nothing."""
+    """Join the process group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins nothing."""
+    os.environ.update(slurm_env())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
@@ -127,13 +179,13 @@ def quiet_console() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_object(obj: object) -> object:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
@@ -147,7 +199,7 @@ def all_gather_objects(obj: object) -> list[object]:
     tensors straight through ``all_gather_object`` fails to unpickle CPU tensors in this torch version,
     and the bytes route only accepts the plain types a checkpoint may hold anyway.
     """
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return [obj]
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -157,12 +209,12 @@ def all_gather_objects(obj: object) -> list[object]:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
 
 
 def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.destroy_process_group()
 
 
@@ -170,6 +222,7 @@ def maybe_inject_fault(step: int, rank: int) -> None:
     """SIGKILL this process after ``step`` when ``BRISK_FAULT_AT_STEP`` asks for it (tests only).
 
     SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer strikes.
+    ``BRISK_FAULT_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler does before it kills a job.
     """
     fault_at = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
     if not fault_at or step != fault_at:
@@ -178,9 +231,15 @@ def maybe_inject_fault(step: int, rank: int) -> None:
         return
     if int(os.environ.get(RESTART_COUNT_ENV, "0") or 0) > 0:
         return
+    signum = signal.Signals["SIG" + os.environ.get(FAULT_SIGNAL_ENV, "KILL").upper()]
     logging.getLogger("brisk").warning(
-        "%s=%d: killing rank %d after step %d", FAULT_STEP_ENV, fault_at, rank, step
+        "%s=%d: killing rank %d after step %d with %s",
+        FAULT_STEP_ENV,
+        fault_at,
+        rank,
+        step,
+        signum.name,
     )
     for handler in logging.getLogger().handlers:
         handler.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signum)

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from brisk.runtime import is_distributed
 from brisk.trainer.distributed import all_reduce_sum
 
 
@@ -62,7 +63,7 @@ class EvalAccumulator:
 
     def _gather_videos(self) -> tuple[Tensor, Tensor]:
         local = {v: (s, self.video_labels[v]) for v, s in self.video_scores.items()}
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             parts: list[dict] = [None] * dist.get_world_size()  # type: ignore[list-item]
             dist.all_gather_object(parts, local)
             merged: dict[int, tuple[Tensor, int]] = {}
@@ -97,8 +98,18 @@ def _confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
 
 
 def _any_rank_has_videos(local: bool) -> bool:
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return local
     flag = torch.tensor([int(local)])
     all_reduce_sum(flag)
     return bool(flag.item())
+
+
+def monitored(metrics: dict[str, float], monitor: str) -> float:
+    """The metric that ranks checkpoints (``task.monitor``); acc1 where a split lacks it."""
+    return metrics.get(monitor, metrics["acc1"])
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """``loss 0.1234  acc1 0.9800 ...``: how every metrics line of the log reads."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())

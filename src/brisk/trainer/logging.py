@@ -6,12 +6,18 @@ Only rank 0 writes; other ranks get a :class:`RunLogger` whose writers are disab
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
+import time
+import traceback
 from pathlib import Path
 from typing import Any
+
+from brisk.runtime import is_distributed
+from brisk.trainer.checkpoint import StorageError, atomic_write, free_space
+from brisk.trainer.distributed import broadcast_object
 
 log = logging.getLogger("brisk")
 
@@ -33,10 +39,14 @@ class MetricsCSV:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or BASE_COLUMNS)
                 self.rows = list(reader)
-            if (
-                resume_from_step is not None
-            ):  # rows past the checkpoint belong to the lost part of the run
-                self.rows = [r for r in self.rows if int(float(r["step"])) <= resume_from_step]
+            if resume_from_step is not None:
+                # rows past the checkpoint belong to the lost part of the run, and the test row
+                # is written again when the resumed run ends
+                self.rows = [
+                    r
+                    for r in self.rows
+                    if int(float(r["step"])) <= resume_from_step and r.get("split") != "test"
+                ]
                 self._rewrite()
 
     def write(self, row: dict[str, Any]) -> None:
@@ -47,16 +57,21 @@ class MetricsCSV:
             self.columns += new
             self._rewrite()
         else:
-            with self.path.open("a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+            try:
+                with self.path.open("a", newline="") as f:
+                    csv.DictWriter(f, self.columns).writerow(row)
+            except OSError as exc:
+                raise StorageError(
+                    f"could not append to {self.path}: {exc.strerror or exc}; "
+                    f"{free_space(self.path)} free there"
+                ) from exc
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, self.columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
 
 
 def _fmt(value: Any) -> Any:
@@ -100,17 +115,112 @@ class RunLogger:
             self.tb.close()
 
 
+def read_status(path: Path) -> dict[str, Any]:
+    """status.json as a dict; an unreadable one is set aside as ``status.json.corrupt`` and logged."""
+    if not path.is_file():
+        return {}
+    try:
+        current = json.loads(path.read_text())
+        if isinstance(current, dict):
+            return current
+        problem = f"holds a {type(current).__name__}, not an object"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = f"is not valid JSON ({exc})"
+    backup = path.with_name(path.name + ".corrupt")
+    try:
+        path.replace(backup)
+    except OSError:
+        backup = path
+    log.warning("%s %s: replacing it (the old file is kept as %s)", path, problem, backup.name)
+    return {}
+
+
 def write_status(run_dir: Path, **fields: Any) -> None:
-    """status.json: {"status": "ok"|"failed"|"running", "best_val_acc1", "test_acc1", "error", ...}."""
+    """status.json: {"status": "ok"|"failed"|"running"|"interrupted", "best_val_acc1", "test_acc1",
+    "error", ...}; fields are merged into what is there, and "running" starts a fresh record."""
     path = run_dir / "status.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
+    current = read_status(path)
     if fields.get("status") == "running":
         # a (re)start: an elastic restart or a resume must not carry the error of the attempt before
         current = {}
     current.update(fields)
-    current.setdefault("best_val_acc1", None)
-    current.setdefault("test_acc1", None)
-    current.setdefault("error", None)
-    tmp = path.with_name(".tmp-status.json")
-    tmp.write_text(json.dumps(current, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    _dump_status(path, current)
+
+
+def _dump_status(path: Path, record: dict[str, Any]) -> None:
+    record.setdefault("best_val_acc1", None)
+    record.setdefault("test_acc1", None)
+    record.setdefault("error", None)
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class RunRecord:
+    """The status.json of one run directory across attempts, written by rank 0 only.
+
+    A run that finished (status ok) keeps that record, with its test accuracy, whatever a later attempt
+    in the same directory does: a later attempt that fails or is interrupted is noted under
+    ``last_attempt`` instead. Only a later attempt that finishes replaces it.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = run_dir / "status.json", enabled
+        self.finished: dict[str, Any] | None = None
+
+    def begin(self, **fields: Any) -> None:
+        """Start an attempt; every rank learns whether the run had finished before (``finished``)."""
+        if self.enabled:
+            previous = read_status(self.path)
+            if previous.get("status") == "ok":
+                self.finished = dict(previous)
+                previous["last_attempt"] = {"status": "running", "started": _now()}
+                _dump_status(self.path, previous)
+            else:
+                _dump_status(self.path, {"status": "running", **fields})
+        if is_distributed():
+            self.finished = broadcast_object(self.finished)  # type: ignore[assignment]
+
+    def update(self, **fields: Any) -> None:
+        """Add facts about the run (its cost, say) without changing its status."""
+        if self.enabled:
+            record = read_status(self.path)
+            record.update(fields)
+            _dump_status(self.path, record)
+
+    def ok(self, **fields: Any) -> None:
+        if self.enabled:
+            record = read_status(self.path)
+            for stale in ("last_attempt", "traceback", "signal", "step"):
+                record.pop(stale, None)
+            record.update(status="ok", error=None, **fields)
+            _dump_status(self.path, record)
+
+    def failed(self, exc: BaseException) -> None:
+        """Best effort: on a full disk even this write may fail, and the original error matters more."""
+        self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+    def interrupted(self, signal: str, step: int, message: str) -> None:
+        self._end("interrupted", signal=signal, step=step, error=message)
+
+    def _end(self, status: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        try:
+            if self.finished is not None:
+                record = read_status(self.path) or dict(self.finished)
+                record["last_attempt"] = {"status": status, "ended": _now(), **fields}
+                record["status"] = "ok"
+                _dump_status(self.path, record)
+                log.warning(
+                    "this attempt %s; %s keeps the finished run's record (status ok)",
+                    status,
+                    self.path,
+                )
+            else:
+                write_status(self.path.parent, status=status, **fields)
+        except (OSError, StorageError) as exc:
+            log.error("could not record status %s in %s: %s", status, self.path, exc)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

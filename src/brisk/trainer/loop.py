@@ -8,20 +8,20 @@ It knows nothing about whitening or distillation: it calls the hooks of a
 from __future__ import annotations
 
 import logging
-import math
+import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
+from torch import Tensor, nn
 
-from brisk.data.base import DataModule
-from brisk.teacher.base import Teacher
+from brisk.runtime import format_duration
+from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
@@ -29,6 +29,7 @@ from brisk.trainer.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from brisk.trainer.context import RunContext
 from brisk.trainer.data_loading import (
     EvalShard,
     ResumableSampler,
@@ -37,17 +38,19 @@ from brisk.trainer.data_loading import (
     to_device,
 )
 from brisk.trainer.distributed import (
-    DistInfo,
     all_gather_objects,
     all_reduce_sum,
     barrier,
     maybe_inject_fault,
 )
-from brisk.trainer.evaluation import EvalAccumulator
+from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.logging import RunLogger
 from brisk.trainer.optim import build_optimizer
-from brisk.whitening.base import Whitening
+from brisk.trainer.progress import EpochProgress
+from brisk.trainer.resume import apply_new_hparams
+from brisk.trainer.signals import RunInterrupted
+from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")
 
@@ -60,60 +63,54 @@ class FitResult:
 
 
 class Trainer:
-    """Trains ``model`` on ``datamodule`` and writes everything under ``run_dir``."""
+    """Trains ``model`` on ``ctx.datamodule`` and writes everything under ``ctx.paths``.
+
+    ``trainer_cfg`` is the ``trainer`` config group (a stage may pass its own copy); the optimizer and
+    scheduler factories are the partially instantiated ``optimizer`` and ``scheduler`` groups.
+    """
 
     def __init__(
         self,
-        trainer_cfg: DictConfig,
+        ctx: RunContext,
         model: nn.Module,
-        datamodule: DataModule,
+        trainer_cfg: DictConfig,
         optimizer_factory: Any,
         scheduler_factory: Any,
-        whitening: Whitening,
-        teacher: Teacher,
-        run_dir: Path,
-        device: torch.device,
-        dist: DistInfo,
-        seed: int,
-        config_yaml: str,
+        whitening: Whitening | None = None,
+        teacher: Teacher | None = None,
         input_key: str = "input",
-        monitor: str = "acc1",
     ) -> None:
-        self.cfg, self.datamodule, self.run_dir, self.device, self.dist = (
-            trainer_cfg,
-            datamodule,
-            run_dir,
-            device,
-            dist,
-        )
-        self.whitening, self.teacher, self.seed, self.input_key, self.monitor = (
-            whitening,
-            teacher,
-            seed,
-            input_key,
-            monitor,
-        )
-        self.config_yaml, self.fingerprint = config_yaml, config_fingerprint(config_yaml)
+        self.ctx = ctx
+        self.cfg = trainer_cfg
+        self.datamodule = ctx.datamodule
+        self.paths = ctx.paths
+        self.device = ctx.device
+        self.dist = ctx.dist
+        self.seed = ctx.seed
+        self.monitor = ctx.monitor
+        self.stop = ctx.stop
+        self.whitening = whitening if whitening is not None else NoWhitening()
+        self.teacher = teacher if teacher is not None else NoTeacher()
+        self.input_key = input_key
+        self.config_yaml = ctx.config_yaml
+        self.fingerprint = config_fingerprint(ctx.config_yaml)
         self.memory_format = _memory_format(model) if trainer_cfg.channels_last else None
-        self.model = (
-            model.to(device)
-            if self.memory_format is None
-            else model.to(device, memory_format=self.memory_format)
-        )
+        self.model = model.to(self.device)
         # The teacher may add trainable modules to the student (feature-mimicking adapters): attach it
         # before DDP wraps the model and before the optimizer collects the parameters.
         self.teacher.attach(self.model)
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
         self.ddp_model: nn.Module = self.model
-        if dist.enabled:
+        if self.dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[dist.local_rank] if device.type == "cuda" else None
+                self.model,
+                device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
             )
         self.optimizer = build_optimizer(optimizer_factory, self.model)
         self.per_rank_batch = self._per_rank_batch(trainer_cfg.batch_size)
-        train_set = datamodule.train_dataset()
-        self.train_sampler = ResumableSampler(train_set, dist, seed, shuffle=True)
+        train_set = self.datamodule.train_dataset()
+        self.train_sampler = ResumableSampler(train_set, self.dist, self.seed, shuffle=True)
         self.train_loader = make_loader(
             train_set,
             self.train_sampler,
@@ -128,7 +125,8 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set "
-                f"({len(train_set)} samples on {dist.world_size} rank(s)): lower trainer.batch_size"
+                f"({len(train_set)} samples on {self.dist.world_size} rank(s)): "
+                "lower trainer.batch_size"
             )
         self.total_steps = self.steps_per_epoch * trainer_cfg.epochs
         if trainer_cfg.max_steps:
@@ -136,20 +134,34 @@ class Trainer:
         self.scheduler = scheduler_factory(
             self.optimizer, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
-        precision = str(trainer_cfg.precision)
-        self.autocast_dtype = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}[
-            precision
-        ]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16-mixed")
-        self.step, self.epoch, self.batch_in_epoch, self.best_val = 0, 0, 0, None
+        precision = str(getattr(trainer_cfg.precision, "value", trainer_cfg.precision))
+        self.autocast_dtype = _AUTOCAST[precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "16-mixed")
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_val: float | None = None
+        self.last_saved_step: int | None = None
         self.logger: RunLogger | None = None
+        self.progress_stream: IO[str] | None = sys.stderr
+        self._window: _Window | None = None
+        self._session = _Session()
         self.whitening.attach(self.model)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+    @property
+    def finished(self) -> bool:
+        """Every epoch (or ``max_steps``) done: fit() has nothing left to do."""
+        return self.epoch >= self.cfg.epochs or self.step >= self.total_steps
 
     def _per_rank_batch(self, global_batch: int) -> int:
         if global_batch % self.dist.world_size:
             raise ValueError(
-                f"trainer.batch_size={global_batch} is the global batch and must be divisible by the "
-                f"{self.dist.world_size} processes"
+                f"trainer.batch_size={global_batch} is the global batch and must be divisible by "
+                f"the {self.dist.world_size} processes"
             )
         return global_batch // self.dist.world_size
 
@@ -173,36 +185,47 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config_fingerprint") != self.fingerprint:
-            log.warning(
-                "resuming from a checkpoint written with a different config; continuing with the current one"
-            )
+    def load_state_dict(self, state: dict[str, Any], new_hparams: bool = False) -> None:
+        """Continue the run ``state`` was saved from.
+
+        ``new_hparams`` (``resume_strict=false``): keep this config's optimizer hyper-parameters and
+        this config's schedule (for its own length) from the restored step, instead of the saved ones.
+        """
+        fresh_groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.whitening.load_state_dict(state["whitening"])
         self.teacher.load_state_dict(state["teacher"])
-        self.step, self.epoch, self.batch_in_epoch = (
-            state["step"],
-            state["epoch"],
-            state["batch_in_epoch"],
-        )
+        self.step = state["step"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
         self.best_val = state["best_val"]
+        self.last_saved_step = self.step
+        if new_hparams:
+            apply_new_hparams(self.optimizer, self.scheduler, fresh_groups, self.total_steps)
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         # each rank continues its own random streams (augmentation differs per rank); after a change
         # of world size the ranks reuse the saved streams in turn
         set_rng_state(per_rank[self.dist.rank % len(per_rank)])
 
     def save(self, name: str) -> None:
-        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each stream."""
+        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each stream.
+
+        Never saves weights that a non-finite loss has touched: the pending check runs first.
+        """
+        self._check_finite()
         rng_per_rank = all_gather_objects(rng_state()) if self.dist.enabled else None
         if self.dist.is_main:
             state = self.state_dict()
             if rng_per_rank is not None:
                 state["rng_per_rank"] = rng_per_rank
-            atomic_save(state, self.run_dir / "checkpoints" / name)
+            atomic_save(state, self.paths.checkpoint(name))
+        if name == "last.pt":
+            self.last_saved_step = self.step
         barrier()
 
     # ------------------------------------------------------------------ training
@@ -218,43 +241,62 @@ class Trainer:
             self.logger = None
 
     def fit(self) -> FitResult:
-        cfg = self.cfg
         self.open_logger()
-        total_steps = self.total_steps
-        t_start, steps_this_session = time.perf_counter(), 0
-        window = _Window()
-        while self.epoch < cfg.epochs and self.step < total_steps:
-            self.model.train()
-            self._set_epoch(self.epoch)
-            for batch in self.train_loader:
-                if self.batch_in_epoch >= self.steps_per_epoch or self.step >= total_steps:
-                    break
-                window.add(*self._train_step(as_batch_dict(batch)))
-                self.step += 1
-                self.batch_in_epoch += 1
-                steps_this_session += 1
-                if self.step % cfg.log_every == 0 or self.step == total_steps:
-                    self._log_train(window, t_start, steps_this_session, total_steps)
-                # A mid-epoch checkpoint never lands on an epoch's last step: the end-of-epoch save
-                # follows validation, so a resume can never validate (and log) that epoch twice.
-                epoch_ends = self.batch_in_epoch >= self.steps_per_epoch or self.step >= total_steps
-                if (
-                    cfg.checkpoint_every
-                    and self.step % cfg.checkpoint_every == 0
-                    and not epoch_ends
-                ):
-                    self.save("last.pt")
-                maybe_inject_fault(self.step, self.dist.rank)
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            if (
-                self.epoch % cfg.val_every == 0
-                or self.epoch == cfg.epochs
-                or self.step >= total_steps
-            ):
-                self._validate()
-            self.save("last.pt")
+        self._window = _Window(self.device)
+        self._session = _Session()
+        progress = EpochProgress(self.progress_stream, enabled=self.dist.is_main)
+        if not self.finished and self.stop.agreed():  # the signal came while the run was set up
+            self._interrupted()
+        try:
+            with progress.logging_above():
+                while not self.finished:
+                    self._fit_epoch(progress)
+        finally:
+            progress.close()
         return FitResult(self.best_val, self.step, self.epoch)
+
+    def _fit_epoch(self, progress: EpochProgress) -> None:
+        cfg = self.cfg
+        self.model.train()
+        self._set_epoch(self.epoch)
+        progress.start(
+            self.epoch + 1, cfg.epochs, self.steps_per_epoch, self.batch_in_epoch, cfg.batch_size
+        )
+        for batch in self.train_loader:
+            if self.batch_in_epoch >= self.steps_per_epoch or self.step >= self.total_steps:
+                break
+            self._train_step(as_batch_dict(batch))
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._session.steps += 1
+            progress.advance(cfg.batch_size)
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                progress.show_loss(self._log_train())
+            # A mid-epoch checkpoint never lands on an epoch's last step: the end-of-epoch save
+            # follows validation, so a resume can never validate (and log) that epoch twice.
+            epoch_ends = self.batch_in_epoch >= self.steps_per_epoch or self.finished
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not epoch_ends:
+                self.save("last.pt")
+            maybe_inject_fault(self.step, self.dist.rank)
+            # an epoch's last step goes on to validation and the epoch-end save, then stops
+            if not epoch_ends and self.stop.agreed():
+                self._interrupted()
+        progress.close()
+        self._check_finite()
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if self.epoch % cfg.val_every == 0 or self.finished:
+            self._validate()
+        self.save("last.pt")
+        if not self.finished and self.stop.agreed():
+            self._interrupted()
+
+    def _interrupted(self) -> None:
+        assert self.stop.signum is not None
+        if self.last_saved_step != self.step:
+            self.save("last.pt")
+        log.warning("saved %s at step %d (epoch %d)", self.paths.last, self.step, self.epoch + 1)
+        raise RunInterrupted(self.stop.signum, self.step, str(self.paths.last))
 
     def _set_epoch(self, epoch: int) -> None:
         self.train_sampler.set_epoch(epoch)
@@ -263,12 +305,14 @@ class Trainer:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
 
-    def _autocast(self):
+    def _autocast(self) -> AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self, batch: dict[str, Any]) -> tuple[float, int, int, dict[str, float]]:
+    def _train_step(self, batch: dict[str, Any]) -> None:
+        """One optimizer step. Nothing here waits for the device: the loss and accuracy are summed
+        on it, and read (and checked for finiteness) at log steps, epoch ends and saves only."""
         batch = self.datamodule.on_device_batch(to_device(batch, self.device))
         batch = to_device(batch, self.device, self.memory_format)  # layout of the finished tensors
         inputs, target = batch[self.input_key], batch["target"]
@@ -277,9 +321,6 @@ class Trainer:
             out = self.ddp_model(inputs)
             hard = F.cross_entropy(out.float(), target, label_smoothing=self.cfg.label_smoothing)
             loss, parts = self.teacher.loss(out.float(), batch, hard)
-        if not torch.isfinite(loss):
-            last = self.run_dir / "checkpoints" / "last.pt"
-            raise FloatingPointError(nonfinite_loss_message(loss.item(), self.step, last))
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -289,59 +330,74 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        correct = (out.argmax(1) == target).sum().item()
-        return loss.item() * len(target), correct, len(target), parts
+        correct = (out.detach().argmax(1) == target).sum()
+        assert self._window is not None, "fit() opens the window"
+        self._window.add(self.step + 1, loss.detach(), correct, len(target), parts)
 
-    def _log_train(
-        self, window: _Window, t_start: float, steps_done: int, total_steps: int
-    ) -> None:
-        stats = torch.tensor([window.loss_sum, window.correct, window.count], dtype=torch.float64)
+    def _check_finite(self) -> None:
+        """Raise if any step since the last check had a non-finite loss, naming the first one."""
+        if self._window is None:
+            return
+        bad_step, bad_value = self._window.first_non_finite()
+        if bad_step is None:
+            return
+        # checkpoints are never written after a non-finite step: last.pt, if any, is a good one
+        raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
+
+    def _log_train(self) -> float:
+        """Write a train row and a log line; returns the window's mean loss (for the progress bar)."""
+        self._check_finite()
+        window, session = self._window, self._session
+        assert window is not None
+        stats = torch.stack([window.loss_sum, window.correct.double(), window.count.double()]).cpu()
         all_reduce_sum(stats)
-        elapsed = time.perf_counter() - t_start
-        per_step = elapsed / max(1, steps_done)
-        images_per_s = steps_done * self.cfg.batch_size / max(elapsed, 1e-9)
+        elapsed = time.perf_counter() - session.start
+        images_per_s = session.steps * self.cfg.batch_size / max(elapsed, 1e-9)
+        count = max(stats[2].item(), 1)
         row = {
-            "loss": stats[0].item() / max(stats[2].item(), 1),
-            "acc1": stats[1].item() / max(stats[2].item(), 1),
+            "loss": stats[0].item() / count,
+            "acc1": stats[1].item() / count,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": elapsed,
             "images_per_s": images_per_s,
-            **{k: v / max(window.steps, 1) for k, v in window.parts.items()},
+            **{k: float(v) / max(window.steps, 1) for k, v in window.parts.items()},
             **self.whitening.metrics(),
         }
+        assert self.logger is not None
         self.logger.metrics("train", self.step, self.epoch + 1, row)
         warning = divergence_warning(row["loss"], self.step, self.datamodule.num_classes)
         if warning and self.dist.is_main:
             log.warning(warning)
         if self.dist.is_main:
-            eta = per_step * (total_steps - self.step)
+            eta = elapsed / max(1, session.steps) * (self.total_steps - self.step)
             log.info(
                 "epoch %d/%d step %d/%d  loss %.4f  acc %.3f  lr %.4g  %.0f img/s  ETA %s",
                 self.epoch + 1,
                 self.cfg.epochs,
                 self.step,
-                total_steps,
+                self.total_steps,
                 row["loss"],
                 row["acc1"],
                 row["lr"],
                 images_per_s,
-                _hms(eta),
+                format_duration(eta),
             )
         window.reset()
+        return row["loss"]
 
     # ------------------------------------------------------------------ evaluation
     def _validate(self) -> None:
         metrics = self.evaluate("val")
-        value = metrics.get(self.monitor, metrics["acc1"])
+        value = monitored(metrics, self.monitor)
         improved = self.best_val is None or value > self.best_val
         if improved:
             self.best_val = value
-        self.logger.metrics("val", self.step, self.epoch, metrics)
+        self.open_logger().metrics("val", self.step, self.epoch, metrics)
         if self.dist.is_main:
             log.info(
                 "validation after epoch %d: %s%s",
                 self.epoch,
-                _fmt_metrics(metrics),
+                format_metrics(metrics),
                 "  (best)" if improved else "",
             )
         if improved:
@@ -404,30 +460,56 @@ def _memory_format(model: nn.Module) -> torch.memory_format:
 
 
 class _Window:
-    """Sums over the train steps since the last log row."""
+    """Sums over the train steps since the last log row, kept on the device (no sync per step).
 
-    def __init__(self) -> None:
+    It also remembers the first step whose loss was not finite, so the error can name it later.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum, self.correct, self.count, self.steps, self.parts = 0.0, 0, 0, 0, {}
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.count = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.steps = 0
+        self.parts: dict[str, Tensor | float] = {}
 
-    def add(self, loss_sum: float, correct: int, count: int, parts: dict[str, float]) -> None:
-        self.loss_sum += loss_sum
+    def add(
+        self,
+        step: int,
+        loss: Tensor,
+        correct: Tensor,
+        count: int,
+        parts: dict[str, Tensor | float],
+    ) -> None:
+        first_bad = (self.bad_step < 0) & ~torch.isfinite(loss)
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad_value = torch.where(first_bad, loss.float(), self.bad_value)
+        self.loss_sum += loss.double() * count
         self.correct += correct
         self.count += count
         self.steps += 1
         for key, value in parts.items():
-            self.parts[key] = self.parts.get(key, 0.0) + float(value)
+            # a teacher may report its parts as tensors: they stay on the device until a log step
+            part = value.detach() if isinstance(value, Tensor) else float(value)
+            self.parts[key] = self.parts.get(key, 0.0) + part
+
+    def first_non_finite(self) -> tuple[int | None, float]:
+        """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None, 0)."""
+        step, value = torch.stack([self.bad_step.double(), self.bad_value.double()]).tolist()
+        return (int(step), value) if step >= 0 else (None, 0.0)
 
 
-def _hms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+@dataclass
+class _Session:
+    """Steps this process trained and when it started, for images/s and the ETA."""
+
+    steps: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
 
-def _fmt_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+_AUTOCAST = {"32": None, "bf16": torch.bfloat16, "16-mixed": torch.float16}

@@ -1,0 +1,69 @@
+"""A live per-epoch progress bar for a person at a terminal; nothing at all anywhere else.
+
+On a TTY, rank 0 shows one tqdm bar per epoch (images/s, the loss of the last logged window and the
+epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and the
+output is the log lines alone, exactly as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import IO
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+
+def is_terminal(stream: IO[str] | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+class EpochProgress:
+    """One bar per epoch, counting images; ``enabled`` false makes every call a no-op."""
+
+    def __init__(self, stream: IO[str] | None, enabled: bool = True) -> None:
+        self.stream = stream
+        self.enabled = enabled and is_terminal(stream)
+        self.bar: tqdm | None = None
+
+    @contextlib.contextmanager
+    def logging_above(self) -> Iterator[None]:
+        """Console log lines go through tqdm, so they print above the bar instead of through it."""
+        if not self.enabled:
+            yield
+            return
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+            yield
+
+    def start(self, epoch: int, epochs: int, steps: int, done: int, batch: int) -> None:
+        if not self.enabled:
+            return
+        self.close()
+        self.bar = tqdm(
+            total=steps * batch,
+            initial=done * batch,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="img",
+            unit_scale=True,
+            file=self.stream,
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    def advance(self, images: int) -> None:
+        if self.bar is not None:
+            self.bar.update(images)
+
+    def show_loss(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

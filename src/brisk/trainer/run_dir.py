@@ -1,0 +1,137 @@
+"""A run directory: where each of its files lives, and the lock that gives it to one process.
+
+Two ``train ... resume=auto`` started together on the same killed run would both continue it, write the
+same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
+``fcntl.flock`` on ``<run>/.lock``; the kernel releases it when the process ends in any way (even
+SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's PID.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from brisk.errors import UserError
+from brisk.trainer.distributed import DistInfo, broadcast_object
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one run (or of one stage of it, in a sub-directory)."""
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints / name
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def stage(self, name: str) -> RunPaths:
+        """A stage of the run (the teacher of a video run) keeps its files in its own folder."""
+        return RunPaths(self.root / name)
+
+
+class RunDirectoryBusy(UserError):
+    """Another live process holds the run directory."""
+
+
+class RunLock:
+    """An exclusive, process-lifetime lock on a run directory; a no-op when ``enabled`` is false.
+
+    Under ``torchrun`` only rank 0 locks: the ranks of one job share the directory by design.
+    """
+
+    def __init__(self, paths: RunPaths, enabled: bool = True) -> None:
+        self.paths, self.enabled = paths, enabled
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        if not self.enabled or self._file is not None:
+            return
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        handle = self.paths.lock.open("a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunDirectoryBusy(
+                f"run directory {self.paths.root} is in use by process {holder} (lock "
+                f"{self.paths.lock}); wait for it to end, stop it, or use another hydra.run.dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class lock_run_dir:  # noqa: N801 - used as a context manager, like a function
+    """Rank 0 locks the run directory; every rank learns whether it got it (none waits alone)."""
+
+    def __init__(self, paths: RunPaths, dist: DistInfo) -> None:
+        self.lock, self.dist = RunLock(paths, enabled=dist.is_main), dist
+
+    def __enter__(self) -> RunLock:
+        refusal: object = None
+        try:
+            self.lock.acquire()
+        except RunDirectoryBusy as exc:
+            refusal = str(exc)
+        if self.dist.enabled:
+            refusal = broadcast_object(refusal)
+        if refusal:
+            raise RunDirectoryBusy(str(refusal))
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

@@ -1,0 +1,141 @@
+"""Stop a run cleanly when the cluster (or a person) asks it to.
+
+SLURM, Kubernetes and ``torchrun`` send SIGTERM some time before they kill a job; SLURM's
+``--signal=USR1@90`` sends SIGUSR1; a person presses Ctrl-C (SIGINT). :class:`StopSignals` turns the
+first of these into a request that the training loop reads between steps: it finishes the step it is
+in, writes ``last.pt`` at that step and ends with status ``interrupted`` and the exit code a shell
+expects from that signal (128 + signum: 143 for SIGTERM, 130 for SIGINT). A second signal while the
+first is being honoured ends the process at once, with the signal's default action and no traceback.
+
+Under ``torchrun`` the ranks may receive the signal at different steps; :meth:`StopSignals.agreed`
+all-reduces the flag so that every rank stops after the same step and saves the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+
+from brisk.runtime import is_distributed
+
+log = logging.getLogger("brisk")
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class RunInterrupted(Exception):
+    """Raised by the loop once it saved its state after a stop signal; carries what status.json says."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None = None) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(
+            f"stopped by {signal_name(signum)} after step {step}"
+            + (f"; continue with resume=auto (last checkpoint {checkpoint})" if checkpoint else "")
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """The code a shell reports for a process ended by this signal."""
+        return exit_code(self.signum)
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_code(signum: int) -> int:
+    return 128 + int(signum)
+
+
+class StopSignals:
+    """A stop request set by SIGTERM, SIGINT or SIGUSR1, installed for the duration of a ``with``.
+
+    Handlers can only be installed from the main thread; elsewhere (a launcher thread) the object still
+    works as a flag that nothing sets, so the run behaves as before.
+    """
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+        self.signals = signals
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ installation
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            # the second request: the person (or the scheduler) does not want to wait
+            log.warning("%s again: exiting now without saving", signal_name(signum))
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: finishing the current step, then saving last.pt (send it again to "
+            "exit at once)",
+            signal_name(signum),
+        )
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def requested(self) -> bool:
+        """This process received a stop signal (no communication with other ranks)."""
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue logic)."""
+        if self.signum is None:
+            self.signum = int(signum)
+
+    def agreed(self) -> bool:
+        """Whether any rank asked to stop; every rank gets the same answer at the same step.
+
+        In a single process this reads a Python attribute only. Under ``torchrun`` it is one small
+        all-reduce (on the device the process group uses), so call it at the same points on all ranks.
+        """
+        if not is_distributed():
+            return self.requested
+        backend = torch.distributed.get_backend()
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
+        flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        value = int(flag.item())
+        if value and self.signum is None:
+            self.signum = value  # another rank was signalled: stop with its signal
+        return bool(value)
+
+
+class NeverStop(StopSignals):
+    """The stop request of code that runs a Trainer outside a signal scope (tests, notebooks)."""
+
+    def __init__(self) -> None:
+        super().__init__(signals=())

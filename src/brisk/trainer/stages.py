@@ -1,0 +1,180 @@
+"""The recipe of a run: (1) fit the teacher if it needs fitting, (2) train the student, (3) test it.
+
+Stage 1 exists only for a teacher without weights: :class:`TeacherStage` trains it with the same
+:class:`~brisk.trainer.loop.Trainer`, in its own sub-directory, and skips the work once that stage
+finished. Stage 2 (:func:`fit_student`) continues or starts the student's training as the
+:class:`~brisk.trainer.resume.ResumePlan` says, then tests the best checkpoint.
+:func:`evaluate_checkpoint` is the ``eval_only`` path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from brisk.data.base import DataModule
+from brisk.errors import UserError
+from brisk.teacher.base import NoTeacher, Teacher
+from brisk.trainer.checkpoint import load_checkpoint
+from brisk.trainer.context import RunContext
+from brisk.trainer.distributed import barrier
+from brisk.trainer.evaluation import format_metrics, monitored
+from brisk.trainer.logging import RunRecord, write_status
+from brisk.trainer.loop import Trainer
+from brisk.trainer.resume import ResumePlan
+from brisk.whitening.base import NoWhitening, Whitening
+
+log = logging.getLogger("brisk")
+
+
+def build_trainer(
+    cfg: DictConfig,
+    ctx: RunContext,
+    model: nn.Module,
+    whitening: Whitening,
+    teacher: Teacher,
+    input_key: str = "input",
+    trainer_cfg: DictConfig | None = None,
+) -> Trainer:
+    """A Trainer with the run's optimizer and schedule (fresh instances for every stage)."""
+    return Trainer(
+        ctx,
+        model,
+        trainer_cfg if trainer_cfg is not None else cfg.trainer,
+        instantiate(cfg.optimizer),
+        instantiate(cfg.scheduler),
+        whitening,
+        teacher,
+        input_key,
+    )
+
+
+class TeacherStage:
+    """Stage 1: train a teacher network with the runner's own loop, once per run directory.
+
+    Passed to the teacher as ``TeacherContext.fit``; the teacher decides whether to call it (no
+    checkpoint, or a checkpoint whose classifier had to be replaced).
+    """
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext, teacher: Teacher) -> None:
+        self.cfg, self.ctx, self.teacher = cfg, ctx, teacher
+
+    def __call__(self, net: nn.Module, input_key: str, stage: str) -> nn.Module:
+        """Train ``net`` on the batches' ``input_key`` under ``run_dir/stage``; its best weights."""
+        ctx = self.ctx.for_stage(stage)
+        stage_cfg = self.cfg.trainer.copy()
+        if self.teacher.epochs:
+            stage_cfg.epochs = self.teacher.epochs
+        # stage 1 has its own preconditioner (teacher.whitening), independent of the student's
+        whitening = self.teacher.whitening or NoWhitening()
+        trainer = build_trainer(
+            self.cfg, ctx, net, whitening, NoTeacher(), input_key, trainer_cfg=stage_cfg
+        )
+        done = ctx.paths.root / "done"
+        if done.is_file():
+            log.info("stage '%s' finished earlier in this run: reusing %s", stage, ctx.paths.best)
+        else:
+            self._fit(trainer, ctx, stage, input_key)
+        whitening.detach()  # the frozen teacher keeps no statistics hooks
+        kept = ctx.paths.best if selected_on(ctx.datamodule) == "val" else ctx.paths.last
+        trainer.model.load_state_dict(load_checkpoint(kept)["model"])
+        return trainer.model
+
+    def _fit(self, trainer: Trainer, ctx: RunContext, stage: str, input_key: str) -> None:
+        if ctx.paths.last.is_file():
+            trainer.load_state_dict(load_checkpoint(ctx.paths.last))
+        log.info("stage '%s': training on '%s'", stage, input_key)
+        trainer.fit()
+        metrics = trainer.evaluate("val")
+        trainer.close()
+        warn_if_near_chance(stage, ctx.monitor, trainer.best_val, ctx.datamodule.num_classes)
+        if ctx.dist.is_main:
+            write_status(ctx.paths.root, status="ok", best_val_acc1=trainer.best_val, val=metrics)
+            (ctx.paths.root / "done").write_text("finished\n")
+        barrier()
+
+
+def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[str, Any]:
+    """Stage 2: continue or start training, then test the best checkpoint once."""
+    if plan.state is not None:
+        trainer.load_state_dict(plan.state, new_hparams=plan.new_hparams)
+        plan.state = None  # the trainer holds it now
+        log.info(
+            "resumed from %s at step %d (epoch %d)", plan.checkpoint, trainer.step, trainer.epoch
+        )
+        if trainer.finished and record.finished is not None:
+            log.info(
+                "this run finished earlier (status ok, test %s %s): nothing left to do",
+                trainer.monitor,
+                record.finished.get("test_acc1"),
+            )
+            kept = ("status", "error", "last_attempt")
+            return {k: v for k, v in record.finished.items() if k not in kept}
+    fit = trainer.fit()
+    if trainer.paths.best.is_file() and selected_on(trainer.datamodule) == "val":
+        trainer.model.load_state_dict(load_checkpoint(trainer.paths.best)["model"])
+    test = trainer.evaluate("test")
+    trainer.log_metrics("test", test)
+    trainer.close()
+    log.info("test (best checkpoint): %s", format_metrics(test))
+    test_acc = monitored(test, trainer.monitor)
+    log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    return {
+        "best_val_acc1": fit.best_val,
+        "test_acc1": test_acc,
+        "test": test,
+        "steps": fit.step,
+        "epochs": fit.epoch,
+    }
+
+
+def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, Any]:
+    """``eval_only=true``: val and test metrics of ``ckpt_path``'s weights, no training."""
+    if not ckpt_path:
+        raise UserError(
+            "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
+        )
+    state = load_checkpoint(ckpt_path)
+    trainer.model.load_state_dict(state["model"])
+    trainer.step, trainer.epoch = state["step"], state["epoch"]
+    results = {}
+    for split in ("val", "test"):
+        results[split] = trainer.evaluate(split)
+        trainer.log_metrics(split, results[split])
+        log.info("%s: %s", split, format_metrics(results[split]))
+    trainer.close()
+    test_acc = monitored(results["test"], trainer.monitor)
+    log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    return {
+        "best_val_acc1": monitored(results["val"], trainer.monitor),
+        "test_acc1": test_acc,
+        "test": results["test"],
+        "evaluated": str(ckpt_path),
+    }
+
+
+def selected_on(datamodule: DataModule) -> str:
+    """``val`` when validation is held out of the training data (best.pt is reported), ``last``
+    when a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
+    summary = getattr(datamodule, "split_summary", None)
+    return summary()["selected_on"] if summary is not None else "val"
+
+
+def warn_if_near_chance(stage: str, metric: str, best: float | None, num_classes: int) -> None:
+    """A teacher no better than guessing would only pull the student toward its errors."""
+    chance = 1.0 / num_classes
+    if best is not None and best < 1.5 * chance:
+        log.warning(
+            "stage '%s' ended near chance (best %s %.3f, chance %.3f): distilling from it pulls "
+            "the student toward its errors. Fit it with teacher.whitening (whitening@teacher."
+            "whitening=recursive), for longer (teacher.epochs) or load one (teacher.checkpoint); "
+            "docs/video.md",
+            stage,
+            metric,
+            best,
+            chance,
+        )

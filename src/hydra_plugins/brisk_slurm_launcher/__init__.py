@@ -1,0 +1,42 @@
+"""``hydra/launcher=slurm``: hydra-submitit-launcher's SLURM launcher, with brisk's requeue.
+
+Hydra loads launchers only from the ``hydra_plugins`` package and imports every module in it at
+start-up, so this one defines nothing when the ``slurm`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import (  # type: ignore[import-untyped]
+        SlurmLauncher as _SubmititSlurmLauncher,
+    )
+except ImportError:  # the slurm extra is not installed
+    _SubmititSlurmLauncher = None
+
+if _SubmititSlurmLauncher is not None:
+
+    class BriskSlurmLauncher(_SubmititSlurmLauncher):
+        """Each job saves at the current step on SIGUSR2/SIGTERM and is requeued (brisk.sweep.slurm)."""
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            from brisk.sweep.slurm import run_requeueable
+
+            return run_requeueable(
+                lambda: super(BriskSlurmLauncher, self).__call__(*args, **kwargs)
+            )
+
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+            """Submit, wait, then summarise the sweep once more from the submitting side.
+
+            Jobs of an array that end together each rewrite the summary from their node; the one
+            written last may predate another's final status. After the batch, all statuses are final.
+            """
+            from brisk.sweep.slurm import summarize_sweep
+
+            returns = super().launch(job_overrides, initial_job_idx)
+            if self.config is not None:
+                summarize_sweep(self.config)
+            return returns

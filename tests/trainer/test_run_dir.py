@@ -1,0 +1,83 @@
+"""One process per run directory, and what a full disk or a corrupt status.json does to a run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from brisk.train import train
+from brisk.trainer.checkpoint import StorageError, atomic_save
+from brisk.trainer.run_dir import RunDirectoryBusy, RunLock, RunPaths
+
+FAST = ("debug=fast", "trainer.limit_train_batches=2")
+
+
+def _no_space(*args: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(
+    cfg_digits, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    # flock conflicts between two open files, even in one process
+    busy = pytest.raises(RunDirectoryBusy, match=f"in use by process {os.getpid()}")
+    with RunLock(RunPaths(run)), busy:
+        train(cfg_digits(*FAST), run)
+    assert not (run / "status.json").exists()
+    train(cfg_digits(*FAST), run)  # released: the run goes ahead
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoints" / "last.pt"
+    atomic_save({"step": 1}, path)
+    monkeypatch.setattr("brisk.trainer.checkpoint.os.fsync", _no_space)
+    with pytest.raises(StorageError) as failed:
+        atomic_save({"step": 2}, path)
+    assert str(path) in str(failed.value) and "free there" in str(failed.value)
+    assert "ENOSPC" in str(failed.value)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_out_of_disk_during_a_run_fails_with_one_message_and_cleans_up(
+    cfg_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    real_save = torch.save
+
+    def save_then_fill_disk(obj: object, f: object) -> None:
+        real_save(obj, f)
+        if isinstance(obj, dict) and "optimizer" in obj:
+            raise RuntimeError("PytorchStreamWriter failed") from OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC)
+            )
+
+    monkeypatch.setattr("brisk.trainer.checkpoint.torch.save", save_then_fill_disk)
+    with pytest.raises(StorageError, match="No space left on device"):
+        train(cfg_digits(*FAST), run)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "StorageError" in status["error"]
+    assert not list(run.rglob(".tmp-*"))
+
+
+def test_corrupt_status_json_is_replaced_and_logged(
+    cfg_digits, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text('{"status": "runn')
+    caplog.set_level(logging.WARNING, logger="brisk")
+    train(cfg_digits(*FAST), run)
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    assert (run / "status.json.corrupt").read_text() == '{"status": "runn'
+    assert "status.json is not valid JSON" in caplog.text
