@@ -160,6 +160,36 @@ def test_gate_follows_the_teacher_only_where_it_is_right(tmp_path: Path, gate: s
     assert student_logits.grad[0].abs().max() > 0
 
 
+def test_gate_never_follows_a_teacher_that_predicts_one_class_for_everything(
+    tmp_path: Path,
+) -> None:
+    teacher = small_mfnet_teacher()
+    teacher.setup(FakeRunner(tmp_path).context)
+
+    class Collapsed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = torch.zeros(len(x), CLASSES)
+            logits[:, 1] = 50.0  # sure of class 1, whatever the clip
+            return logits
+
+    teacher.model = Collapsed()
+    rgb = torch.rand(8, 3, 2, 8, 8)
+    target = torch.tensor([1, 0, 2, 3, 1, 0, 2, 3])  # "right" on the two class-1 clips
+    for _ in range(3):
+        student = torch.randn(8, CLASSES, requires_grad=True)
+        loss, logs = teacher.loss(student, {"rgb": rgb, "target": target}, torch.zeros(()))
+        assert logs["distill/followed"] == 0.0 and loss.item() == 0.0
+    # a class the teacher predicts rightly at least gate_precision of the time is followed
+    good = torch.tensor([1, 1, 1, 1, 1, 1, 0, 2])
+    _, logs = teacher.loss(torch.randn(8, CLASSES), {"rgb": rgb, "target": good}, torch.zeros(()))
+    assert logs["distill/followed"] == 0.0  # 2 + 2 + 2 + 6 right of 32 so far: still unreliable
+    fresh = small_mfnet_teacher()
+    fresh.setup(FakeRunner(tmp_path).context)
+    fresh.model = Collapsed()
+    _, logs = fresh.loss(torch.randn(8, CLASSES), {"rgb": rgb, "target": good}, torch.zeros(()))
+    assert logs["distill/followed"] == 6 / 8
+
+
 def test_gate_is_a_teacher_config_knob() -> None:
     with pytest.raises(ValueError, match="teacher.gate must be one of"):
         RGBMFNetTeacher(gate="sometimes")

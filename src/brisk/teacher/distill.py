@@ -60,12 +60,23 @@ def distillation_kl(
 
 
 def teacher_gate(
-    teacher_logits: Tensor, target: Tensor, gate: str, confidence: float = 0.5
+    teacher_logits: Tensor,
+    target: Tensor,
+    gate: str,
+    confidence: float = 0.5,
+    reliable: Tensor | None = None,
 ) -> Tensor:
-    """1 for the samples the student may follow the teacher on, else 0 (see DistillConfig.gate)."""
+    """1 for the samples the student may follow the teacher on, else 0 (see DistillConfig.gate).
+
+    ``reliable`` (one bool per class): whether the teacher's predictions of that class have been
+    right often enough to follow; a sample counts only when its predicted class is reliable.
+    """
     if gate == "none":
         return torch.ones(len(teacher_logits), device=teacher_logits.device)
-    keep = teacher_logits.argmax(1) == target
+    predicted = teacher_logits.argmax(1)
+    keep = predicted == target
+    if reliable is not None:
+        keep &= reliable[predicted]
     if gate == "confident":
         p_label = teacher_logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
         keep &= p_label >= confidence
@@ -118,10 +129,12 @@ class DistillConfig:
     - ``alpha``: weight of the KL term; ``temperature``: the softening T; ``ce_weight``: weight of
       the student's hard-label loss (0.5 with alpha 0.5 is Hinton's weighting).
     - ``gate``: which samples the KL term uses. ``none``: all. ``correct``: those whose label the
-      teacher predicts (its argmax). ``confident``: correct and with probability of the label at
-      least ``gate_confidence``. A teacher is followed only where it is right, so a weak teacher
-      cannot pull the student toward its errors; the KL is still averaged over the whole batch, so
-      its weight shrinks with the share of samples the teacher gets right.
+      teacher predicts (its argmax), provided its predictions of that class have been right at
+      least ``gate_precision`` of the time over the training batches so far. ``confident``: as
+      ``correct``, and with probability of the label at least ``gate_confidence``. A teacher is
+      followed only where it is right, and never on a class it merely predicts for everything (a
+      collapsed teacher is "right" on that class by accident); the KL is still averaged over the
+      whole batch, so its weight shrinks with the share of samples the teacher may be followed on.
     - ``beta``: weight of feature mimicking (0 disables it); ``layers``: ``{student_module:
       teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
     - ``num_frames``, ``width_mult``, ``dropout``: the teacher network's shape (width_mult < 1 for
@@ -141,6 +154,7 @@ class DistillConfig:
     ce_weight: float = 1.0
     gate: str = "correct"
     gate_confidence: float = 0.5
+    gate_precision: float = 0.5
     beta: float = 0.0
     layers: Mapping[str, str] | None = None
     num_frames: int = 12
@@ -168,6 +182,8 @@ class DistillConfig:
             raise ValueError(f"teacher.finetune must be auto, true or false, got {self.finetune!r}")
         if self.gate not in GATES:
             raise ValueError(f"teacher.gate must be one of {GATES}, got {self.gate!r}")
+        if not 0.0 <= self.gate_precision <= 1.0:
+            raise ValueError(f"teacher.gate_precision must be in [0, 1], got {self.gate_precision}")
         if not 0.0 <= self.gate_confidence <= 1.0:
             raise ValueError(
                 f"teacher.gate_confidence must be in [0, 1], got {self.gate_confidence}"
@@ -216,6 +232,9 @@ class DistillationTeacher(Teacher):
         self.adapters: nn.ModuleDict | None = None
         self._adapter_snapshot: list[Tensor] = []
         self._mimic_steps = 0
+        # Per class: how often the teacher predicted it on training batches, and how often rightly.
+        self._predicted: Tensor | None = None
+        self._right: Tensor | None = None
 
     def __getattr__(self, name: str) -> Any:
         # The config's fields read as attributes: teacher.alpha, teacher.epochs (read by the runner).
@@ -416,7 +435,9 @@ class DistillationTeacher(Teacher):
             if "target" not in batch:
                 raise KeyError(f"teacher.gate={c.gate} needs batch['target'] (the labels)")
             target = batch["target"].to(teacher_out.device)
-            weight = teacher_gate(teacher_out, target, c.gate, c.gate_confidence)
+            weight = teacher_gate(
+                teacher_out, target, c.gate, c.gate_confidence, self._reliable(teacher_out, target)
+            )
             logs["distill/followed"] = weight.mean().item()
         kl = distillation_kl(student_out, teacher_out, c.temperature, weight)
         loss = c.ce_weight * hard_loss + c.alpha * kl
@@ -441,6 +462,19 @@ class DistillationTeacher(Teacher):
         self._student_features.clear()
         self._teacher_features.clear()
         return loss, logs
+
+    def _reliable(self, teacher_out: Tensor, target: Tensor) -> Tensor:
+        """Classes whose predictions by the teacher were right >= gate_precision so far (this
+        batch included): the precision of each predicted class, counted on the training batches."""
+        n = teacher_out.shape[1]
+        if self._predicted is None or self._predicted.device != teacher_out.device:
+            self._predicted = torch.zeros(n, device=teacher_out.device)
+            self._right = torch.zeros(n, device=teacher_out.device)
+        predicted = teacher_out.argmax(1)
+        ones = torch.ones_like(predicted, dtype=self._predicted.dtype)
+        self._predicted.index_add_(0, predicted, ones)
+        self._right.index_add_(0, predicted, (predicted == target).to(ones.dtype))
+        return self._right >= self.config.gate_precision * self._predicted.clamp(min=1)
 
     def _check_adapters_train(self) -> None:
         """Warn once if the adapters never move: the student's optimizer was built before attach()."""

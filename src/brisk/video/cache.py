@@ -69,17 +69,28 @@ class ClipArrays:
 
 
 def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
-    """Pad/quantise a decoded GOP into fixed-length clip arrays (shared by the cache and live paths)."""
+    """Pad/quantise a decoded GOP into fixed-length clip arrays (shared by the cache and live paths).
+
+    A full GOP is returned without copying its arrays (the live path reads one per clip).
+    """
     n = gop.num_frames
     h, w = gop.rgb.shape[1:3]
-    rgb = np.empty((frames, h, w, 3), dtype=np.uint8)
-    rgb[: min(n, frames)] = gop.rgb[:frames]
-    rgb[n:] = gop.rgb[-1]
-    res = np.full((frames - 1, h, w, 3), 128, dtype=np.uint8)
     k = min(n, frames) - 1
-    if k > 0:
-        res[:k] = gop.acc_residual_u8[:k]
-        res[k:] = gop.acc_residual_u8[k - 1]
+    if n >= frames:
+        rgb = gop.rgb[:frames]
+    else:
+        rgb = np.empty((frames, h, w, 3), dtype=np.uint8)
+        rgb[:n] = gop.rgb
+        rgb[n:] = gop.rgb[-1]
+    if k == frames - 1:
+        res = gop.acc_residual_u8[:k]
+    else:
+        res = np.empty((frames - 1, h, w, 3), dtype=np.uint8)
+        if k > 0:
+            res[:k] = gop.acc_residual_u8[:k]
+            res[k:] = gop.acc_residual_u8[k - 1]
+        else:
+            res[:] = 128
     motion = None
     if motion_vectors:
         motion = np.zeros((frames - 1, h, w, 2), dtype=np.int8)

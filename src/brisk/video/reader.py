@@ -8,6 +8,7 @@ non-deterministic on some streams.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from brisk.video.codec import KeyframeIndex, VideoDecodeError, keyframe_index
 from brisk.video.motion import (  # noqa: F401 - MV_FIELDS is referenced by the docs
@@ -31,6 +33,13 @@ from brisk.video.motion import (  # noqa: F401 - MV_FIELDS is referenced by the 
 Residuals = Literal["none", "frame", "accumulated", "both"]
 
 PICT_I, PICT_P, PICT_B = 1, 2, 3
+
+
+@functools.lru_cache(maxsize=8)
+def _compensator(height: int, width: int, cell: int, border: str) -> MotionCompensator:
+    """Shared per frame size: its tables are read-only, and a data set of thousands of videos opens
+    a new reader for nearly every clip (the tables cost about a millisecond per open)."""
+    return MotionCompensator(height, width, cell, border)
 
 
 class UnsupportedStreamError(VideoDecodeError):
@@ -109,9 +118,7 @@ class GopReader:
     def _mc(self) -> MotionCompensator:
         """Built on first use: its per-pixel index tables are not needed for motion vectors only."""
         if self._compensator is None:
-            self._compensator = MotionCompensator(
-                self.height, self.width, self.cell, self.mv_border
-            )
+            self._compensator = _compensator(self.height, self.width, self.cell, self.mv_border)
         return self._compensator
 
     @property
@@ -196,7 +203,11 @@ class GopReader:
                 f"{self.path}: GOP {g} has B-frames; re-encode with brisk.video.codec.reencode"
             )
         n, h, w = len(frames), self.height, self.width
-        rgb = np.stack([f.to_ndarray(format="rgb24") for f in frames]) if self.decode_rgb else None
+        rgb = None
+        if self.decode_rgb:
+            # one reformatter for the GOP: frame.to_ndarray(format=...) sets up a converter per frame
+            convert = VideoReformatter()
+            rgb = np.stack([convert.reformat(f, format="rgb24").to_ndarray() for f in frames])
         rows = [motion_vector_rows(f) for f in frames[1:]]
         if any(r.size and (r[:, 0] > 0).any() for r in rows):
             raise UnsupportedStreamError(f"{self.path}: GOP {g} has backward motion vectors")
