@@ -1,11 +1,11 @@
 """What MFCD-Net costs against its teacher and against CoViAR: parameters, FLOPs, CPU throughput.
 
-Costs are counted by ``torch.utils.flop_counter`` at each model's standard input and per video with the
-clip counts of each method's evaluation protocol (MFCD-Net: 15 GOP clips per UCF101 video; CoViAR: 25
-frames, one crop; I3D: 64-frame clips over an average UCF101 video of ~186 frames, i.e. 3 clips).
-Throughput runs the student and the teacher on the same 12-frame GOP clip, interleaved round by round
-so that both see the same machine load, in both memory layouts (NCDHW and channels-last NDHWC); only
-the ratios are meaningful across machines.
+Costs are counted by ``torch.utils.flop_counter`` at each model's standard input and per video with
+the clip counts of each method's evaluation protocol (MFCD-Net: 15 GOP clips per UCF101 video;
+CoViAR: 25 frames, one crop; I3D: 64-frame clips over an average UCF101 video of ~186 frames, i.e. 3
+clips). Throughput runs the student and the teacher on the same 12-frame GOP clip, interleaved round
+by round so that both see the same machine load, in both memory layouts (NCDHW and channels-last
+NDHWC); only the ratios are meaningful across machines.
 
     python scripts/bench_models.py                    # table on stdout, JSON in outputs/bench/
     python scripts/bench_models.py --threads 2 --batch 2 --rounds 3 --size 224
@@ -88,10 +88,10 @@ def throughput(
 ) -> dict[str, dict[str, float]]:
     """Clips per second of every model in every memory layout, interleaved round by round (median).
 
-    Wall time is what a user waits; CPU seconds (all threads of this process) are less disturbed when
-    other jobs share the cores, so both are reported. Both memory layouts are measured because oneDNN
-    picks different kernels for them, and MFNet's grouped 3D convolutions and I3D's dense ones do not
-    gain alike from channels-last (NDHWC).
+    Wall time is what a user waits; CPU seconds (all threads of this process) are less disturbed
+    when other jobs share the cores, so both are reported. Both memory layouts are measured because
+    oneDNN picks different kernels for them, and MFNet's grouped 3D convolutions and I3D's dense
+    ones do not gain alike from channels-last (NDHWC).
     """
     runs: dict[str, tuple[nn.Module, torch.Tensor]] = {}
     x = torch.rand(batch, *clip_shape, device=device)
@@ -143,7 +143,8 @@ def main() -> None:
     costs = cost_rows(args.classes)
     student = costs[0]
     print(
-        f"## Cost per clip and per video ({args.classes} classes; FlopCounterMode, 1 MAC = 2 FLOPs)\n"
+        f"## Cost per clip and per video ({args.classes} classes; "
+        "FlopCounterMode, 1 MAC = 2 FLOPs)\n"
     )
     print(format_cost_table(costs, reference=student.name))
 
@@ -174,7 +175,8 @@ def main() -> None:
     for name, s in speed.items():
         print(
             f"| {name} | {s['median_s_per_batch']:.3f} | {s['clips_per_s']:.2f} | "
-            f"{s['clips_per_s'] / MFCD_CLIPS_PER_VIDEO:.3f} | {s['cpu_s_per_clip']:.2f} | {s['clips_per_s'] / base:.2f} |"
+            f"{s['clips_per_s'] / MFCD_CLIPS_PER_VIDEO:.3f} | {s['cpu_s_per_clip']:.2f} | "
+            f"{s['clips_per_s'] / base:.2f} |"
         )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Speed of the compressed-domain pipeline, as ratios to a plain PyAV RGB decode of the same file.
 
 For every clip (default: the real clips in ../shared/data/video) the source is re-encoded to MPEG-4
-Part 2 (GOP 12, 340x256) and then, on the re-encoded file, these are timed side by side, interleaved,
-median of ``--repeats`` rounds, single-threaded:
+Part 2 (GOP 12, 340x256) and then, on the re-encoded file, these are timed side by side,
+interleaved, median of ``--repeats`` rounds, single-threaded:
 
 - ``decode``: decode every frame and convert it to RGB (``to_ndarray("rgb24")``): the baseline.
 - ``mv``: motion vectors only (exported side data rasterised to a block field, no pixels).
@@ -327,7 +327,8 @@ def main() -> None:
             rows.append(bench_clip(src, Path(tmp), args.repeats))
             r = rows[-1]
             print(
-                f"{r['clip']}: {r['ratio_to_decode']} extract/cached {r['extract_over_cached']:.1f}",
+                f"{r['clip']}: {r['ratio_to_decode']} "
+                f"extract/cached {r['extract_over_cached']:.1f}",
                 flush=True,
             )
     summary = {
@@ -359,7 +360,9 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
 
     print(
-        "\n| clip | frames | decode fps | mv | mv + residual | mv + accumulated | re-encode (vs source decode) | extract ms | cached ms | extract / cached | last / first GOP |"
+        "\n| clip | frames | decode fps | mv | mv + residual | mv + accumulated "
+        "| re-encode (vs source decode) | extract ms | cached ms | extract / cached "
+        "| last / first GOP |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -372,8 +375,9 @@ def main() -> None:
         )
     s = summary
     print(
-        f"| **median of ratios** | | | **{s['mv']:.2f}** | {s['mv_res']:.2f} | **{s['mv_acc']:.2f}** | "
-        f"{s['reencode']:.2f} | | | **{s['extract_over_cached']:.0f}** | {s['last_over_first_gop']:.2f} |"
+        f"| **median of ratios** | | | **{s['mv']:.2f}** | {s['mv_res']:.2f} | "
+        f"**{s['mv_acc']:.2f}** | {s['reencode']:.2f} | | | "
+        f"**{s['extract_over_cached']:.0f}** | {s['last_over_first_gop']:.2f} |"
     )
     print(
         f"| **best round / best round** | | | **{s['mv_best']:.2f}** | {s['mv_res_best']:.2f} | "

@@ -1,11 +1,11 @@
 """Disk cost and preparation throughput of the compressed-domain re-encode, on real clips.
 
 For every clip under ``--clips`` (default ``../shared/data/video``) and every setting (resolution x
-quantiser), re-encodes the clip once and reports kB per frame of the output and frames per CPU-second
-of the re-encode (``time.process_time``: every thread of this process, so the figure is per core-second
-whatever threading the decoder chose). Settings run interleaved per clip, so the ratios between them
-are measured side by side. ``--extract`` also times the clip extraction a ``cache_clips: true``
-preparation adds (decode, motion vectors, accumulated residuals).
+quantiser), re-encodes the clip once and reports kB per frame of the output and frames per
+CPU-second of the re-encode (``time.process_time``: every thread of this process, so the figure is
+per core-second whatever threading the decoder chose). Settings run interleaved per clip, so the
+ratios between them are measured side by side. ``--extract`` also times the clip extraction a
+``cache_clips: true`` preparation adds (decode, motion vectors, accumulated residuals).
 
     python scripts/measure_video_disk.py [--clips DIR] [--out outputs/bench/video_disk.json]
 """

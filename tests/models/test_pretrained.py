@@ -1,4 +1,4 @@
-"""model.checkpoint=PATH: published layouts (cypw/PyTorch-MFNet, pytorch-i3d), written here by the tests."""
+"""model.checkpoint=PATH: published layouts (cypw/PyTorch-MFNet, pytorch-i3d), written by tests."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ CLASSES = 8
 
 
 def mfnet_file(path: Path, classes: int = 400, width: float = 0.25) -> dict[str, torch.Tensor]:
-    """cypw/PyTorch-MFNet's layout: a DataParallel state dict under 'state_dict', plus training state."""
+    """cypw/PyTorch-MFNet's file: a DataParallel state dict in 'state_dict', plus training state."""
     torch.manual_seed(1)
     state = create_model("mfcd_net", num_classes=classes, width_mult=width).state_dict()
     torch.save({"epoch": 7, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)

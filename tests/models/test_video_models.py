@@ -1,4 +1,4 @@
-"""Video models: published parameter counts, shapes, the pytorch-i3d checkpoint layout, and cost counting.
+"""Video models: published parameter counts, shapes, the pytorch-i3d checkpoint layout, costs.
 
 Reference figures (parameter counts, GMACs) are those of the MFCD-Net / I3D notes and torchvision's
 model documentation, written here as literals so a change to a model cannot silently move them.
@@ -29,7 +29,7 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ---------------------------------------------------------------------------------------------- MFNet-3D
+# ----------------------------------------------------------------------------------------- MFNet-3D
 @pytest.mark.parametrize(
     ("classes", "expected"), [(51, 7_727_987), (101, 7_766_437), (400, 7_996_368)]
 )
@@ -233,7 +233,7 @@ def test_i3d_runs_small_clips() -> None:
         assert model(torch.randn(2, 3, 4, 32, 32)).shape == (2, 6)
 
 
-# ---------------------------------------------------------------------------------------------- CoViAR
+# ------------------------------------------------------------------------------------------- CoViAR
 def test_coviar_parameters_are_those_of_its_three_torchvision_resnets() -> None:
     classes = 101
     # torchvision's documented sizes at 1000 classes: ResNet-152 60,192,808; ResNet-18 11,689,512.
@@ -262,7 +262,7 @@ def test_coviar_fuses_three_streams() -> None:
         create_model("coviar", num_classes=4, in_channels=4)
 
 
-# ---------------------------------------------------------------------------------------------- cost
+# --------------------------------------------------------------------------------------------- cost
 def test_clip_flops_counts_a_conv_by_hand() -> None:
     conv = nn.Conv3d(3, 8, 3, padding=1, bias=False)
     macs = 8 * 3 * 27 * (4 * 8 * 8)

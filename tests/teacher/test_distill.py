@@ -1,4 +1,4 @@
-"""Teacher-student module: the loss pieces on hand-made logits, setup (fit or load), freezing, state."""
+"""Teacher-student module: loss pieces on hand-made logits, setup (fit or load), freezing, state."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from brisk.teacher import (
 CLASSES = 4
 
 
-# ---------------------------------------------------------------------------------------------- loss pieces
+# -------------------------------------------------------------------------------------- loss pieces
 def test_kl_is_zero_for_identical_logits() -> None:
     logits = torch.randn(5, CLASSES)
     assert distillation_kl(logits, logits.clone(), temperature=4.0).item() == pytest.approx(
@@ -64,9 +64,9 @@ def test_feature_mimic_loss_pools_to_the_common_size() -> None:
         feature_mimic_loss(torch.zeros(1, 2, 1, 1, 1), torch.zeros(1, 3, 1, 1, 1))
 
 
-# ---------------------------------------------------------------------------------------------- setup
+# -------------------------------------------------------------------------------------------- setup
 class FakeRunner:
-    """Stands in for the runner's stage-1 fit: records the call and changes the weights it returns."""
+    """Stands in for the runner's stage-1 fit: records the call, changes the weights it returns."""
 
     def __init__(self, run_dir: Path) -> None:
         self.calls: list[tuple[nn.Module, str, str]] = []
@@ -84,7 +84,7 @@ class FakeRunner:
 
 
 class TinyStudent(nn.Module):
-    """The smallest student feature mimicking accepts: one named layer listed in feature_channels."""
+    """The smallest student that feature mimicking accepts: one layer named in feature_channels."""
 
     feature_channels = {"body": 8}
 
@@ -302,7 +302,7 @@ def test_resume_accepts_the_same_teacher_and_refuses_another(tmp_path: Path) -> 
         fitted(1).load_state_dict(saved)
 
 
-# ---------------------------------------------------------------------------------------------- features
+# ----------------------------------------------------------------------------------------- features
 def test_feature_mimicking_trains_adapters_in_the_student_only(tmp_path: Path) -> None:
     teacher = small_mfnet_teacher(beta=1.0, layers={"conv5": "conv5", "conv4": "conv4"})
     teacher.setup(FakeRunner(tmp_path).context)
@@ -388,7 +388,7 @@ def test_feature_mimicking_rejects_unknown_layers(tmp_path: Path) -> None:
         small_mfnet_teacher(beta=1.0)
 
 
-# ---------------------------------------------------------------------------------------------- config
+# ------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize(
     ("option", "cls"), [("rgb_i3d", RGBI3DTeacher), ("rgb_mfnet", RGBMFNetTeacher)]
 )

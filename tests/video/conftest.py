@@ -48,7 +48,7 @@ def square_video():
 
 @pytest.fixture
 def make_video(tmp_path: Path):
-    """``make_video(rel, cls=0, seed=0, frames=14)``: a tiny moving_shapes-style clip under tmp_path."""
+    """``make_video(rel, cls=0, seed=0, frames=14)``: a tiny moving_shapes-like clip in tmp_path."""
 
     def make(rel: str, cls: int = 0, seed: int = 0, frames: int = 14, size: int = 32) -> Path:
         path = tmp_path / rel

@@ -1,4 +1,4 @@
-"""Preparation: corrupt inputs are reported and skipped, runs resume, the manifest tells what happened."""
+"""Preparation: corrupt inputs are reported and skipped, runs resume, the manifest tells all."""
 
 from __future__ import annotations
 

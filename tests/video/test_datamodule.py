@@ -158,7 +158,8 @@ def test_kinetics400_layout_end_to_end(tmp_path):
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "train.csv").write_text(
         "label,youtube_id,time_start,time_end,split\n"
-        '"arm wrestling",aaa,0,10,train\n"abseiling (rope)",bbb,5,15,train\nabseiling (rope),gone,1,11,train\n'
+        '"arm wrestling",aaa,0,10,train\n"abseiling (rope)",bbb,5,15,train\n'
+        "abseiling (rope),gone,1,11,train\n"
     )
     (root / "annotations" / "validate.csv").write_text(
         "label,youtube_id,time_start,time_end,split\narm wrestling,ccc,3,13,val\n"

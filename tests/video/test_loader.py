@@ -38,7 +38,7 @@ def tiny(tmp_path: Path, **kw) -> MovingShapesDataModule:
 
 
 def test_device_normalisation_matches_the_float_formulas_within_one_level() -> None:
-    """Resizing uint8 in the worker, then normalising, differs from normalising first by rounding."""
+    """Resizing uint8 in the worker then normalising differs from normalising first by rounding."""
     rng = np.random.default_rng(0)
     arrays = ClipArrays(
         rng.integers(0, 256, (12, 24, 30, 3), dtype=np.uint8),

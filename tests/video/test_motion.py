@@ -13,7 +13,7 @@ from brisk.video.motion import (
 
 
 def row(w, h, dst_x, dst_y, dx, dy, source=-1):
-    """One exported vector: block of w x h centred at (dst_x, dst_y), moved by (dx, dy) = dst - src."""
+    """One exported vector: w x h block centred at (dst_x, dst_y), moved by (dx, dy) = dst - src."""
     return [source, w, h, dst_x - dx, dst_y - dy, dst_x, dst_y, -2 * dx, -2 * dy, 2]
 
 

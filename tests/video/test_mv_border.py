@@ -1,4 +1,4 @@
-"""``mv_border: skip`` against CoViAR's accumulation loop, written out plainly, on the real clips."""
+"""``mv_border: skip`` against CoViAR's accumulation loop, written out plainly, on real clips."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ SIZE = (132, 100)  # small (fast per-pixel loop), and not a multiple of 8 or 16:
 
 
 def coviar_accumulate(rows_per_frame: list[np.ndarray], h: int, w: int) -> list[list[list]]:
-    """CoViAR's ``accumulate=True`` loop: for each P-frame, for each motion vector, for each pixel of
-    its block inside the frame, take over the source of the pixel it points to, unless that pixel is
-    outside the frame (then the pixel keeps its previous source). Returns, per P-frame, the source
-    (y, x) in the I-frame of every pixel."""
+    """CoViAR's ``accumulate=True`` loop: for each P-frame, for each motion vector, for each pixel
+    of its block inside the frame, take over the source of the pixel it points to, unless that pixel
+    is outside the frame (then the pixel keeps its previous source). Returns, per P-frame, the
+    source (y, x) in the I-frame of every pixel."""
     src = [[(y, x) for x in range(w)] for y in range(h)]
     out = []
     for rows in rows_per_frame:

@@ -1,4 +1,4 @@
-"""Motion vectors, residuals and GOP access of the reader, on synthetic and (when present) real videos."""
+"""Reader: motion vectors, residuals and GOP access on synthetic and (if present) real videos."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_motion_vector_sign_convention_is_dst_minus_src(tmp_path, square_video):
     assert rows[0].shape == (0, len(MV_FIELDS))  # I-frame: no vectors
     r = np.concatenate(rows[1:])
     f = {name: r[:, i] for i, name in enumerate(MV_FIELDS)}
-    # FFmpeg: src = dst + motion / scale (rounded). brisk's vector dst - src is therefore -motion/scale.
+    # FFmpeg: src = dst + motion / scale (rounded), so brisk's vector dst - src is -motion/scale.
     np.testing.assert_allclose(
         f["dst_x"] - f["src_x"], -f["motion_x"] / f["motion_scale"], atol=0.5
     )
@@ -199,11 +199,11 @@ def test_accumulated_residual_of_a_pure_translation_is_small(tmp_path, square_vi
     reencode(tmp_path / "a.avi", tmp_path / "a.mp4", size=(128, 96))
     with GopReader(tmp_path / "a.mp4", residuals="both", accumulated_mv=True) as reader:
         gop = reader.read_gop(0)
-    # Inside the square the accumulated motion grows linearly: (2, 1) per frame since the I-frame ...
+    # Inside the square the accumulated motion grows linearly, (2, 1) per frame since the I-frame...
     np.testing.assert_array_equal(gop.acc_mv[-1, 48, 64], [22, 11])
     # ... and tracing pixels back to the I-frame predicts them there (the uncovered background is
-    # outside this region) far better than the plain difference to the I-frame. What remains is codec
-    # noise: 4:2:0 chroma of a 2-px colour texture changes with every odd shift.
+    # outside this region) far better than the plain difference to the I-frame. What remains is
+    # codec noise: 4:2:0 chroma of a 2-px colour texture changes with every odd shift.
     x, y = corners[-1]
     inside = (slice(None), slice(y + 8, y + 40), slice(x + 8, x + 40))
     rgb = gop.rgb.astype(np.int16)

@@ -1,7 +1,7 @@
-"""CIFAR-style ResNets of He et al. (2016), section 4.2: three stages of 16/32/64 channels, 6n+2 layers.
+"""CIFAR-style ResNets of He et al. (2016), sec. 4.2: stages of 16/32/64 channels, 6n+2 layers.
 
-Shortcuts that change shape use a strided 1x1 convolution with batch norm (option B), so every layer the
-whitening modules see is an ordinary Conv2d or Linear.
+Shortcuts that change shape use a strided 1x1 convolution with batch norm (option B), so every layer
+the whitening modules see is an ordinary Conv2d or Linear.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from brisk.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs with batch norm around an identity shortcut (a 1x1 projection on a change)."""
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -26,6 +28,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, in_planes, H, W) -> (B, planes, H / stride, W / stride)."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
@@ -57,6 +60,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> logits (B, num_classes); any H, W (global average pooling)."""
         x = torch.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
@@ -64,24 +68,29 @@ class CifarResNet(nn.Module):
 
 @register_model
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-20 (0.27 M parameters at width 16), the paper's smallest CIFAR network."""
     return CifarResNet(20, num_classes, in_channels)
 
 
 @register_model
 def resnet32(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-32 of He et al.'s CIFAR-10 table (n = 5)."""
     return CifarResNet(32, num_classes, in_channels)
 
 
 @register_model
 def resnet44(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-44 of He et al.'s CIFAR-10 table (n = 7)."""
     return CifarResNet(44, num_classes, in_channels)
 
 
 @register_model
 def resnet56(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-56 of He et al.'s CIFAR-10 table (n = 9)."""
     return CifarResNet(56, num_classes, in_channels)
 
 
 @register_model
 def resnet110(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-110 of He et al.'s CIFAR-10 table (n = 18), the deepest they report."""
     return CifarResNet(110, num_classes, in_channels)

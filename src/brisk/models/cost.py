@@ -1,10 +1,11 @@
 """What a model costs: parameters and FLOPs per clip and per video, counted by PyTorch itself.
 
-FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on a forward pass, so every figure follows
-the model as built (no hand-kept tables). The counter counts a multiply-add as 2 FLOPs and skips
-BatchNorm, activations and pooling, so ``gmac = gflops / 2`` is comparable to the "GFLOPs" of papers
-that count MACs (MFNet, most video papers). The pass runs on a ``meta`` copy of the model: shapes only,
-no arithmetic, so counting I3D on a 64-frame 224 px clip takes a fraction of a second on a CPU.
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on a forward pass, so every figure
+follows the model as built (no hand-kept tables). The counter counts a multiply-add as 2 FLOPs and
+skips BatchNorm, activations and pooling, so ``gmac = gflops / 2`` is comparable to the "GFLOPs" of
+papers that count MACs (MFNet, most video papers). The pass runs on a ``meta`` copy of the model:
+shapes only, no arithmetic, so counting I3D on a 64-frame 224 px clip takes a fraction of a second
+on a CPU.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-# Submodules that exist only for training (feature-mimicking adapters a teacher adds to the student);
-# they never run at inference, so they are not part of what the model costs.
+# Submodules that exist only for training (feature-mimicking adapters a teacher adds to the
+# student); they never run at inference, so they are not part of what the model costs.
 TRAINING_ONLY_MODULES = ("distill_adapters",)
 
 
@@ -73,9 +74,11 @@ class ModelCost:
 
     @property
     def flops_per_video(self) -> float:
+        """FLOPs to classify one video: the per-clip cost times the protocol's clips per video."""
         return self.flops_per_clip * self.clips_per_video
 
     def as_dict(self) -> dict[str, float | int | str | list[int]]:
+        """JSON-ready fields plus derived per-video FLOPs and GMACs, for benchmark and run logs."""
         d = asdict(self)
         d["clip_shape"] = list(self.clip_shape)
         d["flops_per_video"] = self.flops_per_video
@@ -115,9 +118,12 @@ def cost_metrics(costs: Sequence[ModelCost]) -> dict[str, float]:
 
 
 def format_cost_table(costs: Sequence[ModelCost], reference: str | None = None) -> str:
-    """A Markdown table; with ``reference``, ratios of every row to that row (how much more it costs)."""
+    """A Markdown table; with ``reference``, each row's ratio to it (how much more a row costs)."""
     ref = next((c for c in costs if c.name == reference), None) if reference else None
-    head = "| model | clip (C×T×H×W) | params (M) | GFLOPs/clip | GMAC/clip | clips/video | GMAC/video |"
+    head = (
+        "| model | clip (C×T×H×W) | params (M) | GFLOPs/clip | GMAC/clip | clips/video "
+        "| GMAC/video |"
+    )
     rule = "|---|---|---:|---:|---:|---:|---:|"
     if ref is not None:
         head += f" params ÷ {ref.name} | GMAC/video ÷ {ref.name} |"
@@ -125,8 +131,9 @@ def format_cost_table(costs: Sequence[ModelCost], reference: str | None = None) 
     lines = [head, rule]
     for c in costs:
         row = (
-            f"| {c.name} | {'×'.join(map(str, c.clip_shape))} | {c.params / 1e6:.2f} | {c.flops_per_clip / 1e9:.2f} | "
-            f"{c.flops_per_clip / 2e9:.2f} | {c.clips_per_video:g} | {c.flops_per_video / 2e9:.1f} |"
+            f"| {c.name} | {'×'.join(map(str, c.clip_shape))} | {c.params / 1e6:.2f} | "
+            f"{c.flops_per_clip / 1e9:.2f} | {c.flops_per_clip / 2e9:.2f} | "
+            f"{c.clips_per_video:g} | {c.flops_per_video / 2e9:.1f} |"
         )
         if ref is not None:
             row += f" {c.params / ref.params:.2f} | {c.flops_per_video / ref.flops_per_video:.2f} |"
@@ -144,8 +151,9 @@ def log_run_costs(
 ) -> dict[str, float]:
     """At the start of a video run: log the student's (and teacher's) cost per clip and per video.
 
-    The clip shapes are those of the run's own batches (one sample without the batch dimension), so the
-    figures describe what this run computes, not the published resolution. Returns :func:`cost_metrics`.
+    The clip shapes are those of the run's own batches (one sample without the batch dimension), so
+    the figures describe what this run computes, not the published resolution. Returns
+    :func:`cost_metrics`.
     """
     costs = [measure_cost("student", student, student_clip, clips_per_video)]
     if teacher is not None:
@@ -165,7 +173,8 @@ def log_clip_costs(
     """For a run on clips: :func:`log_run_costs` on the shapes of the run's own first sample.
 
     ``datamodule`` is the run's :class:`~brisk.data.base.DataModule`, ``teacher`` its
-    :class:`~brisk.teacher.base.Teacher`. Image runs (a 3-D sample) cost nothing to log: returns ``{}``.
+    :class:`~brisk.teacher.base.Teacher`. Image runs (a 3-D sample) cost nothing to log: returns
+    ``{}``.
     """
     sample = datamodule.train_dataset()[0]
     if not isinstance(sample, dict) or sample["input"].dim() != 4:

@@ -1,15 +1,16 @@
-"""Inception-v1 I3D (Carreira & Zisserman, 2017), laid out so the public pytorch-i3d checkpoints load.
+"""Inception-v1 I3D (Carreira & Zisserman, 2017), laid out so public pytorch-i3d weights load.
 
 The RGB teacher of the video task. What must match the public files (``rgb_imagenet.pt``,
 ``rgb_charades.pt``) is the module tree: end points named ``Conv3d_1a_7x7`` ... ``Mixed_5c`` and
-``logits``, each conv unit holding ``conv3d`` and ``bn``, Inception branches ``b0, b1a, b1b, b2a, b2b,
-b3b``. Matching also needs TensorFlow's "SAME" padding, computed from the input size at every call (the
-weights were trained with it; a fixed symmetric padding shifts every feature map by one pixel on even
-sizes), and BatchNorm with eps 1e-3.
+``logits``, each conv unit holding ``conv3d`` and ``bn``, Inception branches ``b0, b1a, b1b, b2a,
+b2b, b3b``. Matching also needs TensorFlow's "SAME" padding, computed from the input size at every
+call (the weights were trained with it; a fixed symmetric padding shifts every feature map by one
+pixel on even sizes), and BatchNorm with eps 1e-3.
 
-Inputs are RGB clips scaled to [-1, 1], shaped (B, 3, T, H, W). The head averages the per-time logits.
-Its (2, 7, 7) average pool shrinks to the feature map when the clip is smaller than 9 x 193 x 193, so
-CPU tests can run tiny clips; at the standard 224 px the output equals the public network's.
+Inputs are RGB clips scaled to [-1, 1], shaped (B, 3, T, H, W). The head averages the per-time
+logits. Its (2, 7, 7) average pool shrinks to the feature map when the clip is smaller than 9 x 193
+x 193, so CPU tests can run tiny clips; at the standard 224 px the output equals the public
+network's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ INCEPTION_WIDTHS: dict[str, tuple[int, int, int, int, int, int]] = {
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding of one dimension as (front, back); the smaller half goes in front."""
+    """TensorFlow "SAME" padding of one dimension as (front, back); the smaller half in front."""
     # A dimension the stride divides needs kernel - stride; otherwise the remainder decides.
     overhang = stride if size % stride == 0 else size % stride
     total = max(kernel - overhang, 0)
@@ -59,7 +60,7 @@ def _pad_same(x: Tensor, kernel: _Triple, stride: _Triple) -> Tensor:
 
 
 class Unit3D(nn.Module):
-    """Conv3d with "SAME" padding, then BatchNorm (eps 1e-3) and ReLU; the classifier unit has neither."""
+    """Conv3d with "SAME" padding, BatchNorm (eps 1e-3), ReLU; the classifier unit has neither."""
 
     def __init__(
         self,
@@ -95,7 +96,7 @@ class MaxPoolSame(nn.Module):
 
 
 class InceptionModule(nn.Module):
-    """Four parallel branches (1x1; 1x1->3x3x3; 1x1->3x3x3; max pool->1x1), concatenated on channels."""
+    """Four parallel branches (1x1; 1x1->3x3x3; 1x1->3x3x3; max pool->1x1), channel-concatenated."""
 
     def __init__(self, in_channels: int, widths: tuple[int, int, int, int, int, int]) -> None:
         super().__init__()
@@ -134,7 +135,8 @@ class InceptionI3d(nn.Module):
         super().__init__()
         if num_classes < 1 or width_mult <= 0:
             raise ValueError(
-                f"InceptionI3d: need num_classes >= 1 and width_mult > 0, got {num_classes}, {width_mult}"
+                "InceptionI3d: need num_classes >= 1 and width_mult > 0, "
+                f"got {num_classes}, {width_mult}"
             )
         self.num_classes, self.in_channels, self.num_frames = num_classes, in_channels, num_frames
 
@@ -169,18 +171,22 @@ class InceptionI3d(nn.Module):
         self.end_points = [n for n, _ in self.named_children() if n not in ("dropout", "logits")]
 
     def standard_input_shape(self, size: int = 224) -> tuple[int, int, int, int]:
+        """(C, T, H, W) of one clip as the published network sees it; used for cost reports."""
         return (self.in_channels, self.num_frames, size, size)
 
     def forward_features(self, x: Tensor) -> Tensor:
+        """The last Inception block's output (B, C, T', H', W'), before pooling and classifier."""
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"InceptionI3d expects clips shaped (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}"
+                f"InceptionI3d expects clips shaped (B, {self.in_channels}, T, H, W), "
+                f"got {tuple(x.shape)}"
             )
         for name in self.end_points:
             x = getattr(self, name)(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:
+        """RGB clips (B, 3, T, H, W) in [-1, 1] -> logits (B, num_classes), averaged over time."""
         h = self.forward_features(x)
         kernel = tuple(min(k, s) for k, s in zip((2, 7, 7), h.shape[2:]))
         h = F.avg_pool3d(h, kernel, stride=1)
@@ -203,15 +209,16 @@ def i3d(
     dropout: float = 0.5,
     keep_time: bool = False,
 ) -> InceptionI3d:
-    """Inception-v1 I3D; inputs in [-1, 1]. ``num_frames`` only sets the standard clip for cost reports."""
+    """Inception-v1 I3D; inputs in [-1, 1]. ``num_frames`` only sets the cost reports' clip."""
     return InceptionI3d(num_classes, in_channels, num_frames, width_mult, dropout, keep_time)
 
 
 def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
     """Load pytorch-i3d weights (e.g. ``rgb_imagenet.pt``, ``rgb_charades.pt``) into ``model``.
 
-    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics' 400
-    against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh classifier.
+    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics'
+    400 against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh
+    classifier.
     """
     loaded = load_checkpoint_into(model, read_state_dict(path), str(path), strict=True)
     return {

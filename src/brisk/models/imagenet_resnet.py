@@ -10,11 +10,13 @@ from brisk.models.registry import register_model
 
 @register_model
 def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised; ``in_channels`` != 3 gets a new stem."""
     return _torchvision_resnet("resnet18", num_classes, in_channels)
 
 
 @register_model
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-50, randomly initialised; ``in_channels`` != 3 gets a new stem."""
     return _torchvision_resnet("resnet50", num_classes, in_channels)
 
 

@@ -1,15 +1,15 @@
-"""MFNet-3D (Chen et al., ECCV 2018), the backbone of MFCD-Net: a multi-fibre 3D CNN on one GOP clip.
+"""MFNet-3D (Chen et al., ECCV 2018), MFCD-Net's backbone: a multi-fibre 3D CNN on one GOP clip.
 
 The compressed-domain student sees a GOP as one clip (I-frame followed by its accumulated residuals,
-optionally with motion-vector channels), so a 3D network replaces CoViAR's three 2D streams at a tenth of
-their parameters. Every conv is pre-activated (BN -> ReLU -> Conv3d, no bias) and the 3x3x3 convs are split
-into 16 fibres (grouped convs), which is where the savings come from.
+optionally with motion-vector channels), so a 3D network replaces CoViAR's three 2D streams at a
+tenth of their parameters. Every conv is pre-activated (BN -> ReLU -> Conv3d, no bias) and the 3x3x3
+convs are split into 16 fibres (grouped convs), which is where the savings come from.
 
 Module names follow the public MFNet-3D code (``conv1.conv``, ``conv2.B01.conv_i1.bn``, ``tail.bn``,
 ``classifier``), so its checkpoints map onto :class:`MFNet3D` key for key. Two
-departures from the published network keep it usable on a CPU: the final pooling is adaptive (any clip
-length and size; at 12x224x224 it equals the published (6,7,7) average pool), and ``width_mult`` narrows
-every stage for tiny runs (the default 1.0 is the published network).
+departures from the published network keep it usable on a CPU: the final pooling is adaptive (any
+clip length and size; at 12x224x224 it equals the published (6,7,7) average pool), and
+``width_mult`` narrows every stage for tiny runs (the default 1.0 is the published network).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ MFNET_RGB_STD = (1 / (255 * 0.0167),) * 3
 
 
 class PreActConv3d(nn.Module):
-    """BN -> ReLU -> Conv3d: normalising the input of every conv keeps the residual sums un-normalised."""
+    """BN -> ReLU -> Conv3d: normalising each conv's input leaves residual sums un-normalised."""
 
     def __init__(
         self,
@@ -62,6 +62,7 @@ class PreActConv3d(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T, H, W) -> (B, C_out, T', H', W'); no activation after the conv."""
         return self.conv(self.relu(self.bn(x)))
 
 
@@ -99,6 +100,7 @@ class MultiFiberUnit(nn.Module):
             self.conv_w1 = None
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T, H, W) -> (B, C_out, T', H', W'): multiplexed bottleneck plus shortcut."""
         multiplexed = x + self.conv_i2(self.conv_i1(x))
         h = self.conv_m2(self.conv_m1(multiplexed))
         shortcut = x if self.conv_w1 is None else self.conv_w1(x)
@@ -106,7 +108,7 @@ class MultiFiberUnit(nn.Module):
 
 
 def _width(channels: int, width_mult: float, groups: int) -> int:
-    """Scale a width and round it to a multiple of ``groups`` (grouped convs need divisible widths)."""
+    """Scale a width, rounded to a multiple of ``groups`` (grouped convs need divisible widths)."""
     return max(groups, int(round(channels * width_mult / groups)) * groups)
 
 
@@ -194,7 +196,8 @@ class MFNet3D(nn.Module):
         """Every stage's output (pool1, conv2..conv5), e.g. for feature mimicking or inspection."""
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"MFNet3D expects clips shaped (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}"
+                f"MFNet3D expects clips shaped (B, {self.in_channels}, T, H, W), "
+                f"got {tuple(x.shape)}"
             )
         features: dict[str, Tensor] = {}
         h = self.maxpool(self.conv1(x))
@@ -205,10 +208,12 @@ class MFNet3D(nn.Module):
         return features
 
     def head(self, conv5: Tensor) -> Tensor:
+        """conv5 features -> logits (B, num_classes): the final BN-ReLU, global pool, classifier."""
         h = self.globalpool(self.tail(conv5)).flatten(1)
         return self.classifier(self.dropout(h))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Clips (B, C, T, H, W) -> logits (B, num_classes); any T, H, W (adaptive pooling)."""
         return self.head(self.forward_features(x)["conv5"])
 
     def replace_classifier(self, num_classes: int) -> None:
@@ -234,6 +239,7 @@ class NormalizedInput(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(shape), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """RGB clips (B, 3, T, H, W) in [0, 1] -> the wrapped network's output."""
         return self.net((x - self.mean) / self.std)
 
     def __getattr__(self, name: str):
@@ -263,6 +269,6 @@ def mfnet_rgb(
     width_mult: float = 1.0,
     dropout: float = 0.0,
 ) -> NormalizedInput:
-    """MFNet-3D on decoded RGB frames in [0, 1] (MFNet's own normalisation inside): the raw-domain teacher."""
+    """The raw-domain teacher: MFNet-3D on decoded RGB frames in [0, 1], normalised inside."""
     net = MFNet3D(num_classes, 3, num_frames, width_mult, dropout=dropout)
     return NormalizedInput(net, MFNET_RGB_MEAN, MFNET_RGB_STD)

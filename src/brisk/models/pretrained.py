@@ -9,10 +9,10 @@ brisk's networks, whose module names follow the public code key for key:
 - brisk's own run checkpoints (``{"model": ...}``, teacher stages with a ``net.`` prefix).
 
 Loading rules (:func:`load_checkpoint_into`): the classifier is replaced by a fresh one when the
-class count differs; a 5-channel student (I-frame, residuals and two motion channels) gets its first conv
-inflated from 3-channel RGB weights, the motion channels starting from the mean of the RGB filters;
-any other shape mismatch is refused with an error that names the tensors. What was loaded, replaced
-and missing is logged.
+class count differs; a 5-channel student (I-frame, residuals and two motion channels) gets its first
+conv inflated from 3-channel RGB weights, the motion channels starting from the mean of the RGB
+filters; any other shape mismatch is refused with an error that names the tensors. What was loaded,
+replaced and missing is logged.
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ class LoadReport:
 
     @property
     def replaced_classifier(self) -> bool:
+        """Whether the classifier starts fresh (the file had another class count)."""
         return bool(self.replaced)
 
     def summary(self) -> str:
+        """One log line: tensors loaded, and which were replaced, inflated, missing or ignored."""
         parts = [f"loaded {len(self.loaded)} tensors from {self.source}"]
         if self.replaced:
             parts.append(

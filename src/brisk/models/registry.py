@@ -1,4 +1,4 @@
-"""A model registry in timm's style: ``@register_model`` on a factory, ``create_model(name, ...)``."""
+"""A timm-style model registry: ``@register_model`` on a factory, ``create_model(name, ...)``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 
 
 def list_models() -> list[str]:
+    """Names ``model.name`` accepts, sorted; quoted in the error for an unknown name."""
     return sorted(_MODELS)
 
 

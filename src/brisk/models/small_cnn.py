@@ -11,8 +11,8 @@ class SmallCNN(nn.Module):
     """Two conv stages and a linear head.
 
     ``batch_norm=False`` swaps BatchNorm for identity (and gives the convolutions a bias): BatchNorm
-    normalises with the statistics of each rank's share of the batch, so only a BN-free model trains to
-    the same weights under any number of processes.
+    normalises with the statistics of each rank's share of the batch, so only a BN-free model trains
+    to the same weights under any number of processes.
     """
 
     def __init__(
@@ -36,6 +36,7 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images (B, in_channels, H, W) -> logits (B, num_classes); any H, W."""
         return self.fc(self.features(x).flatten(1))
 
 
@@ -43,4 +44,5 @@ class SmallCNN(nn.Module):
 def small_cnn(
     num_classes: int = 10, in_channels: int = 1, width: int = 32, batch_norm: bool = True
 ) -> nn.Module:
+    """A tiny CNN for MNIST-size runs; ``batch_norm=False`` trains alike on any number of ranks."""
     return SmallCNN(num_classes, in_channels, width, batch_norm)

@@ -1,10 +1,10 @@
 """The contract between the trainer loop and a teacher-student (distillation) module.
 
-Built with ``hydra.utils.instantiate(cfg.teacher)``. The loop computes the student's ordinary loss and
-hands it, with the student's output and the whole batch, to :meth:`Teacher.loss`, which returns the loss
-to optimise; the ``none`` teacher returns it unchanged. A teacher that has to be trained first (stage 1)
-does so in :meth:`Teacher.setup` through the ``fit`` callable the runner passes in, so the same loop,
-logging and checkpointing serve both stages.
+Built with ``hydra.utils.instantiate(cfg.teacher)``. The loop computes the student's ordinary loss
+and hands it, with the student's output and the whole batch, to :meth:`Teacher.loss`, which returns
+the loss to optimise; the ``none`` teacher returns it unchanged. A teacher that has to be trained
+first (stage 1) does so in :meth:`Teacher.setup` through the ``fit`` callable the runner passes in,
+so the same loop, logging and checkpointing serve both stages.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 class TeacherContext:
     """What a teacher may use while it gets ready.
 
-    ``fit(model, input_key, stage)`` trains ``model`` with the runner's own loop on the batches' field
-    ``input_key`` (for example ``"rgb"``), checkpointing under ``run_dir / stage``; it returns the model
-    with its best weights and skips the work when that stage already finished in this run directory.
+    ``fit(model, input_key, stage)`` trains ``model`` with the runner's own loop on the batches'
+    field ``input_key`` (for example ``"rgb"``), checkpointing under ``run_dir / stage``; it returns
+    the model with its best weights and skips the work when that stage already finished in this run
+    directory.
     """
 
     run_dir: Path
@@ -76,9 +77,11 @@ class Teacher:
         return hard_loss, {}
 
     def state_dict(self) -> dict[str, Any]:
+        """What the teacher carries across a resume, saved in the run checkpoint (nothing here)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume; a teacher may refuse state that is not its own."""
         pass
 
 

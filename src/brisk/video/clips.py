@@ -6,13 +6,15 @@ component; resizing a crop scales the motion vectors by the same factor.
 
 Normalisation (``normalization=``):
 
-- ``mfnet`` (default, as MFCD-Net's code): the I-frame and the quantised residuals ``clip(R + 128)`` are
-  both treated as RGB images, ``(u8 - [124, 117, 104]) * 0.0167``. A zero residual maps to about
+- ``mfnet`` (default, as MFCD-Net's code): the I-frame and the quantised residuals ``clip(R + 128)``
+  are both treated as RGB images, ``(u8 - [124, 117, 104]) * 0.0167``. A zero residual maps to about
   (0.07, 0.18, 0.40), not 0.
-- ``centered``: the I-frame as above, residuals ``(u8 - 128) * 0.0167`` so a zero residual is exactly 0.
+- ``centered``: the I-frame as above, residuals ``(u8 - 128) * 0.0167``, so a zero residual is
+  exactly 0.
 
-Motion channels (``mv_channels=true``): ``u8 = clip(mv * 127.5 / 20 + 128, 0, 255)`` then ``u8 / 255 - 0.5``
-(CoViAR's quantisation; +-20 px spans the range). The I-frame slot of the motion channels is zero motion.
+Motion channels (``mv_channels=true``): ``u8 = clip(mv * 127.5 / 20 + 128, 0, 255)`` then
+``u8 / 255 - 0.5`` (CoViAR's quantisation; +-20 px spans the range). The I-frame slot of the motion
+channels is zero motion.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 @dataclass(frozen=True)
 class CropBox:
-    """A crop ``[y, y + h) x [x, x + w)`` of the cached frame, resized to ``out`` x ``out``, maybe flipped."""
+    """A crop ``[y, y + h) x [x, x + w)`` of the cached frame, resized to ``out``, maybe flipped."""
 
     y: int
     x: int
@@ -69,7 +71,7 @@ def random_crop(
 
 
 def centre_crop(height: int, width: int, out: int) -> CropBox:
-    """An ``out`` x ``out`` centre crop; frames smaller than that give the largest centred square."""
+    """An ``out`` x ``out`` centre crop; smaller frames give the largest centred square."""
     side = min(out, height, width)
     return CropBox((height - side) // 2, (width - side) // 2, side, side, out, flip=False)
 
@@ -82,7 +84,8 @@ def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropB
 
     - 1: the ``out`` x ``out`` centre crop;
     - 3: three squares of the short side at the left, centre and right (top, centre, bottom for a
-      portrait frame), each resized to ``out``: the short-side-resize protocol of Non-local/SlowFast;
+      portrait frame), each resized to ``out``: the short-side-resize protocol of Non-local and
+      SlowFast;
     - 10: ``out`` x ``out`` crops at the 4 corners and the centre, and their mirror images (TSN and
       CoViAR's oversampling).
     """
@@ -104,8 +107,8 @@ def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropB
 
 def squash_box(box: CropBox, height: int, width: int) -> CropBox:
     """Map a box drawn on the frame squashed to ``short x short`` back onto the ``height x width``
-    frame: cropping that (non-square) box and resizing it to ``out`` is the same as squashing the frame
-    first, the MFCD-Net authors' preprocessing, without resampling the whole frame."""
+    frame: cropping that (non-square) box and resizing it to ``out`` is the same as squashing the
+    frame first, the MFCD-Net authors' preprocessing, without resampling the whole frame."""
     short = min(height, width)
     fy, fx = height / short, width / short
     y, x = round(box.y * fy), round(box.x * fx)

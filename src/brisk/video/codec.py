@@ -1,10 +1,10 @@
-"""Re-encoding any PyAV-readable video to CoViAR's format: MPEG-4 Part 2, GOP 12, I and P frames only.
+"""Re-encoding any PyAV-readable video to CoViAR's format: MPEG-4 Part 2, GOP 12, I/P frames only.
 
 Compressed-domain features depend on the codec: motion vectors only exist for predicted frames, and
-B-frames or long GOPs make residuals meaningless. Every input is therefore re-encoded once, with PyAV
-alone (no ffmpeg binary, no C extension): 340x256 by default (aspect ratio not kept, as CoViAR does),
-fixed quantiser 1 (highest quality), audio dropped, scene-cut key frames off, in an MP4 container so the
-frame count and the key-frame index survive.
+B-frames or long GOPs make residuals meaningless. Every input is therefore re-encoded once, with
+PyAV alone (no ffmpeg binary, no C extension): 340x256 by default (aspect ratio not kept, as CoViAR
+does), fixed quantiser 1 (highest quality), audio dropped, scene-cut key frames off, in an MP4
+container so the frame count and the key-frame index survive.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ DEFAULT_RATE = Fraction(25)
 def fixed_quantiser(qscale: int) -> dict[str, str]:
     """Encoder options for a constant quantiser (``ffmpeg -q:v``).
 
-    ``-q:v`` sets ``flags=+qscale`` and ``global_quality``, but FFmpeg's MPEG-4 encoder then reads the
-    quantiser from each input frame's ``quality`` field, which PyAV frames do not carry: the output
-    silently stays rate-controlled (measured: identical files for q = 1 and q = 31). Pinning ``qmin`` and
-    ``qmax`` to the same value fixes the quantiser through the rate controller instead.
+    ``-q:v`` sets ``flags=+qscale`` and ``global_quality``, but FFmpeg's MPEG-4 encoder then reads
+    the quantiser from each input frame's ``quality`` field, which PyAV frames do not carry: the
+    output silently stays rate-controlled (measured: identical files for q = 1 and q = 31). Pinning
+    ``qmin`` and ``qmax`` to the same value fixes the quantiser through the rate controller instead.
     """
     if not 1 <= int(qscale) <= 31:
         raise ValueError(f"qscale={qscale}: MPEG-4 quantisers are 1 (best) .. 31")
@@ -39,7 +39,7 @@ class VideoDecodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class KeyframeIndex:
-    """GOP layout of a file from one demux pass: where each GOP starts and how many frames it has."""
+    """A file's GOP layout from one demux pass: where each GOP starts and how many frames it has."""
 
     keyframe_pts: tuple[int, ...]
     gop_frames: tuple[int, ...]
@@ -49,10 +49,12 @@ class KeyframeIndex:
 
     @property
     def num_frames(self) -> int:
+        """Frames in the file, as counted by the demuxer (not the container's declared count)."""
         return sum(self.gop_frames)
 
     @property
     def num_gops(self) -> int:
+        """Number of GOPs, i.e. key frames: the units a clip is sampled from."""
         return len(self.gop_frames)
 
 
@@ -105,10 +107,10 @@ def reencode(
 ) -> KeyframeIndex:
     """Re-encode ``src`` into ``dst`` (an .mp4) and return the verified GOP layout of the result.
 
-    Idempotent: an existing ``dst`` with the requested layout that is newer than ``src`` is kept. The output is written to a
-    temporary name and renamed, so an interrupted run never leaves a half-written file behind. Every
-    decoded frame becomes one output frame (variable-rate inputs such as GIFs are played at their
-    average rate).
+    Idempotent: an existing ``dst`` with the requested layout that is newer than ``src`` is kept.
+    The output is written to a temporary name and renamed, so an interrupted run never leaves a
+    half-written file behind. Every decoded frame becomes one output frame (variable-rate inputs
+    such as GIFs are played at their average rate).
     """
     src, dst = Path(src), Path(dst)
     width, height = int(size[0]), int(size[1])
@@ -172,8 +174,8 @@ def _encode(src: Path, dst: Path, width: int, height: int, gop_size: int, qscale
                     # FFmpeg decodes what it can of a cut-off file without an error; the container's
                     # frame count (AVI, MKV) tells us the rest is missing.
                     raise VideoDecodeError(
-                        f"{src}: truncated or corrupt: decoded {count} of the {declared} frames the "
-                        "container declares"
+                        f"{src}: truncated or corrupt: decoded {count} of the {declared} "
+                        "frames the container declares"
                     )
                 out.mux(ostream.encode(None))
     except av.FFmpegError as exc:

@@ -1,25 +1,26 @@
-"""The video DataModule: split files -> cache of compressed-domain clips -> datasets of clip tensors.
+"""The video DataModule: split files -> cache of compressed-domain clips -> clip tensor datasets.
 
-Subclasses (one per data set, in :mod:`brisk.video.datasets`) only locate files and parse split files
-(:meth:`VideoDataModule.find_videos`); preparation, sampling and augmentation live here.
+Subclasses (one per data set, in :mod:`brisk.video.datasets`) only locate files and parse split
+files (:meth:`VideoDataModule.find_videos`); preparation, sampling and augmentation live here.
 
-Items are dicts: ``input`` float32 (C, T, H, W) with T = ``gop_size`` (the I-frame, then the accumulated
-residuals) and C = 3, or 5 with ``mv_channels``; ``target`` int; ``rgb`` float32 (3, T, H, W) in [0, 1],
-the decoded frames of the same GOP with the same crop and flip; ``video`` the video's index in its split;
-``gop`` the GOP index. Training: one item per video, a random GOP with a random scale-jitter crop and
-flip, drawn from (seed, epoch, index) so a resumed run sees the same clips.
+Items are dicts: ``input`` float32 (C, T, H, W) with T = ``gop_size`` (the I-frame, then the
+accumulated residuals) and C = 3, or 5 with ``mv_channels``; ``target`` int; ``rgb`` float32 (3, T,
+H, W) in [0, 1], the decoded frames of the same GOP with the same crop and flip; ``video`` the
+video's index in its split; ``gop`` the GOP index. Training: one item per video, a random GOP with a
+random scale-jitter crop and flip, drawn from (seed, epoch, index) so a resumed run sees the same
+clips.
 
 Validation and test never share a video. The official splits of UCF101, HMDB51 and Kinetics-400 have
-no validation set, so ``val_fraction`` of the training list is held out, per class, with ``val_seed``
-(UCF101 keeps the clips of a group together); the test split is the official one and is never used
-to choose a checkpoint. With ``val_fraction=0`` the validation items are drawn from the test videos
-for monitoring only, and the run reports its last checkpoint (``selected_on: last``).
+no validation set, so ``val_fraction`` of the training list is held out, per class, with
+``val_seed`` (UCF101 keeps the clips of a group together); the test split is the official one and is
+never used to choose a checkpoint. With ``val_fraction=0`` the validation items are drawn from the
+test videos for monitoring only, and the run reports its last checkpoint (``selected_on: last``).
 
-Evaluation: one item per (video, GOP, crop). GOPs with fewer than half of ``gop_size`` real frames are
-skipped unless a video has no other. Validation takes ``val_clips`` uniformly spaced GOPs and the
-centre crop; the test takes ``test_clips`` GOPs (``all`` or N uniformly spaced) times ``test_crops``
-views (1, 3 or 10, :func:`brisk.video.clips.eval_crop_boxes`). The evaluator averages the softmax
-over a video's items.
+Evaluation: one item per (video, GOP, crop). GOPs with fewer than half of ``gop_size`` real frames
+are skipped unless a video has no other. Validation takes ``val_clips`` uniformly spaced GOPs and
+the centre crop; the test takes ``test_clips`` GOPs (``all`` or N uniformly spaced) times
+``test_crops`` views (1, 3 or 10, :func:`brisk.video.clips.eval_crop_boxes`). The evaluator averages
+the softmax over a video's items.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ log = logging.getLogger("brisk.video")
 
 @dataclass(frozen=True)
 class VideoEntry:
-    """A source video of a split: where it is, its name inside the data set, its label, and the group
-    of videos cut from the same source (kept on one side of the validation split; None = alone)."""
+    """A source video of a split: where it is, its name inside the data set, its label, and the
+    group of videos cut from the same source (kept on one side of the validation split;
+    None = alone)."""
 
     path: Path
     rel: str
@@ -87,6 +89,8 @@ class VideoIndex:
 
 @dataclass(frozen=True)
 class PreparedVideo:
+    """A cached video a split serves: its cache key, label and the frame count of each GOP."""
+
     rel: str
     label: int
     gop_frames: tuple[int, ...]
@@ -95,8 +99,8 @@ class PreparedVideo:
 
 
 def uniform_positions(count: int, n: int | None) -> list[int]:
-    """``n`` indices spread evenly over ``range(count)`` (segment centres, as TSN samples), or all of
-    them when ``n`` is None or at least ``count``."""
+    """``n`` indices spread evenly over ``range(count)`` (segment centres, as TSN samples), or all
+    of them when ``n`` is None or at least ``count``."""
     if n is None or n >= count:
         return list(range(count))
     return [int((i + 0.5) * count / n) for i in range(n)]
@@ -139,7 +143,7 @@ class _ClipDataset(Dataset):
 
 
 class TrainClips(_ClipDataset):
-    """One item per video: a random full GOP, scale-jitter crop and flip shared by the whole clip."""
+    """One item per video: a random full GOP, scale-jitter crop and flip shared by the clip."""
 
     def __init__(
         self, *args, scales=DEFAULT_SCALES, flip: bool = True, seed: int = 0, **kw
@@ -153,9 +157,11 @@ class TrainClips(_ClipDataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch the random GOPs and crops are drawn for, shared with the loader's workers."""
         return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
+        """Called by the runner before each epoch so that every epoch (and a resume) draws anew."""
         self._epoch[0] = epoch
 
     def __len__(self) -> int:
@@ -215,17 +221,17 @@ class VideoDataModule(DataModule):
     """Base of the video data sets; see the module docstring for what the items hold.
 
     Knobs: ``root`` (the data set as users have it on disk), ``split`` (official split number),
-    ``resolution`` ([width, height] of the re-encode, CoViAR's 340x256), ``crop_size``, ``gop_size``,
-    ``mv_channels`` (append the 2 accumulated-motion channels), ``normalization`` ("mfnet" or
-    "centered"), ``scales`` (scale-jitter crop sides, fractions of the short side), ``flip`` (random
-    horizontal flips in training; off for data sets where left/right is the label), ``cache_dir``
-    (default ``<root>/../cache/<name>``), ``cache_clips`` (store per-GOP arrays: fast, ~0.5 MB per frame at
-    340x256; false: keep only re-encoded files and extract clips on the fly), ``num_workers``
-    (preparation processes, 0 = in-process), ``qscale`` (encoder quantiser, 1 = best), ``seed``.
-    Protocol: ``val_fraction`` / ``val_seed`` (validation held out of the training list),
-    ``val_clips`` (GOPs per validation video), ``test_clips`` (``"all"`` or N per test video),
-    ``test_crops`` (1, 3 or 10), ``resize`` (``keep_aspect`` or ``squash`` to a square before
-    cropping), ``mv_border`` (``skip`` or ``clamp``, :mod:`brisk.video.motion`).
+    ``resolution`` ([width, height] of the re-encode, CoViAR's 340x256), ``crop_size``,
+    ``gop_size``, ``mv_channels`` (append the 2 accumulated-motion channels), ``normalization``
+    ("mfnet" or "centered"), ``scales`` (scale-jitter crop sides, fractions of the short side),
+    ``flip`` (random horizontal flips in training; off for data sets where left/right is the label),
+    ``cache_dir`` (default ``<root>/../cache/<name>``), ``cache_clips`` (store per-GOP arrays: fast,
+    ~0.5 MB per frame at 340x256; false: keep only re-encoded files and extract clips on the fly),
+    ``num_workers`` (preparation processes, 0 = in-process), ``qscale`` (encoder quantiser, 1 =
+    best), ``seed``. Protocol: ``val_fraction`` / ``val_seed`` (validation held out of the training
+    list), ``val_clips`` (GOPs per validation video), ``test_clips`` (``"all"`` or N per test
+    video), ``test_crops`` (1, 3 or 10), ``resize`` (``keep_aspect`` or ``squash`` to a square
+    before cropping), ``mv_border`` (``skip`` or ``clamp``, :mod:`brisk.video.motion`).
     """
 
     name = "video"
@@ -336,10 +342,11 @@ class VideoDataModule(DataModule):
 
     # -- shared machinery ----------------------------------------------------------------------
     def missing(self, path: Path, expected: str) -> DatasetNotFoundError:
+        """The error for absent data, naming ``path``, what belongs there and how to get it."""
         return DatasetNotFoundError(self.name, path, expected, self.how_to_get)
 
     def prepare(self) -> PrepareReport:
-        """Build (or complete) the cache for every video of the chosen split; failures are reported."""
+        """Build (or complete) the cache of every video of the chosen split, reporting failures."""
         index = self.find_videos()
         self.classes = list(index.classes)
         self.num_classes = len(self.classes)
@@ -362,9 +369,9 @@ class VideoDataModule(DataModule):
         return self.report
 
     def split_videos(self, index: VideoIndex) -> tuple[list[VideoEntry], list[VideoEntry]]:
-        """(train, validation) entries: ``val_fraction`` of the listed training videos, per class and
-        by group, with ``val_seed``. Decided on the lists, so a video that fails to decode changes
-        nothing else."""
+        """(train, validation) entries: ``val_fraction`` of the listed training videos, per class
+        and by group, with ``val_seed``. Decided on the lists, so a video that fails to decode
+        changes nothing else."""
         held = set(
             carve_validation(
                 [e.label for e in index.train],
@@ -378,6 +385,11 @@ class VideoDataModule(DataModule):
         return train, val
 
     def setup(self) -> None:
+        """Prepare the cache (see :meth:`prepare`) and build the train, validation and test splits.
+
+        Videos that failed to prepare are left out; a split left empty raises
+        :class:`DatasetNotFoundError`.
+        """
         report = self.prepare()
         store = ClipStore(self.cache)
 

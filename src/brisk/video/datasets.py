@@ -1,7 +1,7 @@
-"""The ``dataset=`` options for video: UCF101, HMDB51, Kinetics-400, a folder of videos, moving_shapes.
+"""The video ``dataset=`` options: UCF101, HMDB51, Kinetics-400, a folder of videos, moving_shapes.
 
-Each class only knows where its data set keeps split files and videos and how to read them; everything
-else is :class:`brisk.video.datamodule.VideoDataModule`.
+Each class only knows where its data set keeps split files and videos and how to read them;
+everything else is :class:`brisk.video.datamodule.VideoDataModule`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def _from_mmaction_lists(
 
 
 class UCF101DataModule(VideoDataModule):
-    """UCF101: ``root/ucfTrainTestlist/{classInd,trainlist0N,testlist0N}.txt`` + ``root/UCF-101/<Class>/``."""
+    """UCF101: split files in ``root/ucfTrainTestlist/``, videos in ``root/UCF-101/<Class>/``.
+
+    The split files are ``classInd.txt``, ``trainlist0N.txt`` and ``testlist0N.txt``.
+    """
 
     name = "ucf101"
     how_to_get = (
@@ -91,6 +94,7 @@ class UCF101DataModule(VideoDataModule):
     )
 
     def find_videos(self) -> VideoIndex:
+        """The official split ``split`` (1-3), or MMAction2's annotation files or video lists."""
         expected = (
             "ucfTrainTestlist/classInd.txt, trainlist0N.txt, testlist0N.txt (N = 1..3) and the "
             "videos as UCF-101/<Class>/<video>.avi; or MMAction2's annotations/ (the same files) "
@@ -145,7 +149,9 @@ class UCF101DataModule(VideoDataModule):
 
 
 class HMDB51DataModule(VideoDataModule):
-    """HMDB51: ``root/testTrainMulti_7030_splits/<class>_test_splitN.txt`` + ``root/<class>/<video>.avi``.
+    """HMDB51: split files in ``root/testTrainMulti_7030_splits/``, videos in ``root/<class>/``.
+
+    The split files are ``<class>_test_splitN.txt``; videos are ``root/<class>/<video>.avi``.
 
     Tag 1 = train, 2 = test; tag-0 ("unused") videos are neither prepared nor evaluated.
     """
@@ -154,10 +160,12 @@ class HMDB51DataModule(VideoDataModule):
     how_to_get = (
         "download hmdb51_org.rar and test_train_splits.rar from "
         "https://serre-lab.clps.brown.edu/resource/hmdb-a-large-human-motion-database/, unpack the "
-        "per-class .rar files into root/<class>/ and the splits into root/testTrainMulti_7030_splits/"
+        "per-class .rar files into root/<class>/ and the splits into "
+        "root/testTrainMulti_7030_splits/"
     )
 
     def find_videos(self) -> VideoIndex:
+        """The official split ``split`` (1-3), or MMAction2's annotation files or video lists."""
         expected = (
             "testTrainMulti_7030_splits/<class>_test_splitN.txt (N = 1..3) and the videos as "
             "<class>/<video>.avi; or MMAction2's annotations/ (the same files) with "
@@ -216,20 +224,22 @@ class Kinetics400DataModule(VideoDataModule):
     """Kinetics-400: ``root/annotations/{train,validate|val}.csv`` + clips named
     ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` anywhere under root (class folders optional).
 
-    Test = the validation CSV (the official test CSV has no labels). Clips missing from disk are normal
-    (YouTube removals): they are counted and logged, not reported as failures.
+    Test = the validation CSV (the official test CSV has no labels). Clips missing from disk are
+    normal (YouTube removals): they are counted and logged, not reported as failures.
     """
 
     name = "kinetics400"
     how_to_get = (
-        "download the clips with a Kinetics crawler (e.g. cvdfoundation/kinetics-dataset) and put the "
-        "annotation CSVs (train.csv, validate.csv) into root/annotations/"
+        "download the clips with a Kinetics crawler (e.g. cvdfoundation/kinetics-dataset) and "
+        "put the annotation CSVs (train.csv, validate.csv) into root/annotations/"
     )
 
     def find_videos(self) -> VideoIndex:
+        """Train and validation CSVs (or MMAction2's lists); only clips found on disk are listed."""
         expected = (
             "annotations/train.csv and annotations/validate.csv (or val.csv) with header "
-            "label,youtube_id,time_start,time_end,split, and clips <youtube_id>_<start:06d>_<end:06d>.mp4;"
+            "label,youtube_id,time_start,time_end,split, and clips "
+            "<youtube_id>_<start:06d>_<end:06d>.mp4;"
             " or MMAction2's kinetics400_{train,val}_list_videos.txt ('<path> <label>') with the "
             "videos under videos_train/ and videos_val/"
         )
@@ -278,7 +288,8 @@ class Kinetics400DataModule(VideoDataModule):
                         VideoEntry(path, path.relative_to(self.root).as_posix(), label_of[c.label])
                     )
             log.info(
-                "kinetics400 %s: %d of %d clips present (%d absent, %d with a label unknown to train)",
+                "kinetics400 %s: %d of %d clips present "
+                "(%d absent, %d with a label unknown to train)",
                 kind,
                 len(out),
                 len(clips),
@@ -295,7 +306,7 @@ class Kinetics400DataModule(VideoDataModule):
 
 
 class VideoFolderDataModule(VideoDataModule):
-    """Any folder ``root/<class>/<video>`` (any extension): a fixed-seed per-class train/test split."""
+    """Any folder ``root/<class>/<video>`` (any extension), split per class with a fixed seed."""
 
     name = "video_folder"
     how_to_get = "arrange your videos as root/<class name>/<video file>"
@@ -307,6 +318,7 @@ class VideoFolderDataModule(VideoDataModule):
         self.cache = VideoCache(self.cache_dir / source_folder_key(self.root), self.settings)
 
     def find_videos(self) -> VideoIndex:
+        """Classes are the sub-folders; the split depends only on the file names and the seed."""
         expected = "one sub-folder per class holding that class's videos: <class>/<video>"
         if not self.root.is_dir():
             raise self.missing(self.root, expected)
@@ -321,7 +333,7 @@ class VideoFolderDataModule(VideoDataModule):
 
 
 class MovingShapesDataModule(VideoDataModule):
-    """The synthetic data set, generated under ``root`` on first use (see :mod:`brisk.video.synthetic`)."""
+    """Synthetic clips, generated under ``root`` on first use (:mod:`~brisk.video.synthetic`)."""
 
     name = "moving_shapes"
     how_to_get = "nothing to get: it is generated on first use"
@@ -345,6 +357,7 @@ class MovingShapesDataModule(VideoDataModule):
         self.frames, self.size, self.generator_seed = int(frames), int(size), int(generator_seed)
 
     def find_videos(self) -> VideoIndex:
+        """Generate the videos if needed (unchanged parameters reuse them) and list both splits."""
         videos = synthetic.generate(
             self.root, self.counts, self.frames, self.size, self.generator_seed
         )

@@ -1,15 +1,17 @@
 """Motion vectors and motion-compensated residuals, vectorised over pixels.
 
 Sign convention (used everywhere in brisk): a motion vector is ``dst - src`` in integer pixels, i.e.
-it points in the direction the content moved. An object moving right by 2 px per frame gives ``x = +2``.
-This is CoViAR's convention and the negative of FFmpeg's ``motion / motion_scale``.
+it points in the direction the content moved. An object moving right by 2 px per frame gives
+``x = +2``. This is CoViAR's convention and the negative of FFmpeg's ``motion / motion_scale``.
 
-A pixel whose motion vector points outside the frame is handled by ``border`` (``dataset.mv_border``):
+A pixel whose motion vector points outside the frame is handled by
+``border`` (``dataset.mv_border``):
 
-- ``skip`` (default, CoViAR's rule): the pixel keeps its previous source, i.e. that vector is ignored
-  for that pixel. The accumulated residual then matches CoViAR's ``accumulate=True`` loader exactly.
-- ``clamp``: the reference is clamped to the border, which is what the codec's edge extension does for
-  unrestricted motion vectors.
+- ``skip`` (default, CoViAR's rule): the pixel keeps its previous source, i.e. that vector is
+  ignored for that pixel. The accumulated residual then matches CoViAR's ``accumulate=True`` loader
+  exactly.
+- ``clamp``: the reference is clamped to the border, which is what the codec's edge extension does
+  for unrestricted motion vectors.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ MV_FIELDS = (
 def motion_vector_rows(frame) -> np.ndarray:
     """The exported motion vectors of a decoded frame as a packed ``int32 (N, 10)`` array.
 
-    PyAV returns an aligned structured array with uninitialised padding bytes, so two identical decodes
-    differ byte-wise; copying the ten fields makes the result comparable and hashable. Frames without
-    side data (I-frames, or export switched off) give an empty array.
+    PyAV returns an aligned structured array with uninitialised padding bytes, so two identical
+    decodes differ byte-wise; copying the ten fields makes the result comparable and hashable.
+    Frames without side data (I-frames, or export switched off) give an empty array.
     """
     side = frame.side_data.get("MOTION_VECTORS")
     if side is None:
@@ -51,9 +53,9 @@ def motion_vector_rows(frame) -> np.ndarray:
 def rasterise(rows: np.ndarray, height: int, width: int, cell: int) -> np.ndarray:
     """Dense ``int16 (2, ceil(H/cell), ceil(W/cell))`` field of ``dst - src`` (x, y) per cell.
 
-    Only past-referenced vectors (``source == -1``) are drawn; cells without a vector (intra blocks) are
-    zero. Blocks are grouped by size so the work is a few vectorised scatters, never a loop over blocks.
-    A block smaller than ``cell`` fills the one cell that holds its top-left corner.
+    Only past-referenced vectors (``source == -1``) are drawn; cells without a vector (intra blocks)
+    are zero. Blocks are grouped by size so the work is a few vectorised scatters, never a loop over
+    blocks. A block smaller than ``cell`` fills the one cell that holds its top-left corner.
     """
     hc, wc = -(-height // cell), -(-width // cell)
     # Macroblocks may overhang the right/bottom border; draw on a padded grid, then crop.
@@ -71,7 +73,7 @@ def rasterise(rows: np.ndarray, height: int, width: int, cell: int) -> np.ndarra
     ny = np.maximum(fwd[:, 2] // cell, 1)
     x0 = np.maximum((fwd[:, 5] - fwd[:, 1] // 2) // cell, 0)
     y0 = np.maximum((fwd[:, 6] - fwd[:, 2] // 2) // cell, 0)
-    # Every block covers at most (max ny) x (max nx) cells: draw that box, masked to each block's size.
+    # Every block covers at most (max ny) x (max nx) cells: draw that box, masked to block size.
     mx, my = int(nx.max()), int(ny.max())
     flat = ((y0 * wp + x0)[:, None, None] + (np.arange(my) * wp)[None, :, None]) + np.arange(mx)
     if (nx == mx).all() and (ny == my).all():
@@ -113,13 +115,14 @@ MV_BORDERS = ("skip", "clamp")
 class MotionCompensator:
     """Per-frame and accumulated (CoViAR) motion compensation for one frame size.
 
-    Everything per pixel is a flat-index gather (``np.take`` with ``intp`` indices, which measured several
-    times faster than fancy indexing; gathering whole RGB rows with ``axis=0`` measured faster than
-    gathering packed ``uint32`` pixels, whose strided 3-of-4-byte view then slows the subtraction). The source index of a pixel is its own index minus the flat
-    offset ``dy * W + dx`` of its cell; only cells whose source box leaves the frame need per-pixel
-    border handling (``skip`` or ``clamp``), and those are handled separately, so the common case is one gather and one subtraction.
-    (Frames must come from PyAV's ``rgb24`` conversion: its ``rgba``/``bgra`` paths leave the last
-    columns uninitialised when the width is not a multiple of 16, e.g. 340.)
+    Everything per pixel is a flat-index gather (``np.take`` with ``intp`` indices, which measured
+    several times faster than fancy indexing; gathering whole RGB rows with ``axis=0`` measured
+    faster than gathering packed ``uint32`` pixels, whose strided 3-of-4-byte view then slows the
+    subtraction). The source index of a pixel is its own index minus the flat offset ``dy * W + dx``
+    of its cell; only cells whose source box leaves the frame need per-pixel border handling
+    (``skip`` or ``clamp``), and those are handled separately, so the common case is one gather and
+    one subtraction. (Frames must come from PyAV's ``rgb24`` conversion: its ``rgba``/``bgra`` paths
+    leave the last columns uninitialised when the width is not a multiple of 16, e.g. 340.)
     ``border``: what a pixel whose source leaves the frame gets (see the module docstring).
     """
 
@@ -131,7 +134,7 @@ class MotionCompensator:
         self.identity = np.arange(height * width, dtype=np.intp)
         ys, xs = np.divmod(self.identity, width)
         self.cell_index = (ys // cell) * wc + xs // cell
-        # Pixel box of every cell (edge cells may be partial: indices are clamped, duplicates harmless).
+        # Pixel box of every cell (edge cells may be partial: indices clamped, duplicates harmless).
         cy = np.arange(hc)[:, None] * cell
         cx = np.arange(wc)[None, :] * cell
         self.cell_x0 = np.broadcast_to(cx, (hc, wc)).ravel()

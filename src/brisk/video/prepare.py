@@ -1,4 +1,4 @@
-"""``prepare-video dataset=... paths.data_dir=...``: build a video data set's cache ahead of training.
+"""``prepare-video dataset=... paths.data_dir=...``: build a video data set's cache before training.
 
 Takes the runner's configuration and overrides, so the cache it builds is exactly the one ``train``
 will look for. Preparing is optional (``train`` prepares on first use) but lets a cluster job or a
@@ -27,12 +27,13 @@ def prepare_dataset(dataset_cfg: DictConfig | VideoDataModule) -> PrepareReport:
     dm = dataset_cfg if isinstance(dataset_cfg, VideoDataModule) else instantiate(dataset_cfg)
     if not isinstance(dm, VideoDataModule):
         raise TypeError(
-            f"prepare-video needs a video data set (dataset=ucf101, hmdb51, kinetics400, video_folder or "
-            f"moving_shapes); dataset._target_ builds {type(dm).__name__}"
+            "prepare-video needs a video data set (dataset=ucf101, hmdb51, kinetics400, "
+            f"video_folder or moving_shapes); dataset._target_ builds {type(dm).__name__}"
         )
     report = dm.prepare()
     log.info(
-        "%s: %d videos ready (%d prepared now, %d already cached), %d left out, %.1f s; manifest %s",
+        "%s: %d videos ready (%d prepared now, %d already cached), %d left out, %.1f s; "
+        "manifest %s",
         dm.name,
         len(report.records),
         report.prepared,

@@ -1,8 +1,8 @@
 """Parsers for the official split files of UCF101, HMDB51 and Kinetics-400, and a folder split.
 
 Each parser returns plain data (class names, ``(relative path or name, label)`` pairs) and raises
-:class:`SplitFileError` naming the file and line when a file does not have the expected format, so the
-data modules only deal with locating files on disk.
+:class:`SplitFileError` naming the file and line when a file does not have the expected format, so
+the data modules only deal with locating files on disk.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ VIDEO_EXTENSIONS = (
 
 
 class SplitFileError(ValueError):
-    """A split file exists but does not parse; the message names the file, the line and the format."""
+    """A split file exists but does not parse; the message names the file, line and format."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ def parse_ucf101(split_dir: str | Path, split: int) -> Split:
             if cls not in label_of or len(parts) > 2 or (kind == "test" and len(parts) != 1):
                 raise SplitFileError(
                     f"{path}:{no}: expected '<Class>/<video>.avi"
-                    f"{' <1-based label>' if kind == 'train' else ''}' with a class from classInd.txt,"
-                    f" got {line!r}"
+                    f"{' <1-based label>' if kind == 'train' else ''}' "
+                    f"with a class from classInd.txt, got {line!r}"
                 )
             if len(parts) == 2 and (not parts[1].isdigit() or int(parts[1]) - 1 != label_of[cls]):
                 raise SplitFileError(f"{path}:{no}: label {parts[1]} disagrees with class {cls!r}")
@@ -89,7 +89,7 @@ def parse_ucf101(split_dir: str | Path, split: int) -> Split:
 
 
 def parse_hmdb51(split_dir: str | Path, split: int) -> Split:
-    """``<class>_test_splitN.txt`` files with ``<video>.avi <tag>``: 1 = train, 2 = test, 0 = unused.
+    """``<class>_test_splitN.txt`` files of ``<video>.avi <tag>`` lines: 1 train, 2 test, 0 unused.
 
     Classes are the sorted class names taken from the file names. Unused videos (tag 0) appear in
     neither list: they are never trained on nor evaluated. Items are ``<class>/<video>``.
@@ -117,6 +117,8 @@ def parse_hmdb51(split_dir: str | Path, split: int) -> Split:
 
 @dataclass(frozen=True)
 class KineticsClip:
+    """One row of a Kinetics CSV; the file on disk is ``<youtube_id>_<start:06d>_<end:06d>.mp4``."""
+
     label: str | None
     youtube_id: str
     time_start: int
@@ -132,8 +134,8 @@ class KineticsClip:
 def parse_kinetics_csv(path: str | Path) -> list[KineticsClip]:
     """A Kinetics annotation CSV (``label,youtube_id,time_start,time_end,split[,is_cc]``).
 
-    Labels contain spaces, commas and parentheses, hence a real CSV reader. The original test CSV has
-    no ``label`` column; its clips get ``label=None``.
+    Labels contain spaces, commas and parentheses, hence a real CSV reader. The original test CSV
+    has no ``label`` column; its clips get ``label=None``.
     """
     path = Path(path)
     with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -185,8 +187,8 @@ def parse_label_list(path: str | Path) -> list[tuple[str, int]]:
     """An MMAction2 video list (``<path> <0-based label>`` per line, e.g.
     ``ucf101_train_split_1_videos.txt`` or ``kinetics400_val_list_videos.txt``).
 
-    The path may contain spaces (the label is the last field). Used when users already prepared their
-    data with MMAction2's tools, so they need not rebuild the official layout.
+    The path may contain spaces (the label is the last field). Used when users already prepared
+    their data with MMAction2's tools, so they need not rebuild the official layout.
     """
     path = Path(path)
     items = []
@@ -219,8 +221,8 @@ _UCF_GROUP = re.compile(r"_g(\d+)_c\d+", re.IGNORECASE)
 
 
 def ucf101_group(rel: str) -> str | None:
-    """``v_<Class>_gNN_cMM.avi`` -> ``<class dir>/gNN``: the clips of one group are cut from one long
-    video, so a group must sit wholly on one side of a split."""
+    """``v_<Class>_gNN_cMM.avi`` -> ``<class dir>/gNN``: the clips of one group are cut from one
+    long video, so a group must sit wholly on one side of a split."""
     m = _UCF_GROUP.search(Path(rel).name)
     return None if m is None else f"{rel.split('/')[0]}/g{int(m.group(1)):02d}"
 
@@ -230,10 +232,11 @@ def carve_validation(
 ) -> list[int]:
     """Indices of the training items that become the validation set.
 
-    Stratified per class: each class gives about ``fraction`` of its videos, chosen with ``seed``. Items
-    with the same group key stay together (a ``None`` group is the item alone). A class keeps at least
-    one group for training; with ``fraction > 0`` and two groups or more it gives at least one. The
-    result depends only on the order-free content of the lists and the seed, not on the run's seed.
+    Stratified per class: each class gives about ``fraction`` of its videos, chosen with ``seed``.
+    Items with the same group key stay together (a ``None`` group is the item alone). A class keeps
+    at least one group for training; with ``fraction > 0`` and two groups or more it gives at least
+    one. The result depends only on the order-free content of the lists and the seed, not on the
+    run's seed.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"dataset.val_fraction={fraction}: expected 0 <= val_fraction < 1")

@@ -2,8 +2,8 @@
 
 Every video shows one textured object on a static textured background; appearance (shape, texture,
 colours, background, position) is drawn independently of the class, so only the motion tells the
-classes apart: translation right/left/up/down, rotation clockwise/anticlockwise, zoom in/out. Videos are
-rendered with numpy (inverse mapping, sub-pixel positions), written as real MPEG-4 files in AVI
+classes apart: translation right/left/up/down, rotation clockwise/anticlockwise, zoom in/out. Videos
+are rendered with numpy (inverse mapping, sub-pixel positions), written as real MPEG-4 files in AVI
 containers with a long GOP and then go through the same re-encode and reader pipeline as real data.
 Generation is deterministic: the same seed gives the same pixels.
 """
@@ -61,10 +61,10 @@ def _wrap(d: np.ndarray, size: int) -> np.ndarray:
 def render_video(cls: int, seed: int, frames: int = 36, size: int = 64) -> np.ndarray:
     """Render one video of class ``cls`` as ``uint8 (frames, size, size, 3)``.
 
-    Translations run at 1.5-2.5 px per frame on a torus (the object wraps around the frame edges), so
-    a 12-frame GOP moves it by 17-27 px and every position is equally likely in every class; rotations
-    turn by 8-12 degrees per frame about the object's centre; zooms scale it geometrically between
-    0.5 and 1.7 of its size over the video.
+    Translations run at 1.5-2.5 px per frame on a torus (the object wraps around the frame edges),
+    so a 12-frame GOP moves it by 17-27 px and every position is equally likely in every class;
+    rotations turn by 8-12 degrees per frame about the object's centre; zooms scale it geometrically
+    between 0.5 and 1.7 of its size over the video.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -115,8 +115,8 @@ def generate(
 ) -> Path:
     """Write the data set under ``root/videos/<split>/<class>/`` unless an identical copy exists.
 
-    Returns the videos directory. A marker file holding the generation parameters is written last, so
-    an interrupted generation is redone and a parameter change regenerates.
+    Returns the videos directory. A marker file holding the generation parameters is written last,
+    so an interrupted generation is redone and a parameter change regenerates.
     """
     root = Path(root)
     videos_per_class = dict(videos_per_class or {"train": 16, "test": 6})
