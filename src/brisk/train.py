@@ -109,10 +109,8 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     cost = log_clip_costs(ctx.datamodule, model, teacher, log=log.info)
     if cost:
         record.update(cost=cost)
-    # video data sets: split sizes, evaluation protocol and what the checkpoint is chosen on
-    splits = ctx.datamodule.split_summary() if hasattr(ctx.datamodule, "split_summary") else {}
-    if splits:
-        record.update(**splits)
+    # what the reported checkpoint is chosen on (video data sets: split sizes and protocol too)
+    record.update(**ctx.datamodule.split_summary())
     if cfg.eval_only:
         return evaluate_checkpoint(trainer, cfg.ckpt_path)
     return fit_student(trainer, plan, record)

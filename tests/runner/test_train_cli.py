@@ -147,7 +147,32 @@ def test_cifar_task_smoke_on_a_tiny_fake_cifar(tmp_path: Path) -> None:
         "trainer.batch_size=16",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    assert _status(tmp_path / "run")["status"] == "ok"
+    status = _status(tmp_path / "run")
+    assert status["status"] == "ok"
+    assert status["selected_on"] == "val"
+
+
+def test_validating_on_the_test_split_reports_the_last_checkpoint(tmp_path: Path) -> None:
+    """With dataset.val_size=0 validation is the test set: best.pt would be chosen on it, so the
+    reported test figure is the last epoch's, whatever the best validation was."""
+    data = write_fake_cifar(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    run_train(
+        "task=cifar",
+        "debug=fast",
+        "trainer.epochs=3",
+        f"paths.data_dir={data}",
+        "dataset.val_size=0",
+        "trainer.batch_size=16",
+        "optimizer.lr=0.5",  # a noisy run, so the best and the last epochs differ in loss
+        f"hydra.run.dir={run_dir}",
+    )
+    status = _status(run_dir)
+    assert status["status"] == "ok" and status["selected_on"] == "last"
+    rows = _rows(run_dir)
+    last_val = [r for r in rows if r["split"] == "val"][-1]
+    test = [r for r in rows if r["split"] == "test"][-1]
+    assert float(test["loss"]) == pytest.approx(float(last_val["loss"]), rel=1e-6)
 
 
 def test_imagenet_task_smoke_on_tiny_class_folders(tmp_path: Path) -> None:

@@ -59,6 +59,18 @@ class DataModule:
         """
         return batch
 
+    def split_summary(self) -> dict[str, Any]:
+        """What ``status.json`` records about the splits; above all what the reported checkpoint was
+        chosen on.
+
+        ``selected_on: val`` when validation is held out of the training data, so ``best.pt`` is
+        reported; ``last`` when validation is the test split (CIFAR with ``dataset.val_size=0``,
+        ImageNet's public val/): choosing ``best.pt`` there would pick the reported test figure on
+        the test set, so the last checkpoint is reported instead. Video data sets say more.
+        """
+        same = self._split("val") is self._split("test")
+        return {"selected_on": "last" if same else "val"}
+
     def train_dataset(self) -> Dataset:
         return self._split("train")
 

@@ -115,12 +115,17 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
             kept = ("status", "error", "last_attempt")
             return {k: v for k, v in record.finished.items() if k not in kept}
     fit = trainer.fit()
-    if trainer.paths.best.is_file() and selected_on(trainer.datamodule) == "val":
+    if selected_on(trainer.datamodule) == "last":
+        chosen = "last checkpoint: validation is the test split"
+    elif trainer.paths.best.is_file():
         trainer.model.load_state_dict(load_checkpoint(trainer.paths.best)["model"])
+        chosen = "best checkpoint on validation"
+    else:
+        chosen = "last checkpoint: no validation ran"
     test = trainer.evaluate("test")
     trainer.log_metrics("test", test)
     trainer.close()
-    log.info("test (best checkpoint): %s", format_metrics(test))
+    log.info("test (%s): %s", chosen, format_metrics(test))
     test_acc = monitored(test, trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     return {
@@ -159,9 +164,9 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, An
 
 def selected_on(datamodule: DataModule) -> str:
     """``val`` when validation is held out of the training data (best.pt is reported), ``last``
-    when a video data set has none (``dataset.val_fraction=0``: the last checkpoint is reported)."""
-    summary = getattr(datamodule, "split_summary", None)
-    return summary()["selected_on"] if summary is not None else "val"
+    when validation is the test split (the last checkpoint is reported): see
+    :meth:`DataModule.split_summary`."""
+    return str(datamodule.split_summary()["selected_on"])
 
 
 def warn_if_near_chance(stage: str, metric: str, best: float | None, num_classes: int) -> None:
