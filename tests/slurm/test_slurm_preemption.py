@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO_ROOT
 from tests.slurm.conftest import LAUNCHER, finish, job_env, start_train, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 STEPS_PER_EPOCH = 8
 # 2 epochs of 8 steps; a training step sleeps 0.5 s, so a signal lands in the middle of an epoch
