@@ -18,7 +18,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -99,7 +99,9 @@ def config_fingerprint(config_yaml: str) -> str:
 
 def rng_state() -> dict[str, Any]:
     """Every random stream a training step draws from, in weights_only-loadable types."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy tuple (the default); numpy's stubs type it as a union with the dict form
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = legacy
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -19,7 +19,9 @@ from brisk.trainer.distributed import all_reduce_sum
 class EvalAccumulator:
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.loss_sum, self.top1, self.top5, self.count = 0.0, 0, 0, 0
+        self.loss_sum, self.count = 0.0, 0
+        self.top1: int | float = 0  # Tensor.item() is typed int | float
+        self.top5: int | float = 0
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
         self.video_scores: dict[int, Tensor] = {}
         self.video_labels: dict[int, int] = {}

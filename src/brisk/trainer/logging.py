@@ -97,6 +97,7 @@ class RunLogger:
     def metrics(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
+        assert self.csv is not None and self.tb is not None  # both are built when enabled
         self.csv.write({"step": step, "epoch": epoch, "split": split, **values})
         for key, value in values.items():
             if isinstance(value, int | float) and key not in ("seconds",):
@@ -104,10 +105,12 @@ class RunLogger:
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         if self.enabled:
+            assert self.tb is not None
             self.tb.add_figure(tag, figure, step)
 
     def text(self, tag: str, text: str) -> None:
         if self.enabled:
+            assert self.tb is not None
             self.tb.add_text(tag, text)
 
     def close(self) -> None:

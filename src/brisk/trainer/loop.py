@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sized
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +126,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set "
-                f"({len(train_set)} samples on {self.dist.world_size} rank(s)): "
+                f"({len(cast(Sized, train_set))} samples on {self.dist.world_size} rank(s)): "
                 "lower trainer.batch_size"
             )
         self.total_steps = self.steps_per_epoch * trainer_cfg.epochs

@@ -169,7 +169,7 @@ class MuonWithAux(Optimizer):
         self.aux.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """Both inner states; plain tensors and numbers, so ``weights_only`` loading reads it."""
         self._push_hyperparameters()
         return {
@@ -177,7 +177,7 @@ class MuonWithAux(Optimizer):
             "aux": self.aux.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or set(state_dict) != {"muon", "aux"}:
             found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)
             raise UserError(

@@ -283,7 +283,7 @@ def apply_new_hparams(
     if lambdas is not None:
         for group, base, factor in zip(optimizer.param_groups, base_lrs, lambdas, strict=True):
             group["lr"] = base * factor(step)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # type: ignore[attr-defined]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     log.warning(
         "resume_strict=false: optimizer %s; schedule rebuilt for %d steps from step %d (lr now %.6g)",
         "; ".join(changes) or "unchanged",

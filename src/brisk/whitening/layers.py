@@ -62,7 +62,7 @@ class WhitenedLayer:
         found = [getattr(m, "bias", None) for _, m, _ in self.modules]
         if any(b is None for b in found):
             return []
-        return list({id(b): b for b in found}.values())
+        return list({id(b): b for b in found if b is not None}.values())
 
     @property
     def has_bias(self) -> bool:
@@ -301,12 +301,14 @@ class LayerWhitening(Whitening):
 
     def damping(self, layer: WhitenedLayer) -> Tensor:
         """Per-group damping ``eps * trace(R) / M + eps_abs`` (shape ``(G,)``)."""
+        assert layer.stats.trace is not None  # refreshes follow the first statistics
         return self.eps * layer.stats.trace.clamp_min(0.0) / layer.adapter.dim + self.eps_abs
 
     def decompose(self, layer: WhitenedLayer) -> tuple[Tensor, Tensor, Tensor] | None:
         """``(evals, evecs, damping)`` of the damped covariance, or None (counted as a fallback: the
         caller keeps its previous preconditioner)."""
         damping = self.damping(layer)
+        assert layer.stats.cov is not None
         decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
         if decomposed is None:
             self.fallbacks += 1

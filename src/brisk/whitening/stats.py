@@ -89,6 +89,8 @@ class LayerAdapter:
 class LinearAdapter(LayerAdapter):
     """``nn.Linear``: every leading index of the input is one sample."""
 
+    module: nn.Linear
+
     def __init__(self, module: nn.Linear) -> None:
         super().__init__(module)
         self.dim = module.in_features
@@ -115,6 +117,8 @@ class ConvAdapter(LayerAdapter):
     taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous block
     ``[j*M, (j+1)*M)``.
     """
+
+    module: nn.modules.conv._ConvNd
 
     def __init__(self, module: nn.modules.conv._ConvNd) -> None:
         super().__init__(module)
@@ -151,7 +155,8 @@ class ConvAdapter(LayerAdapter):
             extent = m.dilation[i] * (m.kernel_size[i] - 1) + 1
             x = x.unfold(2 + i, extent, m.stride[i])
         if any(d > 1 for d in m.dilation):
-            x = x[(Ellipsis, *(slice(None, None, d) for d in m.dilation))]
+            taps: tuple[Any, ...] = (Ellipsis, *(slice(None, None, d) for d in m.dilation))
+            x = x[taps]
         return x
 
     def num_rows(self, x: Tensor) -> int:
@@ -388,6 +393,7 @@ class RunningCovariance:
                 self.shift = rows.mean(0)
             else:
                 self.shift = torch.zeros_like(rows[0])
+        assert self.shift is not None  # set by the first batch since the last fold
         by_group = (rows - self.shift).transpose(0, 1)  # (G, N, M)
         # forward hooks run inside autocast, which would turn these products into bf16/fp16 ones
         with torch.autocast(rows.device.type, enabled=False):
@@ -398,18 +404,21 @@ class RunningCovariance:
         if self._n == 0:
             self._sxx, self._sx, self._sq = sxx, sx, sq
         else:
+            assert self._sxx is not None and self._sx is not None and self._sq is not None
             self._sxx += sxx
             self._sx += sx
             self._sq += sq
         self._n += rows.shape[0]
 
     def pending_tensors(self) -> list[Tensor]:
+        assert self._sxx is not None and self._sx is not None and self._sq is not None
         n = torch.full((1,), float(self._n), dtype=self._sxx.dtype, device=self._sxx.device)
         return [self._sxx, self._sx, self._sq, n]
 
     def fold(self, sxx: Tensor, sx: Tensor, sq: Tensor, n: float) -> bool:
         """Centre the (reduced) sums and fold them into the average; reject non-finite batches."""
         self._reset_pending()
+        assert self.shift is not None  # fold follows accumulate
         shifted = sx / n  # mean of the shifted rows
         mean = shifted + self.shift
         t = self.transform
@@ -430,6 +439,7 @@ class RunningCovariance:
         if self.cov is None:
             self.cov, self.mean, self.trace = cov, mean, trace
         else:
+            assert self.mean is not None and self.trace is not None
             b = self.momentum
             self.cov.mul_(b).add_(cov, alpha=1 - b)
             self.mean.mul_(b).add_(mean, alpha=1 - b)
