@@ -35,7 +35,10 @@ def _cluster_problem() -> str | None:
             ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
         )
     except subprocess.TimeoutExpired:
-        return "no SLURM controller answers (sinfo timed out): start one with sudo scripts/slurm_local.sh up"
+        return (
+            "no SLURM controller answers (sinfo timed out): "
+            "start one with sudo scripts/slurm_local.sh up"
+        )
     states = proc.stdout.split()
     if proc.returncode != 0 or not any(s.startswith(("idle", "mix", "alloc")) for s in states):
         reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no nodes"]

@@ -1,9 +1,9 @@
 """What a data set must provide to the runner.
 
-A :class:`DataModule` is built by ``hydra.utils.instantiate(cfg.dataset)``. Its datasets yield either
-``(input, target)`` tuples or dicts with at least ``"input"`` and ``"target"``; extra keys travel with the
-batch (``"rgb"`` for a teacher, ``"video"`` with a video index so the evaluator can pool clip scores into
-video scores).
+A :class:`DataModule` is built by ``hydra.utils.instantiate(cfg.dataset)``. Its datasets yield
+either ``(input, target)`` tuples or dicts with at least ``"input"`` and ``"target"``; extra keys
+travel with the batch (``"rgb"`` for a teacher, ``"video"`` with a video index so the evaluator can
+pool clip scores into video scores).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """CIFAR-10/100 from the standard python layout that torchvision's download leaves on disk.
 
-We validate what matters for training (array shapes, label range, per-split counts) instead of md5 sums,
-because users re-pack these files and a checksum mismatch says nothing about whether they are usable.
+We validate what matters for training (array shapes, label range, per-split counts) instead of md5
+sums, because users re-pack these files and a checksum mismatch says nothing about whether they are
+usable.
 
 The batches are pickles, and unpickling runs whatever code a file names: a crafted file in a shared
 data directory would run as the user. They are therefore read by :class:`_BatchUnpickler`, which
@@ -199,7 +200,8 @@ class CifarDataModule(DataModule):
             raise DatasetNotFoundError(
                 self.variant,
                 folder,
-                f"folder '{self.layout['folder']}/' with {', '.join(self.layout['train'] + self.layout['test'])}",
+                f"folder '{self.layout['folder']}/' with "
+                f"{', '.join(self.layout['train'] + self.layout['test'])}",
                 _HOW_TO_GET,
             )
         args = (self.layout["label_key"], self.num_classes)

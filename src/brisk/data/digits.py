@@ -1,6 +1,6 @@
-"""scikit-learn's handwritten digits: real data that ships with a dependency, so plain ``train`` works
-on a fresh clone with no download. Images are 8x8 with 17 grey levels; we upsample them bilinearly so a
-small CNN has room for two conv stages."""
+"""scikit-learn's handwritten digits: real data that ships with a dependency, so plain ``train``
+works on a fresh clone with no download. Images are 8x8 with 17 grey levels; we upsample them
+bilinearly so a small CNN has room for two conv stages."""
 
 from __future__ import annotations
 

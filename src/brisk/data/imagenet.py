@@ -61,7 +61,8 @@ class ImageNetDataModule(DataModule):
                 raise DatasetNotFoundError(
                     "imagenet",
                     folder,
-                    "train/<class>/*.JPEG and val/<class>/*.JPEG (one folder per class, same class names)",
+                    "train/<class>/*.JPEG and val/<class>/*.JPEG "
+                    "(one folder per class, same class names)",
                     "get ILSVRC2012 from https://image-net.org and sort val/ into class folders "
                     "(e.g. with the valprep.sh script used by the PyTorch examples)",
                 )

@@ -1,7 +1,8 @@
 """Augmentation whose randomness depends only on (seed, epoch, sample index).
 
-That makes a run's data stream independent of the number of DataLoader workers and of where a run was
-interrupted: a resumed run sees exactly the crops and flips an uninterrupted run would have seen.
+That makes a run's data stream independent of the number of DataLoader workers and of where a run
+was interrupted: a resumed run sees exactly the crops and flips an uninterrupted run would have
+seen.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ class Curve:
 
 @dataclass
 class JobRecord:
-    """Everything the summary needs from one job; ``None`` marks a number the job did not produce."""
+    """Everything the summary needs from one job; ``None`` marks a number the job did not
+    produce."""
 
     name: str
     path: Path

@@ -202,8 +202,8 @@ def markdown(
         f"# Sweep summary: {root.name}",
         "",
         f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-        f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs that "
-        "finished ok; accuracies in %.",
+        f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs "
+        "that finished ok; accuracies in %.",
         f"Target accuracy for steps-to-target: {target_text}.",
         "Time to target: the step and the wall-clock seconds (training and evaluation since the "
         "run started) of the first validation at or above the target, over the seeds that reach "

@@ -1,11 +1,11 @@
 """Atomic, plain-typed checkpoints that restore a run exactly.
 
-Everything is stored as tensors, numbers, strings, lists and dicts so ``torch.load(weights_only=True)``
-reads the file; the resolved config travels as a YAML string. Writes go to a temporary file in the same
-folder (a name unique to the writing process), are fsync'ed and then renamed over the target, so a run
-killed while saving leaves the previous checkpoint intact. A write that fails (a full disk, a quota, an
-I/O error) removes its temporary file and raises :class:`StorageError`, naming the path and the space
-left.
+Everything is stored as tensors, numbers, strings, lists and dicts so
+``torch.load(weights_only=True)`` reads the file; the resolved config travels as a YAML string.
+Writes go to a temporary file in the same folder (a name unique to the writing process), are
+fsync'ed and then renamed over the target, so a run killed while saving leaves the previous
+checkpoint intact. A write that fails (a full disk, a quota, an I/O error) removes its temporary
+file and raises :class:`StorageError`, naming the path and the space left.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ FORMAT_VERSION = 1
 
 
 class StorageError(UserError):
-    """Writing a run's file failed for a reason outside brisk: no space left, a quota, an I/O error."""
+    """Writing a run's file failed for a reason outside brisk: no space left, a quota, an I/O
+    error."""
 
 
 def free_space(path: Path) -> str:
@@ -46,8 +47,8 @@ def free_space(path: Path) -> str:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename.
 
-    The temporary name is unique per call (two processes never share one), and it is removed when the
-    write fails, so a full disk leaves the previous file and no debris.
+    The temporary name is unique per call (two processes never share one), and it is removed when
+    the write fails, so a full disk leaves the previous file and no debris.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")

@@ -1,8 +1,8 @@
 """Clip- and video-level metrics, exact under data parallelism.
 
-Clip metrics are sums reduced across ranks. When batches carry a ``"video"`` index (video data sets yield
-one item per GOP clip), softmax scores are also summed per video and the video's prediction is the argmax
-of that sum, the protocol of CoViAR and MFCD-Net.
+Clip metrics are sums reduced across ranks. When batches carry a ``"video"`` index (video data sets
+yield one item per GOP clip), softmax scores are also summed per video and the video's prediction is
+the argmax of that sum, the protocol of CoViAR and MFCD-Net.
 """
 
 from __future__ import annotations

@@ -27,9 +27,10 @@ BASE_COLUMNS = ["step", "epoch", "split", "loss", "acc1", "lr", "seconds"]
 class MetricsCSV:
     """One row per logged train step and per evaluation.
 
-    New metric names (per-layer whitening statistics, say) may appear mid-run; the file is then rewritten
-    with the wider header, so it always stays a rectangular CSV that pandas or a spreadsheet reads.
-    A resumed run appends to the rows it had written before, dropping rows past the resumed step.
+    New metric names (per-layer whitening statistics, say) may appear mid-run; the file is then
+    rewritten with the wider header, so it always stays a rectangular CSV that pandas or a
+    spreadsheet reads. A resumed run appends to the rows it had written before, dropping rows past
+    the resumed step.
     """
 
     def __init__(self, path: Path, resume_from_step: int | None = None) -> None:
@@ -119,7 +120,8 @@ class RunLogger:
 
 
 def read_status(path: Path) -> dict[str, Any]:
-    """status.json as a dict; an unreadable one is set aside as ``status.json.corrupt`` and logged."""
+    """status.json as a dict; an unreadable one is set aside as ``status.json.corrupt`` and
+    logged."""
     if not path.is_file():
         return {}
     try:
@@ -161,8 +163,8 @@ def _dump_status(path: Path, record: dict[str, Any]) -> None:
 class RunRecord:
     """The status.json of one run directory across attempts, written by rank 0 only.
 
-    A run that finished (status ok) keeps that record, with its test accuracy, whatever a later attempt
-    in the same directory does: a later attempt that fails or is interrupted is noted under
+    A run that finished (status ok) keeps that record, with its test accuracy, whatever a later
+    attempt in the same directory does: a later attempt that fails or is interrupted is noted under
     ``last_attempt`` instead. Only a later attempt that finishes replaces it.
     """
 
@@ -171,7 +173,8 @@ class RunRecord:
         self.finished: dict[str, Any] | None = None
 
     def begin(self, **fields: Any) -> None:
-        """Start an attempt; every rank learns whether the run had finished before (``finished``)."""
+        """Start an attempt; every rank learns whether the run had finished before
+        (``finished``)."""
         if self.enabled:
             previous = read_status(self.path)
             if previous.get("status") == "ok":
@@ -199,7 +202,8 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def failed(self, exc: BaseException) -> None:
-        """Best effort: on a full disk even this write may fail, and the original error matters more."""
+        """Best effort: on a full disk even this write may fail, and the original error matters
+        more."""
         self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
     def interrupted(self, signal: str, step: int, message: str) -> None:

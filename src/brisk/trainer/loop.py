@@ -1,8 +1,9 @@
 """The one training loop every task runs through.
 
 It knows nothing about whitening or distillation: it calls the hooks of a
-:class:`~brisk.whitening.Whitening` and a :class:`~brisk.teacher.Teacher` at fixed points of each step
-(see their modules for the contracts), and the same loop trains a teacher in stage 1 of a video run.
+:class:`~brisk.whitening.Whitening` and a :class:`~brisk.teacher.Teacher` at fixed points of each
+step (see their modules for the contracts), and the same loop trains a teacher in stage 1 of a video
+run.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class FitResult:
 class Trainer:
     """Trains ``model`` on ``ctx.datamodule`` and writes everything under ``ctx.paths``.
 
-    ``trainer_cfg`` is the ``trainer`` config group (a stage may pass its own copy); the optimizer and
-    scheduler factories are the partially instantiated ``optimizer`` and ``scheduler`` groups.
+    ``trainer_cfg`` is the ``trainer`` config group (a stage may pass its own copy); the optimizer
+    and scheduler factories are the partially instantiated ``optimizer`` and ``scheduler`` groups.
     """
 
     def __init__(
@@ -97,8 +98,8 @@ class Trainer:
         self.fingerprint = config_fingerprint(ctx.config_yaml)
         self.memory_format = _memory_format(model) if trainer_cfg.channels_last else None
         self.model = model.to(self.device)
-        # The teacher may add trainable modules to the student (feature-mimicking adapters): attach it
-        # before DDP wraps the model and before the optimizer collects the parameters.
+        # The teacher may add trainable modules to the student (feature-mimicking adapters): attach
+        # it before DDP wraps the model and before the optimizer collects the parameters.
         self.teacher.attach(self.model)
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
@@ -190,7 +191,8 @@ class Trainer:
         """Continue the run ``state`` was saved from.
 
         ``new_hparams`` (``resume_strict=false``): keep this config's optimizer hyper-parameters and
-        this config's schedule (for its own length) from the restored step, instead of the saved ones.
+        this config's schedule (for its own length) from the restored step, instead of the saved
+        ones.
         """
         fresh_groups = [
             {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
@@ -214,7 +216,8 @@ class Trainer:
         set_rng_state(per_rank[self.dist.rank % len(per_rank)])
 
     def save(self, name: str) -> None:
-        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each stream.
+        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each
+        stream.
 
         Never saves weights that a non-finite loss has touched: the pending check runs first.
         """
@@ -346,7 +349,8 @@ class Trainer:
         raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
 
     def _log_train(self) -> float:
-        """Write a train row and a log line; returns the window's mean loss (for the progress bar)."""
+        """Write a train row and a log line; returns the window's mean loss (for the progress
+        bar)."""
         self._check_finite()
         window, session = self._window, self._session
         assert window is not None
@@ -500,7 +504,8 @@ class _Window:
             self.parts[key] = self.parts.get(key, 0.0) + part
 
     def first_non_finite(self) -> tuple[int | None, float]:
-        """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None, 0)."""
+        """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None,
+        0)."""
         step, value = torch.stack([self.bad_step.double(), self.bad_value.double()]).tolist()
         return (int(step), value) if step >= 0 else (None, 0.0)
 

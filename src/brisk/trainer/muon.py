@@ -19,7 +19,8 @@ in memory order; orthogonalisation commutes with a permutation of columns, so th
 
 Limitation: ``whitening=feature`` re-maps the momentum buffers it finds in ``optimizer.state`` when
 it refreshes its transform; Muon's buffers live in the inner optimizer, keyed by the views, so they
-are not re-mapped (the gradient-transform whitenings, ``evd`` and ``recursive``, keep no such state).
+are not re-mapped (the gradient-transform whitenings, ``evd`` and ``recursive``, keep no such
+state).
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def muon_with_aux(
     aux_momentum: float = 0.9,
     aux_weight_decay: float = 0.01,
 ) -> MuonWithAux:
-    """Build Muon + aux for ``model`` (the target of ``conf/optimizer/muon.yaml``) and log the split.
+    """Build Muon + aux for ``model`` (the target of ``conf/optimizer/muon.yaml``) and log the
+    split.
 
     Weight decay (``weight_decay`` for Muon, ``aux_weight_decay`` for the input and output weights)
     is decoupled and never applies to norms and biases, as for the other optimizers.

@@ -1,8 +1,8 @@
 """A live per-epoch progress bar for a person at a terminal; nothing at all anywhere else.
 
 On a TTY, rank 0 shows one tqdm bar per epoch (images/s, the loss of the last logged window and the
-epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and the
-output is the log lines alone, exactly as before.
+epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and
+the output is the log lines alone, exactly as before.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """A run directory: where each of its files lives, and the lock that gives it to one process.
 
-Two ``train ... resume=auto`` started together on the same killed run would both continue it, write the
-same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
+Two ``train ... resume=auto`` started together on the same killed run would both continue it, write
+the same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
 ``fcntl.flock`` on ``<run>/.lock``; the kernel releases it when the process ends in any way (even
-SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's PID.
+SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's
+PID.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Learning-rate schedules stepped once per optimizer step, with an optional linear warm-up.
 
 Configs name these with ``_partial_: true``; the runner completes them with the optimizer and the
-training length (``total_steps`` honours ``trainer.max_steps``), known only once the data set is loaded.
+training length (``total_steps`` honours ``trainer.max_steps``), known only once the data set is
+loaded.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ class LayerWhitening(Whitening):
     :meth:`step` counts the steps itself and arms the statistics of the next one; the runner's
     :meth:`begin_step` / :meth:`precondition` pair does the same with its own step counter.  If an
     optimizer steps the whitened weights without either, the step is preconditioned from the
-    optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening off.
+    optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening
+    off.
 
     ``eps`` is relative: the damping added to R is ``eps * trace(R) / M`` (plus ``eps_abs``), so one
     value suits layers whose inputs differ in scale by orders of magnitude.
@@ -181,7 +182,8 @@ class LayerWhitening(Whitening):
             for _, _, adapter in layer.modules:
                 hooked = adapter.hook_module
                 self._handles.append(hooked.register_forward_pre_hook(self._mark_pending))
-        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its model
+        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its
+        # model
         me = weakref.ref(self)
 
         def before_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -232,7 +234,8 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------------------- cadence
     def begin_step(self, step: int) -> None:
-        """Set the step counter (the runner's); optional in a plain loop, where :meth:`step` counts."""
+        """Set the step counter (the runner's); optional in a plain loop, where :meth:`step`
+        counts."""
         self._step = int(step)
         self._collect = step % self.stats_every == 0
 
@@ -252,7 +255,8 @@ class LayerWhitening(Whitening):
         self.precondition(self._step)
 
     def precondition(self, step: int) -> None:
-        """Transform the gradients of step ``step``, then count it: the next step is ``step + 1``."""
+        """Transform the gradients of step ``step``, then count it: the next step is ``step +
+        1``."""
         self._precondition(step)
         self._pending = False
         self._step = int(step) + 1

@@ -1,11 +1,12 @@
 """Input statistics of a whitened layer: patch rows and their running covariance.
 
 Every algorithm needs the covariance of the inputs *as the layer multiplies them*: the rows of
-``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding (including
-``padding='same'`` and non-zero ``padding_mode``), dilation and groups must be reproduced exactly or
-the preconditioner silently whitens the wrong quantity.  One small adapter per layer type turns a
-layer input into rows ``(N, G, M)``: ``N`` samples, ``G`` weight groups (one covariance per group,
-because a grouped convolution's output channels only see their group's inputs), ``M`` features.
+``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding
+(including ``padding='same'`` and non-zero ``padding_mode``), dilation and groups must be reproduced
+exactly or the preconditioner silently whitens the wrong quantity.  One small adapter per layer type
+turns a layer input into rows ``(N, G, M)``: ``N`` samples, ``G`` weight groups (one covariance per
+group, because a grouped convolution's output channels only see their group's inputs), ``M``
+features.
 
 Statistics collection, not the decomposition, dominates the cost of input whitening (an unfold of
 a whole ResNet batch is several SGD steps), so adapters sub-sample rows *before* copying patches:
@@ -59,7 +60,8 @@ class LayerAdapter:
     def rows(
         self, x: Tensor, max_rows: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Patch rows ``(N, G, M)``; with ``max_rows`` a uniform random subset (with replacement)."""
+        """Patch rows ``(N, G, M)``; with ``max_rows`` a uniform random subset (with
+        replacement)."""
         raise NotImplementedError
 
     def output_from_rows(self, y: Tensor, x: Tensor) -> Tensor:
@@ -113,9 +115,9 @@ class ConvAdapter(LayerAdapter):
     """``nn.Conv1d/2d/3d`` with any stride, padding, padding_mode, dilation and groups.
 
     Patches come from ``Tensor.unfold`` on each spatial dimension of the padded input with a window
-    of the dilated kernel extent, then every ``dilation``-th tap; the row order (channel, then kernel
-    taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous block
-    ``[j*M, (j+1)*M)``.
+    of the dilated kernel extent, then every ``dilation``-th tap; the row order (channel, then
+    kernel taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous
+    block ``[j*M, (j+1)*M)``.
     """
 
     module: nn.modules.conv._ConvNd
@@ -383,7 +385,8 @@ class RunningCovariance:
         return self._n > 0
 
     def accumulate(self, rows: Tensor) -> None:
-        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``, or float64 rows as they are)."""
+        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``, or float64 rows as they
+        are)."""
         rows = rows.detach()
         rows = rows.to(torch.promote_types(stats_dtype(rows), self.dtype))
         if self._n == 0:
