@@ -60,12 +60,15 @@ class DataModule:
         return batch
 
     def train_dataset(self) -> Dataset:
+        """The training split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("train")
 
     def val_dataset(self) -> Dataset:
+        """The validation split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("val")
 
     def test_dataset(self) -> Dataset:
+        """The test split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("test")
 
     def _split(self, name: str) -> Dataset:

@@ -166,6 +166,13 @@ def read_cifar_split(
 
 
 class CifarDataModule(DataModule):
+    """CIFAR-10/100 from the official python batches under ``root``; nothing is downloaded.
+
+    ``val_size`` images are held out of the training batches by a fixed ``split_seed`` (0
+    validates on the test set); ``train_subset`` trains on fewer images for quick runs. Crops and
+    flips are seeded per sample and epoch, so a resumed run sees the same augmentations.
+    """
+
     def __init__(
         self,
         root: str,
@@ -195,6 +202,9 @@ class CifarDataModule(DataModule):
         self._splits: dict[str, Dataset] = {}
 
     def setup(self) -> None:
+        """Read and check the batches; a missing folder or malformed file raises
+        :class:`DatasetNotFoundError` or a one-line error naming it.
+        """
         folder = self.root / self.layout["folder"]
         if not folder.is_dir():
             raise DatasetNotFoundError(

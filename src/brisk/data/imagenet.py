@@ -55,6 +55,9 @@ class ImageNetDataModule(DataModule):
             ) from exc
 
     def setup(self) -> None:
+        """Check the ``train/`` and ``val/`` class folders and build the image folders with their
+        transforms; a missing or empty split raises :class:`DatasetNotFoundError`.
+        """
         for split in ("train", "val"):
             folder = self.root / split
             if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):

@@ -23,6 +23,7 @@ class SeededTransformDataset(Dataset):
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Called by the loop at each epoch so the augmentation seeds change between epochs."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -85,6 +85,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint read with ``weights_only=True`` onto the CPU (the caller moves it).
+
+    A missing or unreadable file raises naming the path, not torch's unpickling traceback.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist (ckpt_path or resume)")
@@ -95,6 +99,9 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def config_fingerprint(config_yaml: str) -> str:
+    """A short hash of the identity config: a resume compares it to tell whether it continues the
+    same experiment.
+    """
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
@@ -120,6 +127,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; the CUDA streams only when CUDA is available here too."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]

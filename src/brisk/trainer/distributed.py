@@ -44,16 +44,20 @@ FAULT_SIGNAL_ENV = "BRISK_FAULT_SIGNAL"
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the job; the defaults describe a single process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Rank 0 writes the run's files and logs to the console."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process: collectives and sharded sampling are needed."""
         return self.world_size > 1
 
 
@@ -156,6 +160,7 @@ def _init_process_group(backend: str, world: int, timeout: timedelta) -> None:
 
 
 def collective_timeout() -> timedelta:
+    """The timeout of every collective, from ``BRISK_DIST_TIMEOUT_S`` (seconds) or the default."""
     raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
     try:
         seconds = float(raw)
@@ -183,12 +188,14 @@ def quiet_console() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks in place and return it; unchanged in a single process."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank, so all ranks act on one decision; ``obj`` itself alone."""
     if is_distributed():
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -213,11 +220,13 @@ def all_gather_objects(obj: object) -> list[object]:
 
 
 def barrier() -> None:
+    """Wait for every rank; a no-op in a single process."""
     if is_distributed():
         dist.barrier()
 
 
 def cleanup() -> None:
+    """Leave the process group, so the next run in the same process can start a new one."""
     if is_distributed():
         dist.destroy_process_group()
 

@@ -17,6 +17,8 @@ from brisk.trainer.distributed import all_reduce_sum
 
 
 class EvalAccumulator:
+    """Sums of one evaluation pass on this rank; :meth:`compute` reduces them across ranks."""
+
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.loss_sum, self.count = 0.0, 0
@@ -27,6 +29,9 @@ class EvalAccumulator:
         self.video_labels: dict[int, int] = {}
 
     def add(self, logits: Tensor, target: Tensor, video: Tensor | None = None) -> None:
+        """Count one batch: loss, top-1/top-5 hits and the confusion matrix, and the softmax scores
+        of each clip's ``video`` when given.
+        """
         logits, target = logits.detach().cpu(), target.detach().cpu()
         self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         k = min(5, logits.shape[1])
@@ -43,6 +48,7 @@ class EvalAccumulator:
             self.video_labels[v] = y
 
     def compute(self) -> dict[str, float]:
+        """The metrics over every rank's samples; every rank must call it (it all-reduces)."""
         sums = all_reduce_sum(
             torch.tensor([self.loss_sum, self.top1, self.top5, self.count], dtype=torch.float64)
         )
@@ -77,6 +83,8 @@ class EvalAccumulator:
         return torch.stack([local[v][0] for v in keys]), torch.tensor([local[v][1] for v in keys])
 
     def confusion_figure(self):
+        """A matplotlib figure of the confusion matrix, for TensorBoard; rendered off-screen
+        (Agg)."""
         import matplotlib
 
         matplotlib.use("Agg")

@@ -51,6 +51,7 @@ class MetricsCSV:
                 self._rewrite()
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append one row; a new column rewrites the file with the wider header."""
         row = {k: _fmt(v) for k, v in row.items()}
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
@@ -96,6 +97,9 @@ class RunLogger:
             )
 
     def metrics(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One row of ``metrics.csv`` and its TensorBoard scalars (the wall-clock ``seconds`` only
+        in the CSV).
+        """
         if not self.enabled:
             return
         assert self.csv is not None and self.tb is not None  # both are built when enabled
@@ -105,16 +109,20 @@ class RunLogger:
                 self.tb.add_scalar(key if "/" in key else f"{split}/{key}", value, step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
+        """A TensorBoard figure (the test confusion matrix); nothing when logging is off."""
         if self.enabled:
             assert self.tb is not None
             self.tb.add_figure(tag, figure, step)
 
     def text(self, tag: str, text: str) -> None:
+        """A TensorBoard text entry; nothing when logging is off, so callers need no check."""
         if self.enabled:
             assert self.tb is not None
             self.tb.add_text(tag, text)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer; the CSV is written row by row and needs
+        nothing."""
         if self.tb is not None:
             self.tb.close()
 
@@ -194,6 +202,7 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def ok(self, **fields: Any) -> None:
+        """The run finished: any record of an earlier failed or interrupted attempt is dropped."""
         if self.enabled:
             record = read_status(self.path)
             for stale in ("last_attempt", "traceback", "signal", "step"):
@@ -207,6 +216,7 @@ class RunRecord:
         self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
     def interrupted(self, signal: str, step: int, message: str) -> None:
+        """A stop signal ended the attempt at ``step``; ``resume=auto`` continues it from there."""
         self._end("interrupted", signal=signal, step=step, error=message)
 
     def _end(self, status: str, **fields: Any) -> None:

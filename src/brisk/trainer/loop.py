@@ -59,6 +59,10 @@ log = logging.getLogger("brisk")
 
 @dataclass
 class FitResult:
+    """What :meth:`Trainer.fit` ends with: the best validation metric (None without validation),
+    and where training stopped.
+    """
+
     best_val: float | None
     step: int
     epoch: int
@@ -152,6 +156,7 @@ class Trainer:
 
     @property
     def run_dir(self) -> Path:
+        """The folder of this run (or stage): its checkpoints, metrics and status."""
         return self.paths.root
 
     @property
@@ -169,6 +174,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds to continue this run exactly: weights, optimizer, schedule,
+        loss scaler, whitening and teacher state, progress, random streams and the identity config.
+        """
         return {
             "format_version": FORMAT_VERSION,
             "config_yaml": self.config_yaml,
@@ -240,11 +248,17 @@ class Trainer:
         return self.logger
 
     def close(self) -> None:
+        """Close the logger; safe to call twice."""
         if self.logger is not None:
             self.logger.close()
             self.logger = None
 
     def fit(self) -> FitResult:
+        """Train until the last epoch (or ``max_steps``), validating and checkpointing as
+        configured.
+
+        A stop signal checkpoints and raises :class:`RunInterrupted` at the next step boundary.
+        """
         self.open_logger()
         self._window = _Window(self.device)
         self._session = _Session()
@@ -410,6 +424,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on the ``val`` or ``test`` split, each sample counted once across ranks."""
         dataset = (
             self.datamodule.val_dataset() if split == "val" else self.datamodule.test_dataset()
         )
@@ -450,6 +465,7 @@ class Trainer:
         step: int | None = None,
         epoch: int | None = None,
     ) -> None:
+        """Log ``metrics`` at the current step and epoch unless given (a stage logs its own)."""
         self.open_logger().metrics(
             split,
             self.step if step is None else step,

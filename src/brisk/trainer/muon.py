@@ -53,6 +53,8 @@ class ParamSplit:
     aux_no_decay: list[tuple[str, nn.Parameter]] = field(default_factory=list)  # norms, biases
 
     def names(self) -> dict[str, list[str]]:
+        """Parameter names per optimizer part, for the log line and the tests that check the
+        split."""
         return {
             "muon": [n for n, _ in self.muon],
             "aux_decay": [n for n, _ in self.aux_decay],
@@ -155,6 +157,10 @@ class MuonWithAux(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step of both optimizers: Muon on the hidden weights (their gradients viewed as
+        matrices), the auxiliary optimizer on the rest; hyperparameters set on this optimizer's
+        groups (a scheduler's lr) are pushed down first.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -179,6 +185,8 @@ class MuonWithAux(Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state from another optimizer or model is a
+        :class:`UserError`."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"muon", "aux"}:
             found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)
             raise UserError(

@@ -97,6 +97,7 @@ class ResumePlan:
 
     @property
     def resumes(self) -> bool:
+        """A checkpoint is continued (not a fresh start, nor weights only via ``init_from``)."""
         return self.checkpoint is not None
 
 

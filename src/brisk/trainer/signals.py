@@ -47,6 +47,9 @@ class RunInterrupted(Exception):
 
 
 def signal_name(signum: int) -> str:
+    """The signal's name (``SIGTERM``) for logs and status.json; a number the platform lacks a
+    name for stays a number.
+    """
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -54,6 +57,9 @@ def signal_name(signum: int) -> str:
 
 
 def exit_code(signum: int) -> int:
+    """The exit status a shell gives a process killed by ``signum`` (128 + n), which schedulers
+    and wrappers recognise.
+    """
     return 128 + int(signum)
 
 

@@ -54,6 +54,8 @@ class WhitenedLayer:
 
     @property
     def modules(self) -> list[tuple[str, nn.Module, LayerAdapter]]:
+        """The first module holding the weight, then its aliases: every module whose input is
+        pooled."""
         return [(self.name, self.module, self.adapter), *self.aliases]
 
     @property
@@ -66,6 +68,7 @@ class WhitenedLayer:
 
     @property
     def has_bias(self) -> bool:
+        """Whether the bias algebra applies: every module sharing the weight has a bias."""
         return bool(self.biases)
 
     @property
@@ -151,6 +154,11 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------- selection and hooks
     def attach(self, model: nn.Module) -> None:
+        """Select the layers of ``model`` to whiten and install the hooks that collect their inputs.
+
+        The sampling generator is seeded per rank, so ranks draw different rows; its state is
+        checkpointed, so a resumed run continues the same draws.
+        """
         if self._handles:
             raise RuntimeError(f"whitening '{self.name}' is already attached; call detach() first")
         rank = torch.distributed.get_rank() if is_distributed() else 0
@@ -228,6 +236,8 @@ class LayerWhitening(Whitening):
             self._pending = True
 
     def detach(self) -> None:
+        """Remove the hooks; the statistics and preconditioners are kept (attach again to
+        resume)."""
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -321,6 +331,11 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------------------- logging
     def metrics(self) -> dict[str, float]:
+        """Per-layer condition numbers, seconds per phase, and the fallback and rejection counts.
+
+        The per-phase timers restart at zero each call, so a logged value covers one log interval;
+        the counts are cumulative.
+        """
         out: dict[str, float] = {}
         for layer in self.layers:
             if layer.kappa_r is not None:
@@ -338,6 +353,9 @@ class LayerWhitening(Whitening):
 
     # ------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same preconditioner: statistics, per-layer
+        state, the sampling generator and the counters.
+        """
         return {
             "algorithm": self.name,
             "step": self._step,
@@ -357,6 +375,7 @@ class LayerWhitening(Whitening):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the attached model must have the same whitened layers."""
         if state.get("algorithm") != self.name:
             raise ValueError(
                 f"whitening state is for '{state.get('algorithm')}', this run uses '{self.name}'"

@@ -34,6 +34,7 @@ class Candidate:
 
     @property
     def kind(self) -> str:
+        """The module's class name, as the selection table prints it."""
         return type(self.module).__name__
 
     @property
@@ -45,6 +46,7 @@ class Candidate:
 
     @property
     def weight_groups(self) -> int:
+        """Weight groups before blocking (``groups`` of a convolution); 0 without an adapter."""
         if self.adapter is None:
             return 0
         return self.adapter.groups // self.adapter.blocks

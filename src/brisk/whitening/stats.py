@@ -55,6 +55,7 @@ class LayerAdapter:
         return args[0]
 
     def num_rows(self, x: Tensor) -> int:
+        """Patch rows ``x`` yields, before sampling: the denominator of the statistics."""
         raise NotImplementedError
 
     def rows(
@@ -98,9 +99,11 @@ class LinearAdapter(LayerAdapter):
         self.dim = module.in_features
 
     def num_rows(self, x: Tensor) -> int:
+        """One row per leading index of ``x``."""
         return x.numel() // self.dim
 
     def rows(self, x, max_rows=None, generator=None):
+        """``(N, 1, M)``: the flattened leading indices; ``max_rows`` samples them uniformly."""
         flat = x.reshape(-1, self.dim)
         idx = self._sample(flat.shape[0], max_rows, generator)
         if idx is not None:
@@ -108,6 +111,7 @@ class LinearAdapter(LayerAdapter):
         return flat.unsqueeze(1)
 
     def output_from_rows(self, y, x):
+        """Restore ``x``'s leading dimensions, with the output features last."""
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -162,10 +166,16 @@ class ConvAdapter(LayerAdapter):
         return x
 
     def num_rows(self, x: Tensor) -> int:
+        """One row per output position of each sample (batch times the output's spatial size)."""
         w = self._windows(x)
         return w.shape[0] * math.prod(w.shape[2 : 2 + self.nd])
 
     def rows(self, x, max_rows=None, generator=None):
+        """Patch rows ``(N, G, M)`` in ``weight.view(C_out, -1)`` order.
+
+        Sampled rows are gathered from the strided view by index, so only ``max_rows`` patches are
+        ever copied.
+        """
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         total = batch * math.prod(spatial)
@@ -187,6 +197,8 @@ class ConvAdapter(LayerAdapter):
         return picked.reshape(idx.shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
+        """Rows back to ``(B, C_out, L_1..L_n)``, or without the batch dimension for unbatched
+        ``x``."""
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         out = y.reshape(batch, *spatial, y.shape[-1])
@@ -209,9 +221,15 @@ class AttentionOutputAdapter(LinearAdapter):
 
     @property
     def hook_module(self) -> nn.Module:
+        """The parent attention module: ``out_proj``'s own hooks never run."""
         return self.parent
 
     def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The concatenated heads, recomputed through the parent with ``out_proj`` as the identity.
+
+        None while that recomputation runs, so the nested call of the parent's hook collects
+        nothing.
+        """
         if self._busy:  # the recomputation below calls the parent again
             return None
         weight = self.module.weight
@@ -249,32 +267,41 @@ class BlockAdapter(LayerAdapter):
 
     @property
     def blocks(self) -> int:
+        """Blocks per weight group: ``M / blocks`` inputs each."""
         return self._blocks
 
     @property
     def hook_module(self) -> nn.Module:
+        """The wrapped layer's hook module: blocking changes the statistics, not where they come
+        from."""
         return self.inner.hook_module
 
     def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The wrapped layer's input, unchanged."""
         return self.inner.layer_input(args, kwargs)
 
     def num_rows(self, x: Tensor) -> int:
+        """The wrapped layer's row count: blocking splits columns, not rows."""
         return self.inner.num_rows(x)
 
     def rows(self, x, max_rows=None, generator=None):
+        """The wrapped layer's rows with each group's ``M`` inputs cut into ``blocks`` groups."""
         rows = self.inner.rows(x, max_rows, generator)
         return rows.reshape(rows.shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
+        """As the wrapped layer: outputs are not blocked."""
         return self.inner.output_from_rows(y, x)
 
     def weight_matrix(self, weight: Tensor) -> Tensor:
+        """``(G * blocks, S_g, M / blocks)``: each block's columns of every group's weight."""
         full = self.inner.weight_matrix(weight)  # (G, S_g, M)
         g, s = full.shape[:2]
         blocked = full.reshape(g, s, self._blocks, self.dim).transpose(1, 2)
         return blocked.reshape(self.groups, s, self.dim)
 
     def weight_from_matrix(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        """Inverse of :meth:`weight_matrix`: the blocks' columns put back side by side."""
         s = matrix.shape[1]
         full = matrix.reshape(self.weight_groups, self._blocks, s, self.dim).transpose(1, 2)
         return full.reshape(shape)
@@ -382,6 +409,7 @@ class RunningCovariance:
 
     @property
     def pending(self) -> bool:
+        """Whether rows were accumulated since the last fold (a statistics step is in progress)."""
         return self._n > 0
 
     def accumulate(self, rows: Tensor) -> None:
@@ -414,6 +442,8 @@ class RunningCovariance:
         self._n += rows.shape[0]
 
     def pending_tensors(self) -> list[Tensor]:
+        """The pending sums and row count, the tensors a distributed run all-reduces before
+        :meth:`fold`."""
         assert self._sxx is not None and self._sx is not None and self._sq is not None
         n = torch.full((1,), float(self._n), dtype=self._sxx.dtype, device=self._sxx.device)
         return [self._sxx, self._sx, self._sq, n]
@@ -451,6 +481,9 @@ class RunningCovariance:
         return True
 
     def state_dict(self) -> dict[str, Any]:
+        """The running statistics and the reference point; pending sums are not saved (a checkpoint
+        is taken between steps, after the fold).
+        """
         return {
             "cov": self.cov,
             "mean": self.mean,
@@ -462,6 +495,7 @@ class RunningCovariance:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; pending sums start empty."""
         self.cov, self.mean, self.trace = state["cov"], state["mean"], state["trace"]
         self.transform, self.shift = state["transform"], state["shift"]
         self.updates, self.rejected = int(state["updates"]), int(state["rejected"])

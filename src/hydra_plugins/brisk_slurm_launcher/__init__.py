@@ -23,6 +23,9 @@ if _SubmititSlurmLauncher is not None:
         (brisk.sweep.slurm)."""
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """Run the launcher's job wrapper under :func:`run_requeueable`, so a signalled job
+            checkpoints and requeues itself instead of dying.
+            """
             from brisk.sweep.slurm import run_requeueable
 
             return run_requeueable(
