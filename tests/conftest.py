@@ -27,8 +27,7 @@ def _seed_torch() -> None:
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    """The config ``train OVERRIDES`` would run, composed in this process (no Hydra run
-    directory)."""
+    """The config ``train OVERRIDES`` would run, composed in-process (no Hydra run directory)."""
     from hydra import compose, initialize_config_module
 
     from brisk.config import CONFIG_NAME
@@ -56,8 +55,7 @@ def run_train(
     check: bool = True,
     timeout: int = 600,
 ):
-    """Run ``python -m brisk.train`` in a subprocess, as a user would; fail with its output
-    shown."""
+    """Run ``python -m brisk.train`` in a subprocess, as a user would; fail showing its output."""
     import os
     import subprocess
     import sys

@@ -42,8 +42,7 @@ log = logging.getLogger("brisk")
 
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
-    """Run the configured experiment; returns the best validation metric (NaN when there is
-    none)."""
+    """Run the configured experiment; returns the best validation metric (NaN without one)."""
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check(cfg)
@@ -171,8 +170,7 @@ def main() -> None:
 
 
 def _explain_failure(overrides: list[str]) -> None:
-    """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing
-    plugin."""
+    """After Hydra's message: the valid keys for a misspelt one, the pip extra for a plugin."""
     from brisk.config.diagnose import explain_unknown_keys
     from brisk.config.extras import missing_extra_messages
 

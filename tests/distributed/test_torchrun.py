@@ -200,8 +200,7 @@ def test_evd_whitening_two_processes_train_the_weights_of_one_process(
 def test_killed_worker_is_restarted_and_the_run_completes_once(
     two_process_run: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """Rank 1 is SIGKILLed after step 7 of 10 in the first attempt; the last checkpoint is step
-    6."""
+    """Rank 1 is SIGKILLed after step 7 of 10 in the first attempt; the last checkpoint is 6."""
     proc = torchrun(
         *COMMON,
         output_dir=tmp_path,

@@ -48,8 +48,7 @@ def slurm_job_id(run_dir: Path) -> str | None:
 
 
 def array_task(job_id: str) -> str:
-    """``ARRAY_TASK`` for a job id: scancel with the id of an array's first task signals them
-    all."""
+    """``ARRAY_TASK`` for a job id: scancel with an array's first task id signals them all."""
     listing = subprocess.run(
         ["squeue", "-h", "-o", "%A %i"], capture_output=True, text=True, check=True, timeout=30
     ).stdout

@@ -115,8 +115,7 @@ def test_many_steps_reach_evds_exact_damped_inverse(normalize: bool) -> None:
 
 
 def test_float64_statistics_drive_a_float32_model_like_a_float64_one() -> None:
-    """``stats_dtype: float64``: statistics and T in double, the model and its gradients in
-    float."""
+    """``stats_dtype: float64``: statistics and T in double, model and gradients in float."""
     reference = linear_net()  # float64 throughout
     model = clone(reference).float()
     data = batches((7,), 4)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Extra:
-    """An optional dependency group of brisk: what it makes importable, and the package to
-    install."""
+    """An optional dependency group: the modules it makes importable, and its pip package."""
 
     name: str  # the [project.optional-dependencies] key in pyproject.toml
     modules: tuple[str, ...]  # what must be importable

@@ -65,8 +65,7 @@ PRECISIONS = tuple(p.value for p in Precision)
 
 @dataclass
 class TrainerConfig:
-    """The ``trainer`` group: the loop's length, batching, cadence and numerics, shared by every
-    task."""
+    """The ``trainer`` group: length, batching, cadence and numerics of the loop, for every task."""
 
     epochs: int = 10
     max_steps: int | None = None  # optional cap on optimizer steps; ends training early
@@ -96,8 +95,7 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    """The ``paths`` group: data is read under ``data_dir``, runs and sweeps land in
-    ``output_dir``."""
+    """The ``paths`` group: data is read under ``data_dir``; runs land in ``output_dir``."""
 
     root_dir: str = "."
     data_dir: str = "./data"
@@ -172,8 +170,7 @@ class MultiStepConfig:
 
 @dataclass
 class TaskConfig:
-    """The ``task`` group: a name for summaries, and the validation metric that picks
-    ``best.pt``."""
+    """The ``task`` group: a name for summaries, the validation metric that picks ``best.pt``."""
 
     name: str = "digits"
     monitor: str = "acc1"  # validation metric that picks best.pt (video tasks: video_acc1)

@@ -60,8 +60,7 @@ class Curve:
 
 @dataclass
 class JobRecord:
-    """Everything the summary needs from one job; ``None`` marks a number the job did not
-    produce."""
+    """Everything the summary needs from one job; ``None``: a number the job did not produce."""
 
     name: str
     path: Path
@@ -116,8 +115,7 @@ class Stat:
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> Stat:
-        """The statistics of the values that are not None (seeds that produced no number are left
-        out)."""
+        """Statistics of the values that are not None (seeds without a number are left out)."""
         present = [v for v in values if v is not None]
         if not present:
             return cls(None, None, 0)

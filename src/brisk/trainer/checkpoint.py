@@ -29,8 +29,7 @@ FORMAT_VERSION = 1
 
 
 class StorageError(UserError):
-    """Writing a run's file failed for a reason outside brisk: no space left, a quota, an I/O
-    error."""
+    """Writing a run's file failed for a reason outside brisk: no space, a quota, an I/O error."""
 
 
 def free_space(path: Path) -> str:

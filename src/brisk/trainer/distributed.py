@@ -106,8 +106,7 @@ def _first_host(nodelist: str) -> str:
 
 
 def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
-    """Join the process group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins
-    nothing."""
+    """Join the group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins none."""
     os.environ.update(slurm_env())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:

@@ -83,8 +83,7 @@ class EvalAccumulator:
         return torch.stack([local[v][0] for v in keys]), torch.tensor([local[v][1] for v in keys])
 
     def confusion_figure(self):
-        """A matplotlib figure of the confusion matrix, for TensorBoard; rendered off-screen
-        (Agg)."""
+        """The confusion matrix as a figure for TensorBoard, rendered off-screen (Agg)."""
         import matplotlib
 
         matplotlib.use("Agg")

@@ -121,15 +121,13 @@ class RunLogger:
             self.tb.add_text(tag, text)
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer; the CSV is written row by row and needs
-        nothing."""
+        """Flush and close the TensorBoard writer (the CSV is written row by row)."""
         if self.tb is not None:
             self.tb.close()
 
 
 def read_status(path: Path) -> dict[str, Any]:
-    """status.json as a dict; an unreadable one is set aside as ``status.json.corrupt`` and
-    logged."""
+    """status.json as a dict; an unreadable one is logged and set aside as ``.corrupt``."""
     if not path.is_file():
         return {}
     try:
@@ -211,8 +209,7 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def failed(self, exc: BaseException) -> None:
-        """Best effort: on a full disk even this write may fail, and the original error matters
-        more."""
+        """Best effort: on a full disk this write may fail too; the original error matters more."""
         self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
     def interrupted(self, signal: str, step: int, message: str) -> None:

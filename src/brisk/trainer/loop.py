@@ -363,8 +363,7 @@ class Trainer:
         raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
 
     def _log_train(self) -> float:
-        """Write a train row and a log line; returns the window's mean loss (for the progress
-        bar)."""
+        """Write a train row and a log line; returns the window's mean loss (for the bar)."""
         self._check_finite()
         window, session = self._window, self._session
         assert window is not None
@@ -520,8 +519,7 @@ class _Window:
             self.parts[key] = self.parts.get(key, 0.0) + part
 
     def first_non_finite(self) -> tuple[int | None, float]:
-        """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None,
-        0)."""
+        """One host read: (step, loss) of the first non-finite loss, or (None, 0)."""
         step, value = torch.stack([self.bad_step.double(), self.bad_value.double()]).tolist()
         return (int(step), value) if step >= 0 else (None, 0.0)
 

@@ -53,8 +53,7 @@ class ParamSplit:
     aux_no_decay: list[tuple[str, nn.Parameter]] = field(default_factory=list)  # norms, biases
 
     def names(self) -> dict[str, list[str]]:
-        """Parameter names per optimizer part, for the log line and the tests that check the
-        split."""
+        """Parameter names per optimizer part, for the log and the tests of the split."""
         return {
             "muon": [n for n, _ in self.muon],
             "aux_decay": [n for n, _ in self.aux_decay],

@@ -199,8 +199,7 @@ def latest_run_with(runs_root: Path, fingerprint: str, exclude: Path) -> Path | 
 
 
 def read_resume_state(path: Path) -> dict[str, Any]:
-    """A brisk checkpoint with everything a resume needs, or a :class:`UserError` naming the
-    file."""
+    """A brisk checkpoint with all a resume needs, or a :class:`UserError` naming the file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (ckpt_path or resume)")
     try:

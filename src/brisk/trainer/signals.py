@@ -115,8 +115,7 @@ class StopSignals:
         return self.signum is not None
 
     def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue
-        logic)."""
+        """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue)."""
         if self.signum is None:
             self.signum = int(signum)
 

@@ -45,8 +45,7 @@ class Whitening:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-typed state (tensors, numbers, strings) so ``torch.load(weights_only=True)`` reads
-        it."""
+        """Plain-typed state (tensors, numbers, strings), so ``weights_only`` loading reads it."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -54,8 +54,7 @@ class WhitenedLayer:
 
     @property
     def modules(self) -> list[tuple[str, nn.Module, LayerAdapter]]:
-        """The first module holding the weight, then its aliases: every module whose input is
-        pooled."""
+        """The first module holding the weight, then its aliases: all whose inputs are pooled."""
         return [(self.name, self.module, self.adapter), *self.aliases]
 
     @property
@@ -236,8 +235,7 @@ class LayerWhitening(Whitening):
             self._pending = True
 
     def detach(self) -> None:
-        """Remove the hooks; the statistics and preconditioners are kept (attach again to
-        resume)."""
+        """Remove the hooks; statistics and preconditioners are kept (attach again to resume)."""
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -265,8 +263,7 @@ class LayerWhitening(Whitening):
         self.precondition(self._step)
 
     def precondition(self, step: int) -> None:
-        """Transform the gradients of step ``step``, then count it: the next step is ``step +
-        1``."""
+        """Transform the gradients of step ``step``, then count it: the next is ``step + 1``."""
         self._precondition(step)
         self._pending = False
         self._step = int(step) + 1

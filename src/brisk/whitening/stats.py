@@ -61,8 +61,7 @@ class LayerAdapter:
     def rows(
         self, x: Tensor, max_rows: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Patch rows ``(N, G, M)``; with ``max_rows`` a uniform random subset (with
-        replacement)."""
+        """Patch rows ``(N, G, M)``; with ``max_rows``, a uniform sample with replacement."""
         raise NotImplementedError
 
     def output_from_rows(self, y: Tensor, x: Tensor) -> Tensor:
@@ -197,8 +196,7 @@ class ConvAdapter(LayerAdapter):
         return picked.reshape(idx.shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
-        """Rows back to ``(B, C_out, L_1..L_n)``, or without the batch dimension for unbatched
-        ``x``."""
+        """Rows back to ``(B, C_out, L_1..L_n)`` (no batch dimension for unbatched ``x``)."""
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         out = y.reshape(batch, *spatial, y.shape[-1])
@@ -272,8 +270,7 @@ class BlockAdapter(LayerAdapter):
 
     @property
     def hook_module(self) -> nn.Module:
-        """The wrapped layer's hook module: blocking changes the statistics, not where they come
-        from."""
+        """The wrapped layer's: blocking changes the statistics, not where they come from."""
         return self.inner.hook_module
 
     def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
@@ -413,8 +410,7 @@ class RunningCovariance:
         return self._n > 0
 
     def accumulate(self, rows: Tensor) -> None:
-        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``, or float64 rows as they
-        are)."""
+        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``; float64 rows as they are)."""
         rows = rows.detach()
         rows = rows.to(torch.promote_types(stats_dtype(rows), self.dtype))
         if self._n == 0:
