@@ -1,8 +1,8 @@
 """Training throughput (images/s) and peak memory of the runner's own training step.
 
-Each case runs in a fresh subprocess so peak memory (max RSS on CPU, max allocated on CUDA) belongs to
-that case alone. The step is ``brisk.trainer.loop.Trainer``'s, fed from memory so data loading is not
-measured. These figures are the baseline the whitening overhead is measured against.
+Each case runs in a fresh subprocess so peak memory (max RSS on CPU, max allocated on CUDA) belongs
+to that case alone. The step is ``brisk.trainer.loop.Trainer``'s, fed from memory so data loading is
+not measured. These figures are the baseline the whitening overhead is measured against.
 
     python scripts/bench_train.py                       # resnet20 @128 CIFAR-size, digits default
     python scripts/bench_train.py --json outputs/bench/train.json --steps 30
@@ -139,7 +139,8 @@ def main() -> None:
     print(f"{'case':40s} {'step ms':>9s} {'images/s':>10s} {'peak RSS MiB':>13s}")
     for name, r in results.items():
         print(
-            f"{name:40s} {r['step_ms_median']:9.1f} {r['images_per_s']:10.0f} {r['peak_rss_mib']:13.0f}"
+            f"{name:40s} {r['step_ms_median']:9.1f} {r['images_per_s']:10.0f} "
+            f"{r['peak_rss_mib']:13.0f}"
         )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"overrides": args.overrides, "results": results}, indent=2))

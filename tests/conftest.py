@@ -27,7 +27,7 @@ def _seed_torch() -> None:
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    """The config ``train OVERRIDES`` would run, composed in this process (no Hydra run directory)."""
+    """The config ``train OVERRIDES`` would run, composed in-process (no Hydra run directory)."""
     from hydra import compose, initialize_config_module
 
     from brisk.config import CONFIG_NAME
@@ -55,7 +55,7 @@ def run_train(
     check: bool = True,
     timeout: int = 600,
 ):
-    """Run ``python -m brisk.train`` in a subprocess, as a user would; fail with its output shown."""
+    """Run ``python -m brisk.train`` in a subprocess, as a user would; fail showing its output."""
     import os
     import subprocess
     import sys
@@ -105,20 +105,40 @@ def write_fake_cifar(
 
 @pytest.fixture(scope="session")
 def shared_cifar10(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real CIFAR-10 rebuilt into the standard python layout; returns the folder to use as data_dir."""
+    """The real CIFAR-10 rebuilt into the standard python layout; the folder to use as data_dir.
+
+    Under pytest-xdist the workers share one build: the first builds it under a lock in the run's
+    common temp folder (a completed folder is renamed into place), the others wait and reuse it.
+    """
+    import os
     import subprocess
     import sys
 
-    data_dir = tmp_path_factory.mktemp("cifar10")
-    tool = shared_data.parent / "tools" / "build_cifar10.py"
-    subprocess.run(
-        [
-            sys.executable,
-            str(tool),
-            str(shared_data / "cifar10"),
-            str(data_dir / "cifar-10-batches-py"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    from filelock import FileLock
+
+    def build(data_dir: Path) -> None:
+        tool = shared_data.parent / "tools" / "build_cifar10.py"
+        subprocess.run(
+            [
+                sys.executable,
+                str(tool),
+                str(shared_data / "cifar10"),
+                str(data_dir / "cifar-10-batches-py"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        data_dir = tmp_path_factory.mktemp("cifar10")
+        build(data_dir)
+        return data_dir
+    # each worker's basetemp is popen-gwN inside this run's pytest-N folder
+    run_root = tmp_path_factory.getbasetemp().parent
+    data_dir = run_root / "cifar10"
+    with FileLock(str(run_root / "cifar10.lock")):
+        if not data_dir.is_dir():
+            partial = tmp_path_factory.mktemp("cifar10-partial")
+            build(partial)
+            partial.rename(data_dir)
     return data_dir

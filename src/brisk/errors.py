@@ -1,8 +1,8 @@
 """Errors that are the user's to fix: a bad config value, a missing or malformed file.
 
 The CLI reports a :class:`UserError` as one line naming the key or file and what was expected, and
-exits with status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it; ``status.json`` keeps it).
-Anything else is a bug in brisk and keeps its traceback.
+exits with status 2, without a traceback (``HYDRA_FULL_ERROR=1`` shows it; ``status.json`` keeps
+it). Anything else is a bug in brisk and keeps its traceback.
 
 This module imports nothing from brisk or its dependencies, so any package may raise these errors.
 """

@@ -1,9 +1,9 @@
 """``train``: compose a config with Hydra and run it.
 
 ``train(cfg)`` is importable and does the work; ``main`` is the thin Hydra wrapper installed as the
-``train`` console script (also ``python -m brisk.train``, and under ``torchrun``). A run reads top to
-bottom in :func:`train`: where it continues from (``trainer/resume.py``), the lock on its directory,
-then the stages (``trainer/stages.py``), with status.json kept by a ``RunRecord``.
+``train`` console script (also ``python -m brisk.train``, and under ``torchrun``). A run reads top
+to bottom in :func:`train`: where it continues from (``trainer/resume.py``), the lock on its
+directory, then the stages (``trainer/stages.py``), with status.json kept by a ``RunRecord``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ log = logging.getLogger("brisk")
 
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
-    """Run the configured experiment; returns the best validation metric (NaN when there is none)."""
+    """Run the configured experiment; returns the best validation metric (NaN without one)."""
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check(cfg)
@@ -168,7 +168,7 @@ def main() -> None:
 
 
 def _explain_failure(overrides: list[str]) -> None:
-    """After Hydra's own message: the valid keys for a misspelt one, the pip extra for a missing plugin."""
+    """After Hydra's message: the valid keys for a misspelt one, the pip extra for a plugin."""
     from brisk.config.diagnose import explain_unknown_keys
     from brisk.config.extras import missing_extra_messages
 
@@ -177,8 +177,8 @@ def _explain_failure(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    # Re-import so the task function belongs to the module `brisk.train`, not `__main__`: launchers that
-    # pickle it (joblib, submitit) then pickle a reference instead of the whole module.
+    # Re-import so the task function belongs to the module `brisk.train`, not `__main__`: launchers
+    # that pickle it (joblib, submitit) then pickle a reference instead of the whole module.
     from brisk.train import main as _main
 
     _main()

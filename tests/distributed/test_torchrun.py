@@ -1,7 +1,8 @@
 """``train`` under ``torchrun`` on CPU (gloo, 2 processes), as users launch it.
 
-One uninterrupted 2-process run is shared by the tests of this module: its layout, its equality with a
-1-process run of the same global batch and seed, and the elastic run that must end with its weights.
+One uninterrupted 2-process run is shared by the tests of this module: its layout, its equality with
+a 1-process run of the same global batch and seed, and the elastic run that must end with its
+weights.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ COMMON = (
     "model.batch_norm=false",
     "optimizer.lr=0.2",
 )
-# Measured: 3.0e-6 (whitening=none) after 10 steps, with weights up to 0.33; the bound the issue asks.
+# Measured: 3.0e-6 (whitening=none) after 10 steps, with weights up to 0.33; the bound the issue
+# asks.
 WEIGHT_TOLERANCE = 1e-5
 
 
@@ -160,7 +162,8 @@ def test_two_processes_train_the_weights_of_one_process(
         # With float32 statistics and eps=0.01 the inverse amplifies rounding differences
         # of the statistics (ranks sum halves; the first batch is shifted by zero, not by its mean):
         # after one step covariances 2e-6 apart, fc preconditioner 2e-3 relative, weights 1.1e-5;
-        # after 10 steps 2.2e-4. A larger eps keeps the inverse well conditioned (measured 4.7e-6) ...
+        # after 10 steps 2.2e-4. A larger eps keeps the inverse well conditioned (measured 4.7e-6)
+        # ...
         (("whitening.eps=0.1",), WEIGHT_TOLERANCE),
         # ... and float64 statistics remove their share at eps=0.01: measured 9.3e-6 after
         # these 5 steps against 9.0e-5 with float32 statistics. What is left is float32 gradient
@@ -197,7 +200,7 @@ def test_evd_whitening_two_processes_train_the_weights_of_one_process(
 def test_killed_worker_is_restarted_and_the_run_completes_once(
     two_process_run: tuple[Path, str], tmp_path: Path
 ) -> None:
-    """Rank 1 is SIGKILLed after step 7 of 10 in the first attempt; the last checkpoint is step 6."""
+    """Rank 1 is SIGKILLed after step 7 of 10 in the first attempt; the last checkpoint is 6."""
     proc = torchrun(
         *COMMON,
         output_dir=tmp_path,

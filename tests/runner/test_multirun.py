@@ -12,7 +12,8 @@ from tests.conftest import run_train
 
 @pytest.mark.slow
 def test_sweep_with_a_failing_job_goes_on_and_is_summarised(tmp_path: Path) -> None:
-    # batch 100000 is larger than the training set: that job fails inside train(), the other succeeds
+    # batch 100000 is larger than the training set: that job fails inside train(), the other
+    # succeeds
     proc = run_train(
         "-m",
         "debug=fast",

@@ -1,4 +1,5 @@
-"""``train task=video``: both stages of teacher-student training through the CLI on moving_shapes."""
+"""``train task=video``: both stages of teacher-student training through the CLI on
+moving_shapes."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         "teacher=rgb_i3d",
         "teacher.width_mult=0.25",
         "teacher.beta=0.1",
-        "teacher.layers={conv5: Mixed_5c}",  # feature mimicking through an adapter the student trains
+        # feature mimicking through an adapter the student trains
+        "teacher.layers={conv5: Mixed_5c}",
         *TINY,
         f"paths.data_dir={video_data}",
         f"hydra.run.dir={run}",

@@ -12,7 +12,7 @@ import pytest
 from tests.distributed.test_torchrun import COMMON, WEIGHT_TOLERANCE, max_abs_diff, rows, weights
 from tests.slurm.conftest import finish, job_env, sbatch, start_train
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def test_sbatch_with_two_tasks_trains_the_weights_of_one_process(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tests.slurm.conftest import slurm_train, submitted_arrays
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def test_four_trials_as_two_parallel_jobs_share_one_study(

@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO_ROOT
 from tests.slurm.conftest import LAUNCHER, finish, job_env, start_train, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 STEPS_PER_EPOCH = 8
 # 2 epochs of 8 steps; a training step sleeps 0.5 s, so a signal lands in the middle of an epoch
@@ -48,7 +48,7 @@ def slurm_job_id(run_dir: Path) -> str | None:
 
 
 def array_task(job_id: str) -> str:
-    """``ARRAY_TASK`` for a job id: scancel with the id of an array's first task signals them all."""
+    """``ARRAY_TASK`` for a job id: scancel with an array's first task id signals them all."""
     listing = subprocess.run(
         ["squeue", "-h", "-o", "%A %i"], capture_output=True, text=True, check=True, timeout=30
     ).stdout

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tests.slurm.conftest import slurm_train, submitted_arrays
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
 def test_sweep_runs_as_a_job_array_and_reports_a_failing_job(

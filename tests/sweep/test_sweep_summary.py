@@ -165,8 +165,8 @@ def test_markdown_table_and_failed_jobs(sweep: Path) -> None:
     )
     failed = text[text.index("## Failed or unfinished jobs") :]
     assert (
-        "| 4 | `optimizer.lr=0.5 seed=0 debug=fast` | failed | RuntimeError: loss is NaN at step 12 |"
-        in failed
+        "| 4 | `optimizer.lr=0.5 seed=0 debug=fast` | failed "
+        "| RuntimeError: loss is NaN at step 12 |" in failed
     )
     assert "| 5 | `optimizer.lr=0.5 seed=1 debug=fast` | missing | no status.json" in failed
 

@@ -1,4 +1,5 @@
-"""Preemption: a stop signal saves the run at the step it arrived, and the run resumes from there."""
+"""Preemption: a stop signal saves the run at the step it arrived, and the run resumes from
+there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Config schemas, custom resolvers and the location of the YAML tree (``conf/``, as ``brisk.conf``)."""
+"""Config schemas, custom resolvers and the location of the YAML tree (``conf/``, as
+``brisk.conf``)."""
 
 import os
 

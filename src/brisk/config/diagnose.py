@@ -1,8 +1,8 @@
 """Friendlier messages for misspelt override keys.
 
-Hydra rejects ``optimizer.lrr=0.1`` with "Key 'lrr' is not in struct" but does not say what the valid
-keys are. When the command fails, we compose again with only the group choices and list the keys that
-do exist under the bad key's parent, with the closest match first.
+Hydra rejects ``optimizer.lrr=0.1`` with "Key 'lrr' is not in struct" but does not say what the
+valid keys are. When the command fails, we compose again with only the group choices and list the
+keys that do exist under the bad key's parent, with the closest match first.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def explain_unknown_keys(overrides: list[str]) -> list[str]:
                 close = difflib.get_close_matches(leaf, valid, n=1)
                 hint = f" Did you mean '{parent_key}.{close[0]}'?" if close else ""
                 messages.append(
-                    f"unknown key '{key}'.{hint} Valid keys under '{parent_key}': {', '.join(valid)}"
+                    f"unknown key '{key}'.{hint} "
+                    f"Valid keys under '{parent_key}': {', '.join(valid)}"
                 )
             else:
                 messages.append(

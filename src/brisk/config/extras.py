@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Extra:
+    """An optional dependency group: the modules it makes importable, and its pip package."""
+
     name: str  # the [project.optional-dependencies] key in pyproject.toml
     modules: tuple[str, ...]  # what must be importable
     pip_package: str
@@ -44,6 +46,9 @@ class MissingExtraError(RuntimeError):
 
 
 def missing_modules(extra: Extra) -> list[str]:
+    """The modules of ``extra`` that cannot be imported; found without importing them (a plugin's
+    import may be slow or fail for reasons of its own).
+    """
     missing = []
     for module in extra.modules:
         try:

@@ -18,18 +18,24 @@ from brisk.config.whitening import register_whitening_schemas
 
 
 class Device(StrEnum):
+    """``trainer.device``: ``auto`` picks CUDA when available, else the CPU."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
 class Backend(StrEnum):
+    """``trainer.backend``: ``auto`` follows the device (gloo on CPU, nccl on CUDA)."""
+
     auto = "auto"
     gloo = "gloo"
     nccl = "nccl"
 
 
 class AuxOptimizer(StrEnum):
+    """The optimizer Muon leaves the input layer, classifier, norms and biases to."""
+
     adamw = "adamw"
     sgd = "sgd"
 
@@ -59,6 +65,8 @@ PRECISIONS = tuple(p.value for p in Precision)
 
 @dataclass
 class TrainerConfig:
+    """The ``trainer`` group: length, batching, cadence and numerics of the loop, for every task."""
+
     epochs: int = 10
     max_steps: int | None = None  # optional cap on optimizer steps; ends training early
     batch_size: int = 128  # global batch: split across ranks under torchrun
@@ -87,6 +95,8 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
+    """The ``paths`` group: data is read under ``data_dir``; runs land in ``output_dir``."""
+
     root_dir: str = "."
     data_dir: str = "./data"
     output_dir: str = "./outputs"  # where runs and sweeps land
@@ -94,6 +104,8 @@ class PathsConfig:
 
 @dataclass
 class SGDConfig:
+    """``optimizer=sgd``: partial, so the model's parameter groups are passed in at setup."""
+
     _target_: str = "torch.optim.SGD"
     _partial_: bool = True
     lr: float = 0.1
@@ -105,6 +117,8 @@ class SGDConfig:
 
 @dataclass
 class AdamWConfig:
+    """``optimizer=adamw``: partial, so the model's parameter groups are passed in at setup."""
+
     _target_: str = "torch.optim.AdamW"
     _partial_: bool = True
     lr: float = 1e-3
@@ -135,6 +149,8 @@ class MuonConfig:
 
 @dataclass
 class CosineConfig:
+    """``scheduler=cosine``: linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+
     _target_: str = "brisk.trainer.schedulers.warmup_cosine"
     _partial_: bool = True
     warmup_epochs: float = 0.0
@@ -143,6 +159,8 @@ class CosineConfig:
 
 @dataclass
 class MultiStepConfig:
+    """``scheduler=multistep``: linear warm-up, then ``gamma`` steps at fractions of training."""
+
     _target_: str = "brisk.trainer.schedulers.warmup_multistep"
     _partial_: bool = True
     warmup_epochs: float = 0.0
@@ -152,6 +170,8 @@ class MultiStepConfig:
 
 @dataclass
 class TaskConfig:
+    """The ``task`` group: a name for summaries, the validation metric that picks ``best.pt``."""
+
     name: str = "digits"
     monitor: str = "acc1"  # validation metric that picks best.pt (video tasks: video_acc1)
 
@@ -179,6 +199,9 @@ class RunConfig:
 
 
 def register_schemas() -> None:
+    """Put the structured schemas in Hydra's ConfigStore, so YAML that misspells a key or gives a
+    wrong type fails at compose time instead of deep inside a run.
+    """
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)

@@ -40,6 +40,7 @@ class Range:
     optional: bool = False  # null is valid (and means "off" or "default")
 
     def describe(self) -> str:
+        """The valid values in words, for the one-line error naming the key."""
         kind = "an integer" if self.integer else "a finite number"
         if self.low is not None and self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
@@ -53,6 +54,7 @@ class Range:
         return ("null or " if self.optional else "") + kind + bounds
 
     def accepts(self, value: Any) -> bool:
+        """Whether ``value`` lies in the range; booleans, NaN and infinities never do."""
         if value is None:
             return self.optional
         if isinstance(value, bool) or not isinstance(value, int | float):

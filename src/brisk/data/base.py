@@ -1,9 +1,9 @@
 """What a data set must provide to the runner.
 
-A :class:`DataModule` is built by ``hydra.utils.instantiate(cfg.dataset)``. Its datasets yield either
-``(input, target)`` tuples or dicts with at least ``"input"`` and ``"target"``; extra keys travel with the
-batch (``"rgb"`` for a teacher, ``"video"`` with a video index so the evaluator can pool clip scores into
-video scores).
+A :class:`DataModule` is built by ``hydra.utils.instantiate(cfg.dataset)``. Its datasets yield
+either ``(input, target)`` tuples or dicts with at least ``"input"`` and ``"target"``; extra keys
+travel with the batch (``"rgb"`` for a teacher, ``"video"`` with a video index so the evaluator can
+pool clip scores into video scores).
 """
 
 from __future__ import annotations
@@ -72,12 +72,15 @@ class DataModule:
         return {"selected_on": "last" if same else "val"}
 
     def train_dataset(self) -> Dataset:
+        """The training split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("train")
 
     def val_dataset(self) -> Dataset:
+        """The validation split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("val")
 
     def test_dataset(self) -> Dataset:
+        """The test split; raises naming the data module when :meth:`setup` was not called."""
         return self._split("test")
 
     def _split(self, name: str) -> Dataset:

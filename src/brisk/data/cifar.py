@@ -1,7 +1,8 @@
 """CIFAR-10/100 from the standard python layout that torchvision's download leaves on disk.
 
-We validate what matters for training (array shapes, label range, per-split counts) instead of md5 sums,
-because users re-pack these files and a checksum mismatch says nothing about whether they are usable.
+We validate what matters for training (array shapes, label range, per-split counts) instead of md5
+sums, because users re-pack these files and a checksum mismatch says nothing about whether they are
+usable.
 
 The batches are pickles, and unpickling runs whatever code a file names: a crafted file in a shared
 data directory would run as the user. They are therefore read by :class:`_BatchUnpickler`, which
@@ -165,6 +166,13 @@ def read_cifar_split(
 
 
 class CifarDataModule(DataModule):
+    """CIFAR-10/100 from the official python batches under ``root``; nothing is downloaded.
+
+    ``val_size`` images are held out of the training batches by a fixed ``split_seed`` (0
+    validates on the test set); ``train_subset`` trains on fewer images for quick runs. Crops and
+    flips are seeded per sample and epoch, so a resumed run sees the same augmentations.
+    """
+
     def __init__(
         self,
         root: str,
@@ -194,12 +202,16 @@ class CifarDataModule(DataModule):
         self._splits: dict[str, Dataset] = {}
 
     def setup(self) -> None:
+        """Read and check the batches; a missing folder or malformed file raises
+        :class:`DatasetNotFoundError` or a one-line error naming it.
+        """
         folder = self.root / self.layout["folder"]
         if not folder.is_dir():
             raise DatasetNotFoundError(
                 self.variant,
                 folder,
-                f"folder '{self.layout['folder']}/' with {', '.join(self.layout['train'] + self.layout['test'])}",
+                f"folder '{self.layout['folder']}/' with "
+                f"{', '.join(self.layout['train'] + self.layout['test'])}",
                 _HOW_TO_GET,
             )
         args = (self.layout["label_key"], self.num_classes)

@@ -1,6 +1,6 @@
-"""scikit-learn's handwritten digits: real data that ships with a dependency, so plain ``train`` works
-on a fresh clone with no download. Images are 8x8 with 17 grey levels; we upsample them bilinearly so a
-small CNN has room for two conv stages."""
+"""scikit-learn's handwritten digits: real data that ships with a dependency, so plain ``train``
+works on a fresh clone with no download. Images are 8x8 with 17 grey levels; we upsample them
+bilinearly so a small CNN has room for two conv stages."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from brisk.errors import ConfigValueError
 
 
 class DigitsDataModule(DataModule):
+    """The default data set: trains in seconds on a CPU, so ``train`` and the tests need no data."""
+
     num_classes = 10
 
     def __init__(
@@ -39,6 +41,7 @@ class DigitsDataModule(DataModule):
         self._splits: dict[str, Dataset] = {}
 
     def setup(self) -> None:
+        """Load, upsample and standardise the images, then split them by ``split_seed``."""
         from sklearn.datasets import load_digits
 
         digits = load_digits()

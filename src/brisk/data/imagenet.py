@@ -55,13 +55,17 @@ class ImageNetDataModule(DataModule):
             ) from exc
 
     def setup(self) -> None:
+        """Check the ``train/`` and ``val/`` class folders and build the image folders with their
+        transforms; a missing or empty split raises :class:`DatasetNotFoundError`.
+        """
         for split in ("train", "val"):
             folder = self.root / split
             if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
                 raise DatasetNotFoundError(
                     "imagenet",
                     folder,
-                    "train/<class>/*.JPEG and val/<class>/*.JPEG (one folder per class, same class names)",
+                    "train/<class>/*.JPEG and val/<class>/*.JPEG "
+                    "(one folder per class, same class names)",
                     "get ILSVRC2012 from https://image-net.org and sort val/ into class folders "
                     "(e.g. with the valprep.sh script used by the PyTorch examples)",
                 )

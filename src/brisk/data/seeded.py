@@ -1,7 +1,8 @@
 """Augmentation whose randomness depends only on (seed, epoch, sample index).
 
-That makes a run's data stream independent of the number of DataLoader workers and of where a run was
-interrupted: a resumed run sees exactly the crops and flips an uninterrupted run would have seen.
+That makes a run's data stream independent of the number of DataLoader workers and of where a run
+was interrupted: a resumed run sees exactly the crops and flips an uninterrupted run would have
+seen.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class SeededTransformDataset(Dataset):
         self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Called by the loop at each epoch so the augmentation seeds change between epochs."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -51,10 +51,14 @@ class SweepSummary(Callback):
         self.refresh_each_job = refresh_each_job
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """With ``refresh_each_job`` the summary is rewritten after every job, so a long sweep can
+        be read while it runs.
+        """
         if self.refresh_each_job and _is_multirun(config):
             self._summarize(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the sweep summary once all jobs have ended and log where it is."""
         path = self._summarize(config)
         if path is not None:
             log.info("sweep summary: %s", path)

@@ -38,9 +38,11 @@ class Curve:
     seconds: list[float | None] = field(default_factory=list)
 
     def last(self) -> float | None:
+        """The final value, the one a run ends with (None for an empty curve)."""
         return self.values[-1] if self.values else None
 
     def best(self) -> float | None:
+        """The maximum, whatever step it came at (None for an empty curve)."""
         return max(self.values) if self.values else None
 
     def first_reaching(self, target: float) -> tuple[int, float | None] | None:
@@ -58,7 +60,7 @@ class Curve:
 
 @dataclass
 class JobRecord:
-    """Everything the summary needs from one job; ``None`` marks a number the job did not produce."""
+    """Everything the summary needs from one job; ``None``: a number the job did not produce."""
 
     name: str
     path: Path
@@ -78,10 +80,12 @@ class JobRecord:
 
     @property
     def ok(self) -> bool:
+        """Whether the job finished; only finished jobs enter the means."""
         return self.status == "ok"
 
     @property
     def final_val_acc(self) -> float | None:
+        """The last validation accuracy the job logged."""
         return self.val.last()
 
     @property
@@ -92,10 +96,12 @@ class JobRecord:
 
     @property
     def final_train_loss(self) -> float | None:
+        """The last training loss the job logged."""
         return self.train_loss.last()
 
     @property
     def final_test_acc(self) -> float | None:
+        """The test accuracy from status.json, or from metrics.csv when status.json has none."""
         return self.test_acc if self.test_acc is not None else self.test_from_metrics
 
 
@@ -109,6 +115,7 @@ class Stat:
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> Stat:
+        """Statistics of the values that are not None (seeds without a number are left out)."""
         present = [v for v in values if v is not None]
         if not present:
             return cls(None, None, 0)
@@ -126,9 +133,11 @@ class ConfigGroup:
 
     @property
     def ok_jobs(self) -> list[JobRecord]:
+        """The jobs that finished; the group's statistics are over these only."""
         return [j for j in self.jobs if j.ok]
 
     def stat(self, value: Callable[[JobRecord], float | None]) -> Stat:
+        """:class:`Stat` of ``value`` over the finished jobs."""
         return Stat.of(value(j) for j in self.ok_jobs)
 
 
@@ -309,6 +318,9 @@ class Clock:
         self._offset = 0.0
 
     def add(self, step: int, raw: float) -> float:
+        """The session-corrected seconds of the row logged at ``step`` with clock ``raw``; call in
+        the order the rows were logged.
+        """
         if self._last_raw is not None and raw < self._last_raw and self.points:
             prev_step, prev = self.points[-1]
             pace = prev / prev_step if prev_step > 0 else 0.0

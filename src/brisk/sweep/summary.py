@@ -132,6 +132,7 @@ def choose_target(
 def per_job_csv(
     jobs: Sequence[JobRecord], groups: Sequence[ConfigGroup], target: Target, metric: str
 ) -> str:
+    """One row per job: its outcome, final and best metrics, and steps and seconds to the target."""
     label_of = {id(j): g.label for g in groups for j in g.jobs}
     rows: list[dict[str, object]] = [
         {
@@ -160,6 +161,9 @@ def per_job_csv(
 
 
 def grouped_csv(groups: Sequence[ConfigGroup], target: Target, metric: str) -> str:
+    """One row per configuration: mean and sample std over its finished seeds, and the time to
+    the target divided by the baseline's run time.
+    """
     rows = []
     for g in groups:
         row: dict[str, object] = {
@@ -188,6 +192,9 @@ def markdown(
     metric: str,
     paths: SummaryPaths,
 ) -> str:
+    """The human-readable summary: a table of the configurations, the curves, then the jobs that
+    did not finish with their errors.
+    """
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
@@ -202,8 +209,8 @@ def markdown(
         f"# Sweep summary: {root.name}",
         "",
         f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-        f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs that "
-        "finished ok; accuracies in %.",
+        f"Validation metric: `{metric}`. Cells are mean ± sample std over the seeds of the jobs "
+        "that finished ok; accuracies in %.",
         f"Target accuracy for steps-to-target: {target_text}.",
         "Time to target: the step and the wall-clock seconds (training and evaluation since the "
         "run started) of the first validation at or above the target, over the seeds that reach "

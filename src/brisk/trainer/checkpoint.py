@@ -1,11 +1,11 @@
 """Atomic, plain-typed checkpoints that restore a run exactly.
 
-Everything is stored as tensors, numbers, strings, lists and dicts so ``torch.load(weights_only=True)``
-reads the file; the resolved config travels as a YAML string. Writes go to a temporary file in the same
-folder (a name unique to the writing process), are fsync'ed and then renamed over the target, so a run
-killed while saving leaves the previous checkpoint intact. A write that fails (a full disk, a quota, an
-I/O error) removes its temporary file and raises :class:`StorageError`, naming the path and the space
-left.
+Everything is stored as tensors, numbers, strings, lists and dicts so
+``torch.load(weights_only=True)`` reads the file; the resolved config travels as a YAML string.
+Writes go to a temporary file in the same folder (a name unique to the writing process), are
+fsync'ed and then renamed over the target, so a run killed while saving leaves the previous
+checkpoint intact. A write that fails (a full disk, a quota, an I/O error) removes its temporary
+file and raises :class:`StorageError`, naming the path and the space left.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ FORMAT_VERSION = 1
 
 
 class StorageError(UserError):
-    """Writing a run's file failed for a reason outside brisk: no space left, a quota, an I/O error."""
+    """Writing a run's file failed for a reason outside brisk: no space, a quota, an I/O error."""
 
 
 def free_space(path: Path) -> str:
@@ -46,8 +46,8 @@ def free_space(path: Path) -> str:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """``write`` fills a temporary file beside ``path``, which then replaces ``path`` in one rename.
 
-    The temporary name is unique per call (two processes never share one), and it is removed when the
-    write fails, so a full disk leaves the previous file and no debris.
+    The temporary name is unique per call (two processes never share one), and it is removed when
+    the write fails, so a full disk leaves the previous file and no debris.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
@@ -84,6 +84,10 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint read with ``weights_only=True`` onto the CPU (the caller moves it).
+
+    A missing or unreadable file raises naming the path, not torch's unpickling traceback.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist (ckpt_path or resume)")
@@ -94,12 +98,17 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def config_fingerprint(config_yaml: str) -> str:
+    """A short hash of the identity config: a resume compares it to tell whether it continues the
+    same experiment.
+    """
     return hashlib.sha256(config_yaml.encode()).hexdigest()[:16]
 
 
 def rng_state() -> dict[str, Any]:
     """Every random stream a training step draws from, in weights_only-loadable types."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy tuple (the default); numpy's stubs type it as a union with the dict form
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = legacy
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
@@ -117,6 +126,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; the CUDA streams only when CUDA is available here too."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]

@@ -17,8 +17,9 @@ from brisk.trainer.signals import NeverStop, StopSignals
 class RunContext:
     """The data, where files go, the device and process group, and the run's identity.
 
-    ``config_yaml`` is the run's identity config (launch keys removed): checkpoints carry it so a resume
-    can tell whether it continues the same experiment. ``stop`` is read between steps (preemption).
+    ``config_yaml`` is the run's identity config (launch keys removed): checkpoints carry it so a
+    resume can tell whether it continues the same experiment. ``stop`` is read between steps
+    (preemption).
     """
 
     datamodule: DataModule

@@ -15,16 +15,18 @@ from brisk.trainer.signals import STOP_SIGNALS
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler (one seeded permutation per epoch, sharded by rank) that can start mid-epoch.
+    """DistributedSampler (one seeded permutation per epoch, sharded by rank) that can start
+    mid-epoch.
 
     Used in single-process runs too (num_replicas=1), so one code path serves both; ``start_index``
     skips the samples a resumed run already trained on without loading them.
 
     Rank r takes positions r, r+W, r+2W, ... of the epoch's permutation, which does not depend on W.
-    With a per-rank batch of B/W, step k of every rank therefore draws from positions [kB, (k+1)B) of
-    the permutation: together the ranks train on exactly the global batch a single process would.
-    ``drop_last`` keeps it that way: the tail that does not split evenly is dropped rather than padded
-    with repeated samples, so the steps per epoch equal ``len(dataset) // batch_size`` for any W.
+    With a per-rank batch of B/W, step k of every rank therefore draws from positions [kB, (k+1)B)
+    of the permutation: together the ranks train on exactly the global batch a single process would.
+    ``drop_last`` keeps it that way: the tail that does not split evenly is dropped rather than
+    padded with repeated samples, so the steps per epoch equal ``len(dataset) // batch_size`` for
+    any W.
     """
 
     def __init__(self, dataset: Dataset, dist: DistInfo, seed: int, shuffle: bool = True) -> None:
@@ -49,9 +51,9 @@ class ResumableSampler(DistributedSampler):
 class EvalShard(torch.utils.data.Sampler[int]):
     """Rank r evaluates indices r, r+W, r+2W, ...: no padding, so reduced metrics are exact.
 
-    DistributedSampler would pad the last shard with repeated samples so that every rank runs the same
-    number of batches; the evaluator only all-reduces sums and counts once at the end, so ranks may run
-    different numbers of batches and every sample counts exactly once.
+    DistributedSampler would pad the last shard with repeated samples so that every rank runs the
+    same number of batches; the evaluator only all-reduces sums and counts once at the end, so ranks
+    may run different numbers of batches and every sample counts exactly once.
     """
 
     def __init__(self, dataset: Dataset, dist: DistInfo) -> None:
@@ -74,10 +76,10 @@ def make_loader(
 ) -> DataLoader:
     """Workers are re-created every epoch (not persistent) so they see the data set's current epoch.
 
-    ``start_method`` (``trainer.worker_start_method``): ``fork`` copies a parent that may hold threads
-    (intra-op pools, TensorBoard writers) and can deadlock in rare cases; ``forkserver`` or ``spawn``
-    start clean workers at the price of pickling the data set each epoch. None keeps the platform's
-    default.
+    ``start_method`` (``trainer.worker_start_method``): ``fork`` copies a parent that may hold
+    threads (intra-op pools, TensorBoard writers) and can deadlock in rare cases; ``forkserver`` or
+    ``spawn`` start clean workers at the price of pickling the data set each epoch. None keeps the
+    platform's default.
     """
     context = None
     if num_workers > 0 and start_method:
@@ -121,8 +123,8 @@ def as_batch_dict(batch: Any) -> dict[str, Any]:
 def to_device(
     batch: dict[str, Any], device: torch.device, memory_format: torch.memory_format | None = None
 ) -> dict[str, Any]:
-    """Move tensors to ``device``; with a channels-last ``memory_format``, image and clip tensors follow it
-    (the teacher's RGB clips too), so every convolution runs in the faster layout."""
+    """Move tensors to ``device``; with a channels-last ``memory_format``, image and clip tensors
+    follow it (the teacher's RGB clips too), so every convolution runs in the faster layout."""
     out = {}
     for key, value in batch.items():
         if torch.is_tensor(value):

@@ -1,11 +1,12 @@
-"""torch.distributed plumbing for runs launched by ``torchrun``; a single process never needs a group.
+"""torch.distributed plumbing for runs launched by ``torchrun``; a single process never needs a
+group.
 
-torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every worker (and ``TORCHELASTIC_RUN_ID``
-and ``TORCHELASTIC_RESTART_COUNT``). Tasks that ``srun`` starts without torchrun get them from SLURM's
-variables instead (:func:`slurm_env`). The backend follows the device (gloo on CPU, nccl on CUDA) unless
-``trainer.backend`` names one. Every collective runs under a finite timeout, so a rank that diverged
-(an exception on one rank that leaves the others waiting in a collective) ends the run with an error
-instead of hanging it.
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every worker (and
+``TORCHELASTIC_RUN_ID`` and ``TORCHELASTIC_RESTART_COUNT``). Tasks that ``srun`` starts without
+torchrun get them from SLURM's variables instead (:func:`slurm_env`). The backend follows the device
+(gloo on CPU, nccl on CUDA) unless ``trainer.backend`` names one. Every collective runs under a
+finite timeout, so a rank that diverged (an exception on one rank that leaves the others waiting in
+a collective) ends the run with an error instead of hanging it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch.distributed as dist
 
 from brisk.runtime import is_distributed
 
-# Seconds a collective may wait for the other ranks before it raises. Long enough for rank 0 to prepare
-# a data set or write a checkpoint while the others wait at a barrier; raise it for slow data preparation.
+# Seconds a collective may wait for the other ranks before it raises. Long enough for rank 0 to
+# prepare a data set or write a checkpoint while the others wait at a barrier; raise it for slow
+# data preparation.
 TIMEOUT_ENV = "BRISK_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -42,16 +44,20 @@ FAULT_SIGNAL_ENV = "BRISK_FAULT_SIGNAL"
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the job; the defaults describe a single process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Rank 0 writes the run's files and logs to the console."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """More than one process: collectives and sharded sampling are needed."""
         return self.world_size > 1
 
 
@@ -66,8 +72,8 @@ def slurm_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     ``srun`` (or ``sbatch --ntasks=N`` whose script runs ``srun train ...``) starts N copies of the
     program with ``SLURM_PROCID``, ``SLURM_NTASKS`` and ``SLURM_LOCALID``; the rendezvous is the
     first node of ``SLURM_JOB_NODELIST`` on a port derived from the job id. Only inside a job step
-    (``SLURM_STEP_ID`` set): the batch script itself also sees ``SLURM_NTASKS=N`` but is one process,
-    and mapping it would leave rank 0 waiting for ranks that never start.
+    (``SLURM_STEP_ID`` set): the batch script itself also sees ``SLURM_NTASKS=N`` but is one
+    process, and mapping it would leave rank 0 waiting for ranks that never start.
     """
     if "WORLD_SIZE" in environ or "SLURM_STEP_ID" not in environ:
         return {}
@@ -100,7 +106,7 @@ def _first_host(nodelist: str) -> str:
 
 
 def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
-    """Join the process group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins nothing."""
+    """Join the group torchrun (or a multi-task ``srun``) set up; a plain ``train`` joins none."""
     os.environ.update(slurm_env())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -119,14 +125,14 @@ def init_distributed(device: torch.device, backend: str = "auto") -> DistInfo:
 def _init_process_group(backend: str, world: int, timeout: timedelta) -> None:
     """``init_process_group`` from torchrun's environment, safe across elastic restarts.
 
-    torchrun lets its workers use the agent's own TCPStore (``TORCHELASTIC_USE_AGENT_STORE=True``) and
-    keeps that store across restarts. Without a namespace per attempt, the restarted workers read the
-    keys the killed group wrote (gloo peer addresses, the NCCL unique id), connect to dead peers and
-    hang or fail at start-up (pytorch/pytorch#135712; measured here with gloo: a hang in
+    torchrun lets its workers use the agent's own TCPStore (``TORCHELASTIC_USE_AGENT_STORE=True``)
+    and keeps that store across restarts. Without a namespace per attempt, the restarted workers
+    read the keys the killed group wrote (gloo peer addresses, the NCCL unique id), connect to dead
+    peers and hang or fail at start-up (pytorch/pytorch#135712; measured here with gloo: a hang in
     ``connectFullMesh`` that the collective timeout does not bound). Each attempt therefore gets its
     own prefix, from ``TORCHELASTIC_RESTART_COUNT``, which one agent sets alike for all its workers.
-    Across nodes the agents count restarts separately: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on the
-    ``torchrun`` command gives every attempt a fresh store instead (see docs/distributed.md).
+    Across nodes the agents count restarts separately: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on
+    the ``torchrun`` command gives every attempt a fresh store instead (see docs/distributed.md).
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
@@ -135,8 +141,8 @@ def _init_process_group(backend: str, world: int, timeout: timedelta) -> None:
     restarts = int(os.environ.get(RESTART_COUNT_ENV, "0") or 0)
     if restarts and world != int(os.environ.get("LOCAL_WORLD_SIZE", world)):
         logging.getLogger("brisk").warning(
-            "elastic restart %d of a multi-node job on torchrun's shared store: launch torchrun with "
-            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so every attempt gets a fresh store",
+            "elastic restart %d of a multi-node job on torchrun's shared store: launch torchrun "
+            "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 so every attempt gets a fresh store",
             restarts,
         )
     agent_store = dist.TCPStore(
@@ -153,6 +159,7 @@ def _init_process_group(backend: str, world: int, timeout: timedelta) -> None:
 
 
 def collective_timeout() -> timedelta:
+    """The timeout of every collective, from ``BRISK_DIST_TIMEOUT_S`` (seconds) or the default."""
     raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
     try:
         seconds = float(raw)
@@ -166,7 +173,8 @@ def collective_timeout() -> timedelta:
 
 
 def quiet_console() -> None:
-    """Only warnings reach the terminal from ranks other than 0: N ranks would print every line N times.
+    """Only warnings reach the terminal from ranks other than 0: N ranks would print every line N
+    times.
 
     Their full log still goes to their own ``train_rank<N>.log`` (a file handler, left untouched).
     """
@@ -179,12 +187,14 @@ def quiet_console() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks in place and return it; unchanged in a single process."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank, so all ranks act on one decision; ``obj`` itself alone."""
     if is_distributed():
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -196,8 +206,8 @@ def all_gather_objects(obj: object) -> list[object]:
     """Every rank's ``obj`` in rank order (``[obj]`` in a single process).
 
     ``obj`` travels as ``torch.save`` bytes and is read back with ``weights_only=True``: pickling
-    tensors straight through ``all_gather_object`` fails to unpickle CPU tensors in this torch version,
-    and the bytes route only accepts the plain types a checkpoint may hold anyway.
+    tensors straight through ``all_gather_object`` fails to unpickle CPU tensors in this torch
+    version, and the bytes route only accepts the plain types a checkpoint may hold anyway.
     """
     if not is_distributed():
         return [obj]
@@ -209,11 +219,13 @@ def all_gather_objects(obj: object) -> list[object]:
 
 
 def barrier() -> None:
+    """Wait for every rank; a no-op in a single process."""
     if is_distributed():
         dist.barrier()
 
 
 def cleanup() -> None:
+    """Leave the process group, so the next run in the same process can start a new one."""
     if is_distributed():
         dist.destroy_process_group()
 
@@ -221,8 +233,9 @@ def cleanup() -> None:
 def maybe_inject_fault(step: int, rank: int) -> None:
     """SIGKILL this process after ``step`` when ``BRISK_FAULT_AT_STEP`` asks for it (tests only).
 
-    SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer strikes.
-    ``BRISK_FAULT_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler does before it kills a job.
+    SIGKILL, not an exception: nothing gets to clean up, as when a node dies or the OOM killer
+    strikes. ``BRISK_FAULT_SIGNAL=TERM`` sends SIGTERM instead, as a scheduler does before it kills
+    a job.
     """
     fault_at = int(os.environ.get(FAULT_STEP_ENV, "0") or 0)
     if not fault_at or step != fault_at:

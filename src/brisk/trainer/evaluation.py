@@ -1,8 +1,8 @@
 """Clip- and video-level metrics, exact under data parallelism.
 
-Clip metrics are sums reduced across ranks. When batches carry a ``"video"`` index (video data sets yield
-one item per GOP clip), softmax scores are also summed per video and the video's prediction is the argmax
-of that sum, the protocol of CoViAR and MFCD-Net.
+Clip metrics are sums reduced across ranks. When batches carry a ``"video"`` index (video data sets
+yield one item per GOP clip), softmax scores are also summed per video and the video's prediction is
+the argmax of that sum, the protocol of CoViAR and MFCD-Net.
 """
 
 from __future__ import annotations
@@ -17,14 +17,21 @@ from brisk.trainer.distributed import all_reduce_sum
 
 
 class EvalAccumulator:
+    """Sums of one evaluation pass on this rank; :meth:`compute` reduces them across ranks."""
+
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.loss_sum, self.top1, self.top5, self.count = 0.0, 0, 0, 0
+        self.loss_sum, self.count = 0.0, 0
+        self.top1: int | float = 0  # Tensor.item() is typed int | float
+        self.top5: int | float = 0
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
         self.video_scores: dict[int, Tensor] = {}
         self.video_labels: dict[int, int] = {}
 
     def add(self, logits: Tensor, target: Tensor, video: Tensor | None = None) -> None:
+        """Count one batch: loss, top-1/top-5 hits and the confusion matrix, and the softmax scores
+        of each clip's ``video`` when given.
+        """
         logits, target = logits.detach().cpu(), target.detach().cpu()
         self.loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         k = min(5, logits.shape[1])
@@ -41,6 +48,7 @@ class EvalAccumulator:
             self.video_labels[v] = y
 
     def compute(self) -> dict[str, float]:
+        """The metrics over every rank's samples; every rank must call it (it all-reduces)."""
         sums = all_reduce_sum(
             torch.tensor([self.loss_sum, self.top1, self.top5, self.count], dtype=torch.float64)
         )
@@ -75,6 +83,7 @@ class EvalAccumulator:
         return torch.stack([local[v][0] for v in keys]), torch.tensor([local[v][1] for v in keys])
 
     def confusion_figure(self):
+        """The confusion matrix as a figure for TensorBoard, rendered off-screen (Agg)."""
         import matplotlib
 
         matplotlib.use("Agg")

@@ -27,9 +27,10 @@ BASE_COLUMNS = ["step", "epoch", "split", "loss", "acc1", "lr", "seconds"]
 class MetricsCSV:
     """One row per logged train step and per evaluation.
 
-    New metric names (per-layer whitening statistics, say) may appear mid-run; the file is then rewritten
-    with the wider header, so it always stays a rectangular CSV that pandas or a spreadsheet reads.
-    A resumed run appends to the rows it had written before, dropping rows past the resumed step.
+    New metric names (per-layer whitening statistics, say) may appear mid-run; the file is then
+    rewritten with the wider header, so it always stays a rectangular CSV that pandas or a
+    spreadsheet reads. A resumed run appends to the rows it had written before, dropping rows past
+    the resumed step.
     """
 
     def __init__(self, path: Path, resume_from_step: int | None = None) -> None:
@@ -50,6 +51,7 @@ class MetricsCSV:
                 self._rewrite()
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append one row; a new column rewrites the file with the wider header."""
         row = {k: _fmt(v) for k, v in row.items()}
         new = [k for k in row if k not in self.columns]
         self.rows.append(row)
@@ -95,28 +97,37 @@ class RunLogger:
             )
 
     def metrics(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One row of ``metrics.csv`` and its TensorBoard scalars (the wall-clock ``seconds`` only
+        in the CSV).
+        """
         if not self.enabled:
             return
+        assert self.csv is not None and self.tb is not None  # both are built when enabled
         self.csv.write({"step": step, "epoch": epoch, "split": split, **values})
         for key, value in values.items():
             if isinstance(value, int | float) and key not in ("seconds",):
                 self.tb.add_scalar(key if "/" in key else f"{split}/{key}", value, step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
+        """A TensorBoard figure (the test confusion matrix); nothing when logging is off."""
         if self.enabled:
+            assert self.tb is not None
             self.tb.add_figure(tag, figure, step)
 
     def text(self, tag: str, text: str) -> None:
+        """A TensorBoard text entry; nothing when logging is off, so callers need no check."""
         if self.enabled:
+            assert self.tb is not None
             self.tb.add_text(tag, text)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer (the CSV is written row by row)."""
         if self.tb is not None:
             self.tb.close()
 
 
 def read_status(path: Path) -> dict[str, Any]:
-    """status.json as a dict; an unreadable one is set aside as ``status.json.corrupt`` and logged."""
+    """status.json as a dict; an unreadable one is logged and set aside as ``.corrupt``."""
     if not path.is_file():
         return {}
     try:
@@ -158,8 +169,8 @@ def _dump_status(path: Path, record: dict[str, Any]) -> None:
 class RunRecord:
     """The status.json of one run directory across attempts, written by rank 0 only.
 
-    A run that finished (status ok) keeps that record, with its test accuracy, whatever a later attempt
-    in the same directory does: a later attempt that fails or is interrupted is noted under
+    A run that finished (status ok) keeps that record, with its test accuracy, whatever a later
+    attempt in the same directory does: a later attempt that fails or is interrupted is noted under
     ``last_attempt`` instead. Only a later attempt that finishes replaces it.
     """
 
@@ -168,7 +179,8 @@ class RunRecord:
         self.finished: dict[str, Any] | None = None
 
     def begin(self, **fields: Any) -> None:
-        """Start an attempt; every rank learns whether the run had finished before (``finished``)."""
+        """Start an attempt; every rank learns whether the run had finished before
+        (``finished``)."""
         if self.enabled:
             previous = read_status(self.path)
             if previous.get("status") == "ok":
@@ -188,6 +200,7 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def ok(self, **fields: Any) -> None:
+        """The run finished: any record of an earlier failed or interrupted attempt is dropped."""
         if self.enabled:
             record = read_status(self.path)
             for stale in ("last_attempt", "traceback", "signal", "step"):
@@ -196,10 +209,11 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def failed(self, exc: BaseException) -> None:
-        """Best effort: on a full disk even this write may fail, and the original error matters more."""
+        """Best effort: on a full disk this write may fail too; the original error matters more."""
         self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
     def interrupted(self, signal: str, step: int, message: str) -> None:
+        """A stop signal ended the attempt at ``step``; ``resume=auto`` continues it from there."""
         self._end("interrupted", signal=signal, step=step, error=message)
 
     def _end(self, status: str, **fields: Any) -> None:

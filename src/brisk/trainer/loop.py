@@ -1,8 +1,9 @@
 """The one training loop every task runs through.
 
 It knows nothing about whitening or distillation: it calls the hooks of a
-:class:`~brisk.whitening.Whitening` and a :class:`~brisk.teacher.Teacher` at fixed points of each step
-(see their modules for the contracts), and the same loop trains a teacher in stage 1 of a video run.
+:class:`~brisk.whitening.Whitening` and a :class:`~brisk.teacher.Teacher` at fixed points of each
+step (see their modules for the contracts), and the same loop trains a teacher in stage 1 of a video
+run.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sized
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,10 @@ log = logging.getLogger("brisk")
 
 @dataclass
 class FitResult:
+    """What :meth:`Trainer.fit` ends with: the best validation metric (None without validation),
+    and where training stopped.
+    """
+
     best_val: float | None
     step: int
     epoch: int
@@ -65,8 +71,8 @@ class FitResult:
 class Trainer:
     """Trains ``model`` on ``ctx.datamodule`` and writes everything under ``ctx.paths``.
 
-    ``trainer_cfg`` is the ``trainer`` config group (a stage may pass its own copy); the optimizer and
-    scheduler factories are the partially instantiated ``optimizer`` and ``scheduler`` groups.
+    ``trainer_cfg`` is the ``trainer`` config group (a stage may pass its own copy); the optimizer
+    and scheduler factories are the partially instantiated ``optimizer`` and ``scheduler`` groups.
     """
 
     def __init__(
@@ -96,8 +102,8 @@ class Trainer:
         self.fingerprint = config_fingerprint(ctx.config_yaml)
         self.memory_format = _memory_format(model) if trainer_cfg.channels_last else None
         self.model = model.to(self.device)
-        # The teacher may add trainable modules to the student (feature-mimicking adapters): attach it
-        # before DDP wraps the model and before the optimizer collects the parameters.
+        # The teacher may add trainable modules to the student (feature-mimicking adapters): attach
+        # it before DDP wraps the model and before the optimizer collects the parameters.
         self.teacher.attach(self.model)
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
@@ -125,7 +131,7 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set "
-                f"({len(train_set)} samples on {self.dist.world_size} rank(s)): "
+                f"({len(cast(Sized, train_set))} samples on {self.dist.world_size} rank(s)): "
                 "lower trainer.batch_size"
             )
         self.total_steps = self.steps_per_epoch * trainer_cfg.epochs
@@ -150,6 +156,7 @@ class Trainer:
 
     @property
     def run_dir(self) -> Path:
+        """The folder of this run (or stage): its checkpoints, metrics and status."""
         return self.paths.root
 
     @property
@@ -167,6 +174,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint holds to continue this run exactly: weights, optimizer, schedule,
+        loss scaler, whitening and teacher state, progress, random streams and the identity config.
+        """
         return {
             "format_version": FORMAT_VERSION,
             "config_yaml": self.config_yaml,
@@ -189,7 +199,8 @@ class Trainer:
         """Continue the run ``state`` was saved from.
 
         ``new_hparams`` (``resume_strict=false``): keep this config's optimizer hyper-parameters and
-        this config's schedule (for its own length) from the restored step, instead of the saved ones.
+        this config's schedule (for its own length) from the restored step, instead of the saved
+        ones.
         """
         fresh_groups = [
             {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
@@ -213,7 +224,8 @@ class Trainer:
         set_rng_state(per_rank[self.dist.rank % len(per_rank)])
 
     def save(self, name: str) -> None:
-        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each stream.
+        """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each
+        stream.
 
         Never saves weights that a non-finite loss has touched: the pending check runs first.
         """
@@ -236,11 +248,17 @@ class Trainer:
         return self.logger
 
     def close(self) -> None:
+        """Close the logger; safe to call twice."""
         if self.logger is not None:
             self.logger.close()
             self.logger = None
 
     def fit(self) -> FitResult:
+        """Train until the last epoch (or ``max_steps``), validating and checkpointing as
+        configured.
+
+        A stop signal checkpoints and raises :class:`RunInterrupted` at the next step boundary.
+        """
         self.open_logger()
         self._window = _Window(self.device)
         self._session = _Session()
@@ -345,7 +363,7 @@ class Trainer:
         raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
 
     def _log_train(self) -> float:
-        """Write a train row and a log line; returns the window's mean loss (for the progress bar)."""
+        """Write a train row and a log line; returns the window's mean loss (for the bar)."""
         self._check_finite()
         window, session = self._window, self._session
         assert window is not None
@@ -405,6 +423,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on the ``val`` or ``test`` split, each sample counted once across ranks."""
         dataset = (
             self.datamodule.val_dataset() if split == "val" else self.datamodule.test_dataset()
         )
@@ -445,6 +464,7 @@ class Trainer:
         step: int | None = None,
         epoch: int | None = None,
     ) -> None:
+        """Log ``metrics`` at the current step and epoch unless given (a stage logs its own)."""
         self.open_logger().metrics(
             split,
             self.step if step is None else step,
@@ -499,7 +519,7 @@ class _Window:
             self.parts[key] = self.parts.get(key, 0.0) + part
 
     def first_non_finite(self) -> tuple[int | None, float]:
-        """One host read of a small tensor: (step, loss) of the first non-finite loss, or (None, 0)."""
+        """One host read: (step, loss) of the first non-finite loss, or (None, 0)."""
         step, value = torch.stack([self.bad_step.double(), self.bad_value.double()]).tolist()
         return (int(step), value) if step >= 0 else (None, 0.0)
 

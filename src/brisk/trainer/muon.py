@@ -19,7 +19,8 @@ in memory order; orthogonalisation commutes with a permutation of columns, so th
 
 Limitation: ``whitening=feature`` re-maps the momentum buffers it finds in ``optimizer.state`` when
 it refreshes its transform; Muon's buffers live in the inner optimizer, keyed by the views, so they
-are not re-mapped (the gradient-transform whitenings, ``evd`` and ``recursive``, keep no such state).
+are not re-mapped (the gradient-transform whitenings, ``evd`` and ``recursive``, keep no such
+state).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class ParamSplit:
     aux_no_decay: list[tuple[str, nn.Parameter]] = field(default_factory=list)  # norms, biases
 
     def names(self) -> dict[str, list[str]]:
+        """Parameter names per optimizer part, for the log and the tests of the split."""
         return {
             "muon": [n for n, _ in self.muon],
             "aux_decay": [n for n, _ in self.aux_decay],
@@ -154,6 +156,10 @@ class MuonWithAux(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One step of both optimizers: Muon on the hidden weights (their gradients viewed as
+        matrices), the auxiliary optimizer on the rest; hyperparameters set on this optimizer's
+        groups (a scheduler's lr) are pushed down first.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -169,7 +175,7 @@ class MuonWithAux(Optimizer):
         self.aux.step()
         return loss
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """Both inner states; plain tensors and numbers, so ``weights_only`` loading reads it."""
         self._push_hyperparameters()
         return {
@@ -177,7 +183,9 @@ class MuonWithAux(Optimizer):
             "aux": self.aux.state_dict(),
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state from another optimizer or model is a
+        :class:`UserError`."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"muon", "aux"}:
             found = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)
             raise UserError(
@@ -210,7 +218,8 @@ def muon_with_aux(
     aux_momentum: float = 0.9,
     aux_weight_decay: float = 0.01,
 ) -> MuonWithAux:
-    """Build Muon + aux for ``model`` (the target of ``conf/optimizer/muon.yaml``) and log the split.
+    """Build Muon + aux for ``model`` (the target of ``conf/optimizer/muon.yaml``) and log the
+    split.
 
     Weight decay (``weight_decay`` for Muon, ``aux_weight_decay`` for the input and output weights)
     is decoupled and never applies to norms and biases, as for the other optimizers.

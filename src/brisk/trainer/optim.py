@@ -13,6 +13,9 @@ from torch.optim import Optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only: biases and normalisation parameters
+    (1-D) are left undecayed.
+    """
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for param in model.parameters():

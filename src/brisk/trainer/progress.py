@@ -1,8 +1,8 @@
 """A live per-epoch progress bar for a person at a terminal; nothing at all anywhere else.
 
 On a TTY, rank 0 shows one tqdm bar per epoch (images/s, the loss of the last logged window and the
-epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and the
-output is the log lines alone, exactly as before.
+epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and
+the output is the log lines alone, exactly as before.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 def is_terminal(stream: IO[str] | None) -> bool:
+    """Whether ``stream`` is an interactive terminal: a bar in a log file is only noise."""
     try:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # a closed or unusual stream
@@ -41,6 +42,7 @@ class EpochProgress:
             yield
 
     def start(self, epoch: int, epochs: int, steps: int, done: int, batch: int) -> None:
+        """A fresh bar for ``epoch``, starting at the ``done`` steps a resumed run already took."""
         if not self.enabled:
             return
         self.close()
@@ -56,14 +58,19 @@ class EpochProgress:
         )
 
     def advance(self, images: int) -> None:
+        """Count ``images`` more towards the epoch."""
         if self.bar is not None:
             self.bar.update(images)
 
     def show_loss(self, loss: float) -> None:
+        """Show the latest loss at the bar's next refresh (not forcing one: that would cost a redraw
+        per step).
+        """
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
     def close(self) -> None:
+        """Remove the bar (it does not stay on screen after its epoch)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

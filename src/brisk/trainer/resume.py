@@ -4,16 +4,19 @@ A checkpoint carries the run's *identity config* (the resolved config without th
 how to launch it). The rules, in order:
 
 1. ``last.pt`` in the run's own directory wins: that is an elastic restart, a preempted run started
-   again, or a re-run of a finished one. A ``ckpt_path`` pointing elsewhere is ignored, with a warning.
+   again, or a re-run of a finished one. A ``ckpt_path`` pointing elsewhere is ignored, with a
+   warning.
 2. ``ckpt_path=PATH`` continues that checkpoint's run in this run's directory.
-3. ``resume=auto`` continues the newest run under ``paths.output_dir/runs`` with the same identity, in
+3. ``resume=auto`` continues the newest run under ``paths.output_dir/runs`` with the same identity,
+in
    its own directory.
-4. Otherwise the run starts fresh; ``init_from=PATH`` then loads weights only (a brisk checkpoint or a
+4. Otherwise the run starts fresh; ``init_from=PATH`` then loads weights only (a brisk checkpoint or
+a
    bare state dict), with a fresh optimizer, schedule and step 0.
 
-Continuing a checkpoint whose identity differs from this config's is refused, listing every differing
-key, unless ``resume_strict=false``: the new optimizer hyper-parameters and the new schedule (for the
-new length, from the restored step) then apply, and are logged.
+Continuing a checkpoint whose identity differs from this config's is refused, listing every
+differing key, unless ``resume_strict=false``: the new optimizer hyper-parameters and the new
+schedule (for the new length, from the restored step) then apply, and are logged.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class ResumePlan:
 
     @property
     def resumes(self) -> bool:
+        """A checkpoint is continued (not a fresh start, nor weights only via ``init_from``)."""
         return self.checkpoint is not None
 
 
@@ -102,8 +106,8 @@ def plan_resume(cfg: DictConfig, run_dir: Path, identity: str) -> ResumePlan:
     init_from = cfg.get("init_from")
     if init_from and cfg.ckpt_path:
         raise UserError(
-            f"init_from={init_from} and ckpt_path={cfg.ckpt_path} both given: ckpt_path continues a "
-            "run (its optimizer, schedule and step), init_from starts a new one from weights; "
+            f"init_from={init_from} and ckpt_path={cfg.ckpt_path} both given: ckpt_path continues "
+            "a run (its optimizer, schedule and step), init_from starts a new one from weights; "
             "give one"
         )
     target = _continue_from(cfg, run_dir, identity)
@@ -195,7 +199,7 @@ def latest_run_with(runs_root: Path, fingerprint: str, exclude: Path) -> Path | 
 
 
 def read_resume_state(path: Path) -> dict[str, Any]:
-    """A brisk checkpoint with everything a resume needs, or a :class:`UserError` naming the file."""
+    """A brisk checkpoint with all a resume needs, or a :class:`UserError` naming the file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (ckpt_path or resume)")
     try:
@@ -266,7 +270,8 @@ def apply_new_hparams(
 
     ``fresh_groups`` are the param-group settings this config built (before the checkpoint's were
     loaded); the schedule object was built for this config's length, and its saved position
-    (``last_epoch``) is kept, so the learning rate continues this config's curve at the current step.
+    (``last_epoch``) is kept, so the learning rate continues this config's curve at the current
+    step.
     """
     changes: list[str] = []
     for index, (group, fresh) in enumerate(zip(optimizer.param_groups, fresh_groups, strict=True)):
@@ -283,9 +288,10 @@ def apply_new_hparams(
     if lambdas is not None:
         for group, base, factor in zip(optimizer.param_groups, base_lrs, lambdas, strict=True):
             group["lr"] = base * factor(step)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # type: ignore[attr-defined]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     log.warning(
-        "resume_strict=false: optimizer %s; schedule rebuilt for %d steps from step %d (lr now %.6g)",
+        "resume_strict=false: optimizer %s; schedule rebuilt for %d steps from step %d "
+        "(lr now %.6g)",
         "; ".join(changes) or "unchanged",
         total_steps,
         step,

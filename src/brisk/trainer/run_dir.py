@@ -1,9 +1,10 @@
 """A run directory: where each of its files lives, and the lock that gives it to one process.
 
-Two ``train ... resume=auto`` started together on the same killed run would both continue it, write the
-same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
+Two ``train ... resume=auto`` started together on the same killed run would both continue it, write
+the same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
 ``fcntl.flock`` on ``<run>/.lock``; the kernel releases it when the process ends in any way (even
-SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's PID.
+SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's
+PID.
 """
 
 from __future__ import annotations
@@ -27,33 +28,41 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
+        """Folder of ``last.pt``, ``best.pt`` and any named checkpoint."""
         return self.root / "checkpoints"
 
     @property
     def last(self) -> Path:
+        """The checkpoint ``resume=auto`` continues from."""
         return self.checkpoints / "last.pt"
 
     @property
     def best(self) -> Path:
+        """The checkpoint of the best validation metric (``task.monitor``)."""
         return self.checkpoints / "best.pt"
 
     def checkpoint(self, name: str) -> Path:
+        """A named checkpoint in :attr:`checkpoints`."""
         return self.checkpoints / name
 
     @property
     def status(self) -> Path:
+        """The run's outcome file (ok, failed, interrupted), read by sweep summaries."""
         return self.root / "status.json"
 
     @property
     def metrics(self) -> Path:
+        """Every logged metric as one rectangular CSV."""
         return self.root / "metrics.csv"
 
     @property
     def tensorboard(self) -> Path:
+        """The TensorBoard event files."""
         return self.root / "tensorboard"
 
     @property
     def lock(self) -> Path:
+        """The file :class:`RunLock` holds; it contains the holder's process id."""
         return self.root / ".lock"
 
     def stage(self, name: str) -> RunPaths:
@@ -76,6 +85,7 @@ class RunLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
+        """Take the lock, or raise :class:`RunDirectoryBusy` naming the process that holds it."""
         if not self.enabled or self._file is not None:
             return
         self.paths.root.mkdir(parents=True, exist_ok=True)
@@ -97,6 +107,7 @@ class RunLock:
         self._file = handle
 
     def release(self) -> None:
+        """Let go of the lock (a process's exit also does)."""
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()

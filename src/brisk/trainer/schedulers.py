@@ -1,7 +1,8 @@
 """Learning-rate schedules stepped once per optimizer step, with an optional linear warm-up.
 
 Configs name these with ``_partial_: true``; the runner completes them with the optimizer and the
-training length (``total_steps`` honours ``trainer.max_steps``), known only once the data set is loaded.
+training length (``total_steps`` honours ``trainer.max_steps``), known only once the data set is
+loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def warmup_cosine(
     warmup_epochs: float = 0.0,
     min_lr_ratio: float = 0.0,
 ) -> LambdaLR:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to ``min_lr_ratio`` of the peak
+    at ``total_steps``; stepped per optimizer step, so it does not depend on the epoch length.
+    """
     total = max(1, total_steps)
     warmup = round(warmup_epochs * steps_per_epoch)
 
@@ -43,6 +47,9 @@ def warmup_multistep(
     milestones: list[float] | tuple[float, ...] = (0.5, 0.75),
     gamma: float = 0.1,
 ) -> LambdaLR:
+    """Linear warm-up, then the lr times ``gamma`` at each milestone, given as fractions of
+    ``total_steps`` so the schedule scales with the run's length.
+    """
     total = max(1, total_steps)
     warmup = round(warmup_epochs * steps_per_epoch)
     bounds = sorted(round(m * total) for m in milestones)

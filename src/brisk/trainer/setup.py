@@ -28,7 +28,7 @@ def select_device(choice: Any) -> torch.device:
 
 
 def seed_everything(seed: int, deterministic: bool, threads: int | None) -> None:
-    """Seed every generator a step draws from; deterministic kernels when a run must be repeatable."""
+    """Seed every generator a step draws from; deterministic kernels when asked for."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -30,7 +30,8 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signa
 
 
 class RunInterrupted(Exception):
-    """Raised by the loop once it saved its state after a stop signal; carries what status.json says."""
+    """Raised by the loop once it saved its state after a stop signal; carries what status.json
+    says."""
 
     def __init__(self, signum: int, step: int, checkpoint: str | None = None) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
@@ -46,6 +47,9 @@ class RunInterrupted(Exception):
 
 
 def signal_name(signum: int) -> str:
+    """The signal's name (``SIGTERM``) for logs and status.json; a number the platform lacks a
+    name for stays a number.
+    """
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -53,14 +57,17 @@ def signal_name(signum: int) -> str:
 
 
 def exit_code(signum: int) -> int:
+    """The exit status a shell gives a process killed by ``signum`` (128 + n), which schedulers
+    and wrappers recognise.
+    """
     return 128 + int(signum)
 
 
 class StopSignals:
     """A stop request set by SIGTERM, SIGINT or SIGUSR1, installed for the duration of a ``with``.
 
-    Handlers can only be installed from the main thread; elsewhere (a launcher thread) the object still
-    works as a flag that nothing sets, so the run behaves as before.
+    Handlers can only be installed from the main thread; elsewhere (a launcher thread) the object
+    still works as a flag that nothing sets, so the run behaves as before.
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
@@ -108,7 +115,7 @@ class StopSignals:
         return self.signum is not None
 
     def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue logic)."""
+        """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue)."""
         if self.signum is None:
             self.signum = int(signum)
 
@@ -116,7 +123,8 @@ class StopSignals:
         """Whether any rank asked to stop; every rank gets the same answer at the same step.
 
         In a single process this reads a Python attribute only. Under ``torchrun`` it is one small
-        all-reduce (on the device the process group uses), so call it at the same points on all ranks.
+        all-reduce (on the device the process group uses), so call it at the same points on all
+        ranks.
         """
         if not is_distributed():
             return self.requested

@@ -1,4 +1,5 @@
-"""Whitening algorithms that precondition layer gradients (arXiv 2010.01546 and our reconstruction)."""
+"""Whitening algorithms that precondition layer gradients (arXiv 2010.01546 and our
+reconstruction)."""
 
 from brisk.whitening.base import NoWhitening, Whitening
 from brisk.whitening.evd import EVDWhitening

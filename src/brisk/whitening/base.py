@@ -1,9 +1,10 @@
 """The contract between the trainer loop and a whitening algorithm.
 
-The loop never knows which algorithm runs: it builds one with ``hydra.utils.instantiate(cfg.whitening)``
-and calls the hooks below at fixed points of every training step. An algorithm owns its forward hooks
-(statistics), its state and its per-layer adapters; the optimizer is left untouched, as in K-FAC
-preconditioners, so any ``torch.optim`` optimizer composes with any whitening.
+The loop never knows which algorithm runs: it builds one with
+``hydra.utils.instantiate(cfg.whitening)`` and calls the hooks below at fixed points of every
+training step. An algorithm owns its forward hooks (statistics), its state and its per-layer
+adapters; the optimizer is left untouched, as in K-FAC preconditioners, so any ``torch.optim``
+optimizer composes with any whitening.
 
 Order inside one training step (see ``brisk.trainer.loop``)::
 
@@ -44,7 +45,7 @@ class Whitening:
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain-typed state (tensors, numbers, strings) so ``torch.load(weights_only=True)`` reads it."""
+        """Plain-typed state (tensors, numbers, strings), so ``weights_only`` loading reads it."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -73,6 +73,7 @@ class EVDWhitening(GradientWhitening):
         return bool(self.condition_every) and layer.refreshes % self.condition_every == 0
 
     def _refresh(self, layer: WhitenedLayer) -> None:
+        assert layer.stats.cov is not None  # refreshes follow the first statistics
         dtype = layer.stats.cov.dtype
         if self.spectrum == "clip":
             decomposed = self.decompose(layer)

@@ -8,7 +8,7 @@ refreshes are spread over data-parallel ranks is the same for both and lives her
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ class GradientWhitening(LayerWhitening):
                 layer.refreshes += 1
                 # the centring used by the bias algebra changes together with Q, as in the
                 # forward-pass whitening it is equivalent to
+                assert layer.stats.mean is not None  # refreshed layers have statistics
                 layer.state["mu"] = layer.stats.mean.clone()
         self._decay_due = {}
         if step < self.start_step:
@@ -85,9 +86,9 @@ class GradientWhitening(LayerWhitening):
                 before = self.fallbacks
                 self._refresh(layer)
                 layer.state["_fallbacks"] = self.fallbacks - before
-        share_from_owners(
-            due, owners, self._pack_refresh, self._unpack_refresh, due[0].stats.cov.device
-        )
+        cov = due[0].stats.cov
+        assert cov is not None
+        share_from_owners(due, owners, self._pack_refresh, self._unpack_refresh, cov.device)
         for layer, owner in zip(due, owners):
             if owner == rank:
                 layer.state.pop("_fallbacks", None)
@@ -106,6 +107,7 @@ class GradientWhitening(LayerWhitening):
     def _unpack_refresh(self, layer: WhitenedLayer, packed: dict[str, Any]) -> None:
         state = {k.removeprefix("state."): v for k, v in packed.items() if k.startswith("state.")}
         self.fallbacks += int(state.pop("_fallbacks", 0))
+        assert layer.stats.cov is not None
         layer.stats.cov.copy_(packed["cov"])
         layer.kappa_r, layer.kappa_white = packed["kappa_r"], packed["kappa_white"]
         self._load_layer_state(layer, state)
@@ -113,7 +115,7 @@ class GradientWhitening(LayerWhitening):
     # ------------------------------------------------------------------------------ algebra
     def _transform(self, layer: WhitenedLayer) -> None:
         module, adapter, q = layer.module, layer.adapter, layer.state["Q"]
-        grad = module.weight.grad
+        grad = cast(Tensor, module.weight).grad
         if grad is None:
             return
         g = adapter.weight_matrix(grad).to(q.dtype)  # (G * blocks, S_g, m)
@@ -121,7 +123,9 @@ class GradientWhitening(LayerWhitening):
         if biases:
             blocks = adapter.blocks
             mu = layer.state["mu"].to(q.dtype)  # (G * blocks, m)
-            gb = sum(b.grad.to(q.dtype) for b in biases).reshape(adapter.groups // blocks, -1)
+            gb = cast(Tensor, sum(cast(Tensor, b.grad).to(q.dtype) for b in biases)).reshape(
+                adapter.groups // blocks, -1
+            )
             gb_blocks = gb.repeat_interleave(blocks, dim=0) if blocks > 1 else gb
             gq = (g - gb_blocks.unsqueeze(-1) * mu.unsqueeze(-2)) @ q
             shift = (gq @ mu.unsqueeze(-1))[..., 0]  # (G * blocks, S_g)
@@ -130,15 +134,17 @@ class GradientWhitening(LayerWhitening):
             if blocks > 1:
                 shift = shift.reshape(-1, blocks, shift.shape[-1]).sum(1)
             for b in biases:
-                own = b.grad.reshape(shift.shape).to(q.dtype)
-                b.grad.copy_((own - shift).reshape(b.grad.shape))
+                b_grad = b.grad
+                assert b_grad is not None  # biases without a gradient were left out above
+                own = b_grad.reshape(shift.shape).to(q.dtype)
+                b_grad.copy_((own - shift).reshape(b_grad.shape))
         else:
             gq = g @ q
         grad.copy_(adapter.weight_from_matrix(gq, grad.shape))
 
     def _weight_times_mean(self, layer: WhitenedLayer, dtype: torch.dtype) -> Tensor:
         """``W mu`` per block, ``(G * blocks, S_g)``."""
-        w = layer.adapter.weight_matrix(layer.module.weight.detach()).to(dtype)
+        w = layer.adapter.weight_matrix(cast(Tensor, layer.module.weight).detach()).to(dtype)
         return (w @ layer.state["mu"].to(dtype).unsqueeze(-1))[..., 0]
 
     # --------------------------------------------------------------------- weight decay

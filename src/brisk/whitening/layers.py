@@ -54,6 +54,7 @@ class WhitenedLayer:
 
     @property
     def modules(self) -> list[tuple[str, nn.Module, LayerAdapter]]:
+        """The first module holding the weight, then its aliases: all whose inputs are pooled."""
         return [(self.name, self.module, self.adapter), *self.aliases]
 
     @property
@@ -62,10 +63,11 @@ class WhitenedLayer:
         found = [getattr(m, "bias", None) for _, m, _ in self.modules]
         if any(b is None for b in found):
             return []
-        return list({id(b): b for b in found}.values())
+        return list({id(b): b for b in found if b is not None}.values())
 
     @property
     def has_bias(self) -> bool:
+        """Whether the bias algebra applies: every module sharing the weight has a bias."""
         return bool(self.biases)
 
     @property
@@ -96,7 +98,8 @@ class LayerWhitening(Whitening):
     :meth:`step` counts the steps itself and arms the statistics of the next one; the runner's
     :meth:`begin_step` / :meth:`precondition` pair does the same with its own step counter.  If an
     optimizer steps the whitened weights without either, the step is preconditioned from the
-    optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening off.
+    optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening
+    off.
 
     ``eps`` is relative: the damping added to R is ``eps * trace(R) / M`` (plus ``eps_abs``), so one
     value suits layers whose inputs differ in scale by orders of magnitude.
@@ -150,6 +153,11 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------- selection and hooks
     def attach(self, model: nn.Module) -> None:
+        """Select the layers of ``model`` to whiten and install the hooks that collect their inputs.
+
+        The sampling generator is seeded per rank, so ranks draw different rows; its state is
+        checkpointed, so a resumed run continues the same draws.
+        """
         if self._handles:
             raise RuntimeError(f"whitening '{self.name}' is already attached; call detach() first")
         rank = torch.distributed.get_rank() if is_distributed() else 0
@@ -181,7 +189,8 @@ class LayerWhitening(Whitening):
             for _, _, adapter in layer.modules:
                 hooked = adapter.hook_module
                 self._handles.append(hooked.register_forward_pre_hook(self._mark_pending))
-        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its model
+        # a global hook: hold this object weakly, so a forgotten whitening does not outlive its
+        # model
         me = weakref.ref(self)
 
         def before_optimizer_step(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -226,13 +235,15 @@ class LayerWhitening(Whitening):
             self._pending = True
 
     def detach(self) -> None:
+        """Remove the hooks; statistics and preconditioners are kept (attach again to resume)."""
         for h in self._handles:
             h.remove()
         self._handles = []
 
     # ----------------------------------------------------------------------------- cadence
     def begin_step(self, step: int) -> None:
-        """Set the step counter (the runner's); optional in a plain loop, where :meth:`step` counts."""
+        """Set the step counter (the runner's); optional in a plain loop, where :meth:`step`
+        counts."""
         self._step = int(step)
         self._collect = step % self.stats_every == 0
 
@@ -252,7 +263,7 @@ class LayerWhitening(Whitening):
         self.precondition(self._step)
 
     def precondition(self, step: int) -> None:
-        """Transform the gradients of step ``step``, then count it: the next step is ``step + 1``."""
+        """Transform the gradients of step ``step``, then count it: the next is ``step + 1``."""
         self._precondition(step)
         self._pending = False
         self._step = int(step) + 1
@@ -301,12 +312,14 @@ class LayerWhitening(Whitening):
 
     def damping(self, layer: WhitenedLayer) -> Tensor:
         """Per-group damping ``eps * trace(R) / M + eps_abs`` (shape ``(G,)``)."""
+        assert layer.stats.trace is not None  # refreshes follow the first statistics
         return self.eps * layer.stats.trace.clamp_min(0.0) / layer.adapter.dim + self.eps_abs
 
     def decompose(self, layer: WhitenedLayer) -> tuple[Tensor, Tensor, Tensor] | None:
         """``(evals, evecs, damping)`` of the damped covariance, or None (counted as a fallback: the
         caller keeps its previous preconditioner)."""
         damping = self.damping(layer)
+        assert layer.stats.cov is not None
         decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
         if decomposed is None:
             self.fallbacks += 1
@@ -315,6 +328,11 @@ class LayerWhitening(Whitening):
 
     # ----------------------------------------------------------------------------- logging
     def metrics(self) -> dict[str, float]:
+        """Per-layer condition numbers, seconds per phase, and the fallback and rejection counts.
+
+        The per-phase timers restart at zero each call, so a logged value covers one log interval;
+        the counts are cumulative.
+        """
         out: dict[str, float] = {}
         for layer in self.layers:
             if layer.kappa_r is not None:
@@ -332,6 +350,9 @@ class LayerWhitening(Whitening):
 
     # ------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same preconditioner: statistics, per-layer
+        state, the sampling generator and the counters.
+        """
         return {
             "algorithm": self.name,
             "step": self._step,
@@ -351,6 +372,7 @@ class LayerWhitening(Whitening):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the attached model must have the same whitened layers."""
         if state.get("algorithm") != self.name:
             raise ValueError(
                 f"whitening state is for '{state.get('algorithm')}', this run uses '{self.name}'"

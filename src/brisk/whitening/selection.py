@@ -34,6 +34,7 @@ class Candidate:
 
     @property
     def kind(self) -> str:
+        """The module's class name, as the selection table prints it."""
         return type(self.module).__name__
 
     @property
@@ -45,6 +46,7 @@ class Candidate:
 
     @property
     def weight_groups(self) -> int:
+        """Weight groups before blocking (``groups`` of a convolution); 0 without an adapter."""
         if self.adapter is None:
             return 0
         return self.adapter.groups // self.adapter.blocks
@@ -77,16 +79,17 @@ def select(
     out: list[Candidate] = []
     owner: dict[int, Candidate] = {}  # id(weight) -> first whitened candidate holding it
     # MultiheadAttention uses its out_proj's weight without calling the module
+    supported: tuple[type[nn.Module], ...] = tuple(LAYER_TYPES.values())
     parents = {id(m.out_proj): m for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):
-            reason = "in_proj_weight is a bare Parameter (out_proj has its own row)"
-            out.append(Candidate(name, module, None, reason))
+            bare = "in_proj_weight is a bare Parameter (out_proj has its own row)"
+            out.append(Candidate(name, module, None, bare))
             continue
         if isinstance(module, _UNSUPPORTED):
             out.append(Candidate(name, module, None, "transposed convolution"))
             continue
-        if not isinstance(module, tuple(LAYER_TYPES.values())):
+        if not isinstance(module, supported):
             continue
         reason = _skip_reason(name, module, settings)
         parent = parents.get(id(module))
@@ -99,7 +102,7 @@ def select(
         out.append(cand)
         if reason is not None or adapter is None:
             continue
-        if settings.max_dim is not None and cand.dim > settings.max_dim:
+        if settings.max_dim is not None and adapter.dim > settings.max_dim:
             cand.skip_reason = f"M={cand.dim} > max_dim={settings.max_dim}"
             continue
         if adapter.blocks > 1 and not gradient_transform:
@@ -110,6 +113,7 @@ def select(
             owner[id(module.weight)] = cand
             continue
         cand.shares_weight_with = first.name
+        assert first.adapter is not None  # only candidates with an adapter are owners
         if (adapter.groups, adapter.dim) != (first.adapter.groups, first.adapter.dim):
             cand.skip_reason = f"shares its weight with {first.name} in another layout"
         elif not gradient_transform:

@@ -1,11 +1,12 @@
 """Input statistics of a whitened layer: patch rows and their running covariance.
 
 Every algorithm needs the covariance of the inputs *as the layer multiplies them*: the rows of
-``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding (including
-``padding='same'`` and non-zero ``padding_mode``), dilation and groups must be reproduced exactly or
-the preconditioner silently whitens the wrong quantity.  One small adapter per layer type turns a
-layer input into rows ``(N, G, M)``: ``N`` samples, ``G`` weight groups (one covariance per group,
-because a grouped convolution's output channels only see their group's inputs), ``M`` features.
+``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding
+(including ``padding='same'`` and non-zero ``padding_mode``), dilation and groups must be reproduced
+exactly or the preconditioner silently whitens the wrong quantity.  One small adapter per layer type
+turns a layer input into rows ``(N, G, M)``: ``N`` samples, ``G`` weight groups (one covariance per
+group, because a grouped convolution's output channels only see their group's inputs), ``M``
+features.
 
 Statistics collection, not the decomposition, dominates the cost of input whitening (an unfold of
 a whole ResNet batch is several SGD steps), so adapters sub-sample rows *before* copying patches:
@@ -54,12 +55,13 @@ class LayerAdapter:
         return args[0]
 
     def num_rows(self, x: Tensor) -> int:
+        """Patch rows ``x`` yields, before sampling: the denominator of the statistics."""
         raise NotImplementedError
 
     def rows(
         self, x: Tensor, max_rows: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """Patch rows ``(N, G, M)``; with ``max_rows`` a uniform random subset (with replacement)."""
+        """Patch rows ``(N, G, M)``; with ``max_rows``, a uniform sample with replacement."""
         raise NotImplementedError
 
     def output_from_rows(self, y: Tensor, x: Tensor) -> Tensor:
@@ -89,14 +91,18 @@ class LayerAdapter:
 class LinearAdapter(LayerAdapter):
     """``nn.Linear``: every leading index of the input is one sample."""
 
+    module: nn.Linear
+
     def __init__(self, module: nn.Linear) -> None:
         super().__init__(module)
         self.dim = module.in_features
 
     def num_rows(self, x: Tensor) -> int:
+        """One row per leading index of ``x``."""
         return x.numel() // self.dim
 
     def rows(self, x, max_rows=None, generator=None):
+        """``(N, 1, M)``: the flattened leading indices; ``max_rows`` samples them uniformly."""
         flat = x.reshape(-1, self.dim)
         idx = self._sample(flat.shape[0], max_rows, generator)
         if idx is not None:
@@ -104,6 +110,7 @@ class LinearAdapter(LayerAdapter):
         return flat.unsqueeze(1)
 
     def output_from_rows(self, y, x):
+        """Restore ``x``'s leading dimensions, with the output features last."""
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -111,10 +118,12 @@ class ConvAdapter(LayerAdapter):
     """``nn.Conv1d/2d/3d`` with any stride, padding, padding_mode, dilation and groups.
 
     Patches come from ``Tensor.unfold`` on each spatial dimension of the padded input with a window
-    of the dilated kernel extent, then every ``dilation``-th tap; the row order (channel, then kernel
-    taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous block
-    ``[j*M, (j+1)*M)``.
+    of the dilated kernel extent, then every ``dilation``-th tap; the row order (channel, then
+    kernel taps) is the order of ``weight.view(C_out, -1)``, so group ``j`` owns the contiguous
+    block ``[j*M, (j+1)*M)``.
     """
+
+    module: nn.modules.conv._ConvNd
 
     def __init__(self, module: nn.modules.conv._ConvNd) -> None:
         super().__init__(module)
@@ -151,14 +160,21 @@ class ConvAdapter(LayerAdapter):
             extent = m.dilation[i] * (m.kernel_size[i] - 1) + 1
             x = x.unfold(2 + i, extent, m.stride[i])
         if any(d > 1 for d in m.dilation):
-            x = x[(Ellipsis, *(slice(None, None, d) for d in m.dilation))]
+            taps: tuple[Any, ...] = (Ellipsis, *(slice(None, None, d) for d in m.dilation))
+            x = x[taps]
         return x
 
     def num_rows(self, x: Tensor) -> int:
+        """One row per output position of each sample (batch times the output's spatial size)."""
         w = self._windows(x)
         return w.shape[0] * math.prod(w.shape[2 : 2 + self.nd])
 
     def rows(self, x, max_rows=None, generator=None):
+        """Patch rows ``(N, G, M)`` in ``weight.view(C_out, -1)`` order.
+
+        Sampled rows are gathered from the strided view by index, so only ``max_rows`` patches are
+        ever copied.
+        """
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         total = batch * math.prod(spatial)
@@ -180,6 +196,7 @@ class ConvAdapter(LayerAdapter):
         return picked.reshape(idx.shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
+        """Rows back to ``(B, C_out, L_1..L_n)`` (no batch dimension for unbatched ``x``)."""
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         out = y.reshape(batch, *spatial, y.shape[-1])
@@ -202,9 +219,15 @@ class AttentionOutputAdapter(LinearAdapter):
 
     @property
     def hook_module(self) -> nn.Module:
+        """The parent attention module: ``out_proj``'s own hooks never run."""
         return self.parent
 
     def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The concatenated heads, recomputed through the parent with ``out_proj`` as the identity.
+
+        None while that recomputation runs, so the nested call of the parent's hook collects
+        nothing.
+        """
         if self._busy:  # the recomputation below calls the parent again
             return None
         weight = self.module.weight
@@ -242,32 +265,40 @@ class BlockAdapter(LayerAdapter):
 
     @property
     def blocks(self) -> int:
+        """Blocks per weight group: ``M / blocks`` inputs each."""
         return self._blocks
 
     @property
     def hook_module(self) -> nn.Module:
+        """The wrapped layer's: blocking changes the statistics, not where they come from."""
         return self.inner.hook_module
 
     def layer_input(self, args: tuple, kwargs: dict[str, Any]) -> Tensor | None:
+        """The wrapped layer's input, unchanged."""
         return self.inner.layer_input(args, kwargs)
 
     def num_rows(self, x: Tensor) -> int:
+        """The wrapped layer's row count: blocking splits columns, not rows."""
         return self.inner.num_rows(x)
 
     def rows(self, x, max_rows=None, generator=None):
+        """The wrapped layer's rows with each group's ``M`` inputs cut into ``blocks`` groups."""
         rows = self.inner.rows(x, max_rows, generator)
         return rows.reshape(rows.shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
+        """As the wrapped layer: outputs are not blocked."""
         return self.inner.output_from_rows(y, x)
 
     def weight_matrix(self, weight: Tensor) -> Tensor:
+        """``(G * blocks, S_g, M / blocks)``: each block's columns of every group's weight."""
         full = self.inner.weight_matrix(weight)  # (G, S_g, M)
         g, s = full.shape[:2]
         blocked = full.reshape(g, s, self._blocks, self.dim).transpose(1, 2)
         return blocked.reshape(self.groups, s, self.dim)
 
     def weight_from_matrix(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        """Inverse of :meth:`weight_matrix`: the blocks' columns put back side by side."""
         s = matrix.shape[1]
         full = matrix.reshape(self.weight_groups, self._blocks, s, self.dim).transpose(1, 2)
         return full.reshape(shape)
@@ -375,10 +406,11 @@ class RunningCovariance:
 
     @property
     def pending(self) -> bool:
+        """Whether rows were accumulated since the last fold (a statistics step is in progress)."""
         return self._n > 0
 
     def accumulate(self, rows: Tensor) -> None:
-        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``, or float64 rows as they are)."""
+        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``; float64 rows as they are)."""
         rows = rows.detach()
         rows = rows.to(torch.promote_types(stats_dtype(rows), self.dtype))
         if self._n == 0:
@@ -388,6 +420,7 @@ class RunningCovariance:
                 self.shift = rows.mean(0)
             else:
                 self.shift = torch.zeros_like(rows[0])
+        assert self.shift is not None  # set by the first batch since the last fold
         by_group = (rows - self.shift).transpose(0, 1)  # (G, N, M)
         # forward hooks run inside autocast, which would turn these products into bf16/fp16 ones
         with torch.autocast(rows.device.type, enabled=False):
@@ -398,18 +431,23 @@ class RunningCovariance:
         if self._n == 0:
             self._sxx, self._sx, self._sq = sxx, sx, sq
         else:
+            assert self._sxx is not None and self._sx is not None and self._sq is not None
             self._sxx += sxx
             self._sx += sx
             self._sq += sq
         self._n += rows.shape[0]
 
     def pending_tensors(self) -> list[Tensor]:
+        """The pending sums and row count, the tensors a distributed run all-reduces before
+        :meth:`fold`."""
+        assert self._sxx is not None and self._sx is not None and self._sq is not None
         n = torch.full((1,), float(self._n), dtype=self._sxx.dtype, device=self._sxx.device)
         return [self._sxx, self._sx, self._sq, n]
 
     def fold(self, sxx: Tensor, sx: Tensor, sq: Tensor, n: float) -> bool:
         """Centre the (reduced) sums and fold them into the average; reject non-finite batches."""
         self._reset_pending()
+        assert self.shift is not None  # fold follows accumulate
         shifted = sx / n  # mean of the shifted rows
         mean = shifted + self.shift
         t = self.transform
@@ -430,6 +468,7 @@ class RunningCovariance:
         if self.cov is None:
             self.cov, self.mean, self.trace = cov, mean, trace
         else:
+            assert self.mean is not None and self.trace is not None
             b = self.momentum
             self.cov.mul_(b).add_(cov, alpha=1 - b)
             self.mean.mul_(b).add_(mean, alpha=1 - b)
@@ -438,6 +477,9 @@ class RunningCovariance:
         return True
 
     def state_dict(self) -> dict[str, Any]:
+        """The running statistics and the reference point; pending sums are not saved (a checkpoint
+        is taken between steps, after the fold).
+        """
         return {
             "cov": self.cov,
             "mean": self.mean,
@@ -449,6 +491,7 @@ class RunningCovariance:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; pending sums start empty."""
         self.cov, self.mean, self.trace = state["cov"], state["mean"], state["trace"]
         self.transform, self.shift = state["transform"], state["shift"]
         self.updates, self.rejected = int(state["updates"]), int(state["rejected"])

@@ -25,6 +25,7 @@ if _OptunaSweeper is not None:
         """Creates the folder of a ``sqlite:///PATH`` storage, then sweeps as the plugin does."""
 
         def sweep(self, arguments: list[str]) -> Any:
+            """Create the storage's folder first: SQLite does not create a missing parent."""
             storage = self.sweeper.storage
             if isinstance(storage, str) and storage.startswith(SQLITE_PREFIX):
                 path = storage[len(SQLITE_PREFIX) :]

@@ -19,9 +19,13 @@ except ImportError:  # the slurm extra is not installed
 if _SubmititSlurmLauncher is not None:
 
     class BriskSlurmLauncher(_SubmititSlurmLauncher):
-        """Each job saves at the current step on SIGUSR2/SIGTERM and is requeued (brisk.sweep.slurm)."""
+        """Each job saves at the current step on SIGUSR2/SIGTERM and is requeued
+        (brisk.sweep.slurm)."""
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """Run the launcher's job wrapper under :func:`run_requeueable`, so a signalled job
+            checkpoints and requeues itself instead of dying.
+            """
             from brisk.sweep.slurm import run_requeueable
 
             return run_requeueable(
@@ -32,7 +36,8 @@ if _SubmititSlurmLauncher is not None:
             """Submit, wait, then summarise the sweep once more from the submitting side.
 
             Jobs of an array that end together each rewrite the summary from their node; the one
-            written last may predate another's final status. After the batch, all statuses are final.
+            written last may predate another's final status. After the batch, all statuses are
+            final.
             """
             from brisk.sweep.slurm import summarize_sweep
 
