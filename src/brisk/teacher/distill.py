@@ -7,13 +7,14 @@ The student is trained on
 
 (Hinton et al., 2015; the T^2 keeps the soft-label gradients at the scale of the hard ones when T
 changes). The gate g_i (``teacher.gate``) is 1 where the teacher may be followed: by default only
-where its prediction is the label, so a weak teacher cannot teach its errors. The last term is optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage
-to the teacher's width, and both maps are average-pooled to their common size. The teacher sees
-``batch["rgb"]``, the decoded RGB frames of the student's GOP in [0, 1], and normalises them itself.
+where its prediction is the label, so a weak teacher cannot teach its errors. The last term is
+optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage to the teacher's width,
+and both maps are average-pooled to their common size. The teacher sees ``batch["rgb"]``, the
+decoded RGB frames of the student's GOP in [0, 1], and normalises them itself.
 
-The teacher is never part of the student: it is not in the optimizer, not wrapped by DDP and not in the
-student's checkpoint. Its :meth:`~DistillationTeacher.state_dict` records where the weights came from
-and a hash of them, so a resumed run can verify it distils from the same teacher.
+The teacher is never part of the student: it is not in the optimizer, not wrapped by DDP and not
+in the student's checkpoint. Its :meth:`~DistillationTeacher.state_dict` records where the weights
+came from and a hash of them, so a resumed run can verify it distils from the same teacher.
 """
 
 from __future__ import annotations
@@ -86,13 +87,13 @@ def teacher_gate(
 def feature_mimic_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
     """Mean squared difference after pooling both (B, C, T, H, W) maps to their common size.
 
-    Student and teacher may downsample differently (I3D halves time three times, MFNet once); pooling to
-    the elementwise-smaller size compares the same regions of the clip.
+    Student and teacher may downsample differently (I3D halves time three times, MFNet once);
+    pooling to the elementwise-smaller size compares the same regions of the clip.
     """
     if student_feature.shape[:2] != teacher_feature.shape[:2]:
         raise ValueError(
-            f"feature mimicking: adapted student map {tuple(student_feature.shape)} and teacher map "
-            f"{tuple(teacher_feature.shape)} differ in batch or channels"
+            f"feature mimicking: adapted student map {tuple(student_feature.shape)} "
+            f"and teacher map {tuple(teacher_feature.shape)} differ in batch or channels"
         )
     size = tuple(min(a, b) for a, b in zip(student_feature.shape[2:], teacher_feature.shape[2:]))
     s = F.adaptive_avg_pool3d(student_feature.float(), size)
@@ -237,7 +238,8 @@ class DistillationTeacher(Teacher):
         self._right: Tensor | None = None
 
     def __getattr__(self, name: str) -> Any:
-        # The config's fields read as attributes: teacher.alpha, teacher.epochs (read by the runner).
+        # The config's fields read as attributes: teacher.alpha, teacher.epochs (read by the
+        # runner).
         config = self.__dict__.get("config")
         if config is not None and name in DistillConfig.__dataclass_fields__:
             return getattr(config, name)
@@ -245,12 +247,18 @@ class DistillationTeacher(Teacher):
 
     # ------------------------------------------------------------------ building
     def build_model(self, num_classes: int) -> nn.Module:
-        """The teacher network behind an input normalisation, taking (B, 3, T, H, W) RGB in [0, 1]."""
+        """The teacher network behind an input normalisation.
+
+        It takes (B, 3, T, H, W) RGB in [0, 1].
+        """
         raise NotImplementedError
 
     @property
     def network(self) -> nn.Module:
-        """The bare teacher network (inside the normalisation), whose modules feature mimicking hooks."""
+        """The bare teacher network (inside the normalisation).
+
+        Feature mimicking hooks its modules.
+        """
         if self.model is None:
             raise RuntimeError(f"teacher '{self.name}': call setup() before using the teacher")
         return self.model.net if isinstance(self.model, NormalizedInput) else self.model
@@ -258,9 +266,9 @@ class DistillationTeacher(Teacher):
     def setup(self, context: TeacherContext) -> None:
         """Load the checkpoint and/or have the runner fit the teacher (stage 1), then freeze it.
 
-        A checkpoint whose classifier had to be replaced (another label set) leaves a random head, whose
-        soft labels would only add noise; with ``finetune: auto`` such a teacher is fine-tuned from
-        the loaded weights in stage 1 before it teaches.
+        A checkpoint whose classifier had to be replaced (another label set) leaves a random head,
+        whose soft labels would only add noise; with ``finetune: auto`` such a teacher is fine-tuned
+        from the loaded weights in stage 1 before it teaches.
         """
         model = self.build_model(context.num_classes)
         stage_dir = str(Path(context.run_dir) / "teacher")
@@ -292,7 +300,8 @@ class DistillationTeacher(Teacher):
             )
             if replaced and not finetune:
                 log.warning(
-                    "teacher %s: teacher.finetune=false with a fresh classifier: the student mimics "
+                    "teacher %s: teacher.finetune=false with a fresh classifier: "
+                    "the student mimics "
                     "an untrained head",
                     self.name,
                 )
@@ -301,7 +310,8 @@ class DistillationTeacher(Teacher):
                 self.source.update(kind="checkpoint+finetuned", finetuned_path=stage_dir)
         else:
             context.log(
-                f"teacher {self.name}: no teacher.checkpoint, fitting it on '{self.input_key}' first (stage 'teacher')"
+                f"teacher {self.name}: no teacher.checkpoint, fitting it on '{self.input_key}' "
+                "first (stage 'teacher')"
             )
             model = context.fit(model, self.input_key, "teacher")
             self.source = {"kind": "fitted", "path": stage_dir}
@@ -310,11 +320,12 @@ class DistillationTeacher(Teacher):
         self.source["weights_sha256"] = weights_sha256(self.model)
 
     def attach(self, student: nn.Module) -> None:
-        """Feature mimicking: adapters join the student (so its optimizer trains them), hooks record maps.
+        """Feature mimicking: adapters join the student, hooks record maps.
 
-        The adapters are registered as ``student.distill_adapters`` and must exist before the
-        student's optimizer is built. The adapter runs inside the student's forward hook, so under DDP
-        it is part of the forward pass like any other student parameter.
+        The adapters join the student so that its optimizer trains them. They are registered as
+        ``student.distill_adapters`` and must exist before the student's optimizer is built. The
+        adapter runs inside the student's forward hook, so under DDP it is part of the forward pass
+        like any other student parameter.
         """
         self.detach()
         if self.init_student:
@@ -325,18 +336,21 @@ class DistillationTeacher(Teacher):
         teacher_channels = getattr(self.network, "feature_channels", None)
         if student_channels is None or teacher_channels is None:
             raise ValueError(
-                "feature mimicking (teacher.beta > 0) needs models that list their feature_channels; "
+                "feature mimicking (teacher.beta > 0) needs models that list their "
+                "feature_channels; "
                 f"student {type(student).__name__} / teacher {type(self.network).__name__} do not"
             )
         adapters = nn.ModuleDict()
         for s_name, t_name in self.layers.items():
             if s_name not in student_channels:
                 raise ValueError(
-                    f"teacher.layers: student has no feature layer '{s_name}' (has {sorted(student_channels)})"
+                    f"teacher.layers: student has no feature layer '{s_name}' "
+                    f"(has {sorted(student_channels)})"
                 )
             if t_name not in teacher_channels:
                 raise ValueError(
-                    f"teacher.layers: teacher has no feature layer '{t_name}' (has {sorted(teacher_channels)})"
+                    f"teacher.layers: teacher has no feature layer '{t_name}' "
+                    f"(has {sorted(teacher_channels)})"
                 )
             key = s_name.replace(".", "_")
             adapters[key] = nn.Conv3d(
@@ -357,13 +371,17 @@ class DistillationTeacher(Teacher):
         self._mimic_steps = 0
 
     def _initialise_student(self, student: nn.Module) -> None:
-        """Copy every teacher tensor whose name and shape the student shares (weights and BN statistics)."""
+        """Copy every teacher tensor whose name and shape the student shares.
+
+        This covers weights and BN statistics alike.
+        """
         own = student.state_dict()
         source = self.network.state_dict()
         shared = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
         if not shared:
             raise ValueError(
-                f"teacher.init_student: student {type(student).__name__} shares no tensor (name and "
+                f"teacher.init_student: student {type(student).__name__} "
+                "shares no tensor (name and "
                 f"shape) with teacher {type(self.network).__name__}; use teacher=rgb_mfnet with "
                 "teacher.width_mult equal to model.width_mult"
             )
@@ -402,18 +420,25 @@ class DistillationTeacher(Teacher):
         return hook
 
     def detach(self) -> None:
+        """Remove the feature hooks, so a re-attach or a later forward records nothing stale."""
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
 
     # ------------------------------------------------------------------ training
     def teacher_logits(self, batch: Mapping[str, Any]) -> Tensor:
+        """Frozen teacher logits (B, classes), as float32, for ``batch[input_key]``.
+
+        Runs without gradients; needs :meth:`setup` first and a batch that carries the decoded RGB.
+        """
         if self.model is None:
             raise RuntimeError(f"teacher '{self.name}': call setup() before loss()")
         if self.input_key not in batch:
             raise KeyError(
-                f"teacher '{self.name}' needs batch['{self.input_key}'] (decoded RGB frames of the clip); "
-                f"the batch has {sorted(batch)}: use a video data set that provides '{self.input_key}'"
+                f"teacher '{self.name}' needs batch['{self.input_key}'] "
+                "(decoded RGB frames of the clip); "
+                f"the batch has {sorted(batch)}: "
+                f"use a video data set that provides '{self.input_key}'"
             )
         rgb = batch[self.input_key].to(self.device, non_blocking=True)
         with torch.no_grad():
@@ -422,6 +447,11 @@ class DistillationTeacher(Teacher):
     def loss(
         self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
     ) -> tuple[Tensor, dict[str, float]]:
+        """The training loss that replaces ``hard_loss`` (the student's CE), and its parts to log.
+
+        Called by the training loop once per step after the student's forward, which is when the
+        feature hooks have recorded this batch's maps; it clears them for the next step.
+        """
         teacher_out = self.teacher_logits(batch)
         if teacher_out.shape != student_out.shape:
             raise ValueError(
@@ -450,7 +480,8 @@ class DistillationTeacher(Teacher):
             ]
             if missing:
                 raise RuntimeError(
-                    f"feature mimicking: no features recorded for {missing}; was attach(student) called?"
+                    f"feature mimicking: no features recorded for {missing}; "
+                    "was attach(student) called?"
                 )
             mimic = sum(
                 feature_mimic_loss(self._student_features[s], self._teacher_features[s])
@@ -477,7 +508,10 @@ class DistillationTeacher(Teacher):
         return self._right >= self.config.gate_precision * self._predicted.clamp(min=1)
 
     def _check_adapters_train(self) -> None:
-        """Warn once if the adapters never move: the student's optimizer was built before attach()."""
+        """Warn once if the adapters never move.
+
+        That happens when the student's optimizer was built before attach().
+        """
         self._mimic_steps += 1
         if self._mimic_steps != 3 or self.adapters is None:
             return
@@ -486,8 +520,9 @@ class DistillationTeacher(Teacher):
             torch.equal(p.detach(), s.to(p.device)) for p, s in zip(params, self._adapter_snapshot)
         ):
             log.warning(
-                "teacher '%s': feature-mimicking adapters are unchanged after 2 steps although they receive "
-                "gradients: the student's optimizer was built before teacher.attach(student), so "
+                "teacher '%s': feature-mimicking adapters are unchanged after 2 steps "
+                "although they receive gradients: the student's optimizer was built before "
+                "teacher.attach(student), so "
                 "teacher.beta has no trained adapter to work through",
                 self.name,
             )
@@ -504,14 +539,18 @@ class DistillationTeacher(Teacher):
         current = self.source.get("weights_sha256")
         if saved and current and saved != current:
             raise ValueError(
-                f"teacher '{self.name}': the run was distilled from teacher weights {saved[:12]}... "
+                f"teacher '{self.name}': the run was distilled from teacher weights "
+                f"{saved[:12]}... "
                 f"({state.get('path')}) but now has {current[:12]}... ({self.source.get('path')}); "
                 "resuming would switch teachers mid-run: restore that file or start a new run"
             )
 
 
 class RGBI3DTeacher(DistillationTeacher):
-    """Inception-v1 I3D on RGB (``teacher=rgb_i3d``); public pytorch-i3d files load via ``checkpoint``."""
+    """Inception-v1 I3D on RGB (``teacher=rgb_i3d``).
+
+    Public pytorch-i3d files load via ``checkpoint``.
+    """
 
     name = "rgb_i3d"
     head_prefix = "logits."
@@ -519,6 +558,7 @@ class RGBI3DTeacher(DistillationTeacher):
     config_defaults = {"dropout": 0.5}
 
     def build_model(self, num_classes: int) -> nn.Module:
+        """I3D behind a [-1, 1] input scaling, the range its public weights were trained on."""
         c = self.config
         net = InceptionI3d(num_classes, 3, c.num_frames, c.width_mult, c.dropout, c.keep_time)
         # I3D was trained on RGB scaled to [-1, 1]: (x - 0.5) / 0.5.
@@ -526,12 +566,16 @@ class RGBI3DTeacher(DistillationTeacher):
 
 
 class RGBMFNetTeacher(DistillationTeacher):
-    """MFNet-3D on RGB (``teacher=rgb_mfnet``): the student's own architecture, so features align 1:1."""
+    """MFNet-3D on RGB (``teacher=rgb_mfnet``).
+
+    It is the student's own architecture, so features align 1:1.
+    """
 
     name = "rgb_mfnet"
     head_prefix = "classifier."
 
     def build_model(self, num_classes: int) -> nn.Module:
+        """The student's RGB MFNet; ``keep_time`` is refused, it exists only in I3D."""
         if self.config.keep_time:
             raise ValueError("teacher.keep_time applies to teacher=rgb_i3d only")
         c = self.config

@@ -1,21 +1,22 @@
-"""The on-disk cache: re-encoded videos and per-GOP clip arrays, with a manifest and a failure report.
+"""The on-disk cache: re-encoded videos and per-GOP clip arrays, a manifest and a failure report.
 
 Layout under ``<cache_dir>/<variant>/`` (the variant names the encoding settings, so changing the
 resolution or GOP size never mixes incompatible files)::
 
     videos/<rel>.mp4          re-encoded MPEG-4 Part 2, GOP ``gop_size``, I/P only
-    clips/<rel>.rgb.npy       uint8 (G, T, H, W, 3)   decoded RGB frames of every GOP (frame 0 = I-frame)
+    clips/<rel>.rgb.npy       uint8 (G, T, H, W, 3)   decoded RGB frames of every GOP
+                                                      (frame 0 = I-frame)
     clips/<rel>.res.npy       uint8 (G, T-1, H, W, 3) accumulated residuals, clip(R + 128, 0, 255)
     clips/<rel>.mv.npy        int8  (G, T-1, H, W, 2) accumulated motion (x, y), clipped to +-127 px
     records/<rel>.json        one record per source video, written last: its presence means "done"
     manifest.json             settings + every record, rewritten after each preparation
     failures.txt              undecodable videos with the reason, one per line
 
-Short GOPs are padded to ``T`` frames by repeating the last frame (and its residual); the record keeps
-the real frame count of every GOP. Each video is prepared by one worker and every file is written
-under a temporary name and renamed, so an interrupted preparation resumes where it stopped and never
-reads a half-written file. A failed video gets a record too (keyed by the source's size and mtime):
-it is reported again, not retried, until the source file changes.
+Short GOPs are padded to ``T`` frames by repeating the last frame (and its residual); the record
+keeps the real frame count of every GOP. Each video is prepared by one worker and every file is
+written under a temporary name and renamed, so an interrupted preparation resumes where it stopped
+and never reads a half-written file. A failed video gets a record too (keyed by the source's size
+and mtime): it is reported again, not retried, until the source file changes.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ class CacheSettings:
     qscale: int = 1
     motion_vectors: bool = False
     clips: bool = True
-    #: rule for motion vectors that point outside the frame; only the clip arrays depend on it, so it
-    #: is kept in each record rather than in the variant (the re-encoded videos are shared)
+    #: rule for motion vectors that point outside the frame; only the clip arrays depend on it, so
+    #: it is kept in each record rather than in the variant (the re-encoded videos are shared)
     mv_border: str = "skip"
 
     @property
     def variant(self) -> str:
+        """Directory under ``cache_dir``: settings that change the encoded bytes get their own."""
         return f"mpeg4_{self.size[0]}x{self.size[1]}_gop{self.gop_size}_q{self.qscale}"
 
 
@@ -69,7 +71,9 @@ class ClipArrays:
 
 
 def gop_to_clip(gop: Gop, frames: int, motion_vectors: bool) -> ClipArrays:
-    """Pad/quantise a decoded GOP into fixed-length clip arrays (shared by the cache and live paths).
+    """Pad/quantise a decoded GOP into fixed-length clip arrays.
+
+    The cache and the live path share it, so both return identical arrays.
 
     A full GOP is returned without copying its arrays (the live path reads one per clip).
     """
@@ -135,7 +139,10 @@ def keyframes_of(record: dict) -> KeyframeIndex | None:
 
 @dataclass
 class PrepareReport:
-    """What one preparation did. ``records`` maps the relative name of every usable video to its record."""
+    """What one preparation did.
+
+    ``records`` maps the relative name of every usable video to its record.
+    """
 
     records: dict[str, dict] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
@@ -202,15 +209,19 @@ class VideoCache:
         self.root = Path(cache_dir) / settings.variant
 
     def video_path(self, rel: str) -> Path:
+        """The re-encoded MPEG-4 file; ``rel`` is the source's name relative to the data root."""
         return self.root / "videos" / f"{rel}.mp4"
 
     def clip_path(self, rel: str, kind: str) -> Path:
+        """The clip array of ``kind`` ``"rgb"``, ``"res"`` or ``"mv"`` (see the module layout)."""
         return self.root / "clips" / f"{rel}.{kind}.npy"
 
     def record_path(self, rel: str) -> Path:
+        """The record file, written last: its existence marks the video as done (or failed)."""
         return self.root / "records" / f"{rel}.json"
 
     def read_record(self, rel: str) -> dict | None:
+        """The stored record, or None when it is missing or unreadable (the video is redone)."""
         try:
             return json.loads(self.record_path(rel).read_text())
         except (OSError, ValueError):
@@ -238,7 +249,10 @@ class VideoCache:
         return record if self._is_current(record, Path(src)) else None
 
     def prepare_one(self, src: str | Path, rel: str) -> tuple[dict, bool]:
-        """Re-encode and extract one video unless its record is current. Returns (record, reused)."""
+        """Re-encode and extract one video unless its record is current.
+
+        Returns (record, reused).
+        """
         src, rel = Path(src), _safe_rel(rel)
         record = self.read_record(rel)
         if self._is_current(record, src):
@@ -282,6 +296,10 @@ class VideoCache:
             _save_npy(self.clip_path(rel, "mv"), np.stack([c.motion for c in clips]))
 
     def write_manifest(self, report: PrepareReport, name: str) -> None:
+        """Rewrite manifest.json and failures.txt from ``report`` after a preparation.
+
+        ``name`` is the data set's name as recorded in the manifest.
+        """
         manifest = {
             "dataset": name,
             "settings": asdict(self.settings),
@@ -324,9 +342,9 @@ def prepare(
 ) -> PrepareReport:
     """Prepare every ``(source path, relative name)`` job; failures are reported, never raised.
 
-    ``workers=0`` runs in this process (tests, tiny data sets); otherwise a pool of spawned processes
-    shares the videos. Progress with an ETA is logged every ``progress_every`` seconds (plain log lines,
-    no carriage returns, so the run's log file stays readable).
+    ``workers=0`` runs in this process (tests, tiny data sets); otherwise a pool of spawned
+    processes shares the videos. Progress with an ETA is logged every ``progress_every`` seconds
+    (plain log lines, no carriage returns, so the run's log file stays readable).
     """
     report = PrepareReport()
     start = time.perf_counter()
@@ -415,8 +433,9 @@ def prepare(
 class ClipStore:
     """Reads one GOP's clip arrays, from the cache arrays or live from the re-encoded video.
 
-    Both paths return identical arrays (they share :func:`gop_to_clip`); the live path trades disk for
-    decode time. Open files are kept per process (a small LRU), so DataLoader workers each get their own.
+    Both paths return identical arrays (they share :func:`gop_to_clip`); the live path trades disk
+    for decode time. Open files are kept per process (a small LRU), so DataLoader workers each get
+    their own.
     """
 
     def __init__(self, cache: VideoCache, max_open: int = 32) -> None:
@@ -441,7 +460,10 @@ class ClipStore:
         return obj
 
     def load(self, rel: str, gop: int, index: KeyframeIndex | None = None) -> ClipArrays:
-        """One GOP's arrays; ``index`` (from the video's record) spares a live open its demux pass."""
+        """One GOP's arrays.
+
+        ``index`` (from the video's record) spares a live open its demux pass.
+        """
         s = self.cache.settings
         if s.clips:
             rgb = self._get(rel + ".rgb", lambda: _load_npy(self.cache.clip_path(rel, "rgb")))

@@ -1,9 +1,9 @@
 """Reading a re-encoded video GOP by GOP: I-frame, motion vectors, residuals and the RGB frames.
 
-The reader seeks straight to the GOP it needs (key-frame index from a demux pass), so a clip late in a
-video costs about what an early one costs, unlike CoViAR's decode-from-the-start loader. Decoding is
-single-threaded whenever motion vectors are exported: multi-threaded decoding made exported vectors
-non-deterministic on some streams.
+The reader seeks straight to the GOP it needs (key-frame index from a demux pass), so a clip late
+in a video costs about what an early one costs, unlike CoViAR's decode-from-the-start loader.
+Decoding is single-threaded whenever motion vectors are exported: multi-threaded decoding made
+exported vectors non-deterministic on some streams.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def _compensator(height: int, width: int, cell: int, border: str) -> MotionCompe
 
 
 class UnsupportedStreamError(VideoDecodeError):
-    """The stream has B-frames (or backward vectors): residuals against the previous frame would be wrong."""
+    """The stream has B-frames (or backward vectors).
+
+    Residuals against the previous frame would be wrong for it.
+    """
 
 
 @dataclass
@@ -51,11 +54,14 @@ class Gop:
     """One decoded GOP. ``n`` frames; arrays over P-frames have ``n - 1`` entries.
 
     - ``rgb``: ``uint8 (n, H, W, 3)``, frame 0 is the I-frame.
-    - ``mv``: ``int16 (n-1, 2, H/cell, W/cell)`` per-P-frame ``dst - src`` (x, y) at block resolution;
-      intra-coded blocks have no vector and read as zero motion.
-    - ``mv_rows``: the exported vectors of every P-frame, ``int32 (N, 10)`` in :data:`MV_FIELDS` order.
-    - ``residual``: ``int16 (n-1, H, W, 3)``, ``F_t - F_{t-1}(x - mv_t)`` (``residuals`` "frame"/"both").
-    - ``acc_residual``: ``int16 (n-1, H, W, 3)``, ``F_t - I(src_t(x))`` (CoViAR's accumulated residual).
+    - ``mv``: ``int16 (n-1, 2, H/cell, W/cell)`` per-P-frame ``dst - src`` (x, y) at block
+      resolution; intra-coded blocks have no vector and read as zero motion.
+    - ``mv_rows``: the exported vectors of every P-frame, ``int32 (N, 10)`` in :data:`MV_FIELDS`
+      order.
+    - ``residual``: ``int16 (n-1, H, W, 3)``, ``F_t - F_{t-1}(x - mv_t)`` (``residuals``
+      "frame"/"both").
+    - ``acc_residual``: ``int16 (n-1, H, W, 3)``, ``F_t - I(src_t(x))`` (CoViAR's accumulated
+      residual).
     - ``acc_residual_u8``: the same quantised to ``clip(R + 128, 0, 255)`` (what the cache stores).
     - ``acc_mv``: ``int16 (n-1, H, W, 2)``, ``x - src_t(x)``: motion traced back to the I-frame.
     """
@@ -73,18 +79,19 @@ class Gop:
 
     @property
     def num_frames(self) -> int:
+        """Real frames in this GOP, I-frame included; the last GOP of a video may be short."""
         return len(self.pict_types)
 
 
 class GopReader:
     """Random access to the GOPs of one (re-encoded, I/P-only) video file.
 
-    ``residuals``: which residuals to compute ("none" for motion vectors only). ``accumulated_mv``: also
-    return the per-pixel motion traced back to the I-frame (the optional MV input channels).
-    ``quantised_only``: keep only the uint8 accumulated residual (saves the int16 copy in the cache path).
-    ``rgb=False`` with ``residuals="none"`` skips the pixel conversion: motion vectors only, the cheapest
-    mode (``Gop.rgb`` is then None). ``mv_border``: ``skip`` (CoViAR's rule) or ``clamp`` for pixels
-    whose motion vector points outside the frame (:mod:`brisk.video.motion`).
+    ``residuals``: which residuals to compute ("none" for motion vectors only). ``accumulated_mv``:
+    also return the per-pixel motion traced back to the I-frame (the optional MV input channels).
+    ``quantised_only``: keep only the uint8 accumulated residual (saves the int16 copy in the cache
+    path). ``rgb=False`` with ``residuals="none"`` skips the pixel conversion: motion vectors only,
+    the cheapest mode (``Gop.rgb`` is then None). ``mv_border``: ``skip`` (CoViAR's rule) or
+    ``clamp`` for pixels whose motion vector points outside the frame (:mod:`brisk.video.motion`).
     """
 
     def __init__(
@@ -123,9 +130,11 @@ class GopReader:
 
     @property
     def num_gops(self) -> int:
+        """GOPs in the file, from the key-frame index; valid GOP numbers are 0 .. num_gops - 1."""
         return self.index.num_gops
 
     def close(self) -> None:
+        """Release the open container; safe to call twice (the clip store closes evicted ones)."""
         if self._container is not None:
             self._container.close()
             self._container = None
@@ -205,7 +214,8 @@ class GopReader:
         n, h, w = len(frames), self.height, self.width
         rgb = None
         if self.decode_rgb:
-            # one reformatter for the GOP: frame.to_ndarray(format=...) sets up a converter per frame
+            # one reformatter for the GOP: frame.to_ndarray(format=...) sets up a converter per
+            # frame
             convert = VideoReformatter()
             rgb = np.stack([convert.reformat(f, format="rgb24").to_ndarray() for f in frames])
         rows = [motion_vector_rows(f) for f in frames[1:]]
