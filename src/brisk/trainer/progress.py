@@ -63,11 +63,9 @@ class EpochProgress:
             self.bar.update(images)
 
     def show_loss(self, loss: float) -> None:
-        """Show the latest loss at the bar's next refresh (not forcing one: that would cost a redraw
-        per step).
-        """
+        """Show the latest loss now: called at logged steps only, so the redraw costs nothing."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
 
     def close(self) -> None:
         """Remove the bar (it does not stay on screen after its epoch)."""
