@@ -42,6 +42,17 @@ def _first_file(dirs: list[Path], names: list[str]) -> Path | None:
     return None
 
 
+def _mmaction_split_lists(root: Path, name: str, split: int) -> tuple[Path, Path] | None:
+    """MMAction2's generated ``<name>_{train,val|test}_split_<N>_videos.txt``, in ``root`` or
+    ``root/annotations``; None unless both the training and the test list are there."""
+    dirs = [root, root / "annotations"]
+    train = _first_file(dirs, [f"{name}_train_split_{split}_videos.txt"])
+    test = _first_file(
+        dirs, [f"{name}_val_split_{split}_videos.txt", f"{name}_test_split_{split}_videos.txt"]
+    )
+    return (train, test) if train and test else None
+
+
 def _locate(rel: str, dirs: list[Path]) -> Path | None:
     """The first ``dir / rel`` that exists."""
     return next((d / rel for d in dirs if (d / rel).is_file()), None)
@@ -136,16 +147,7 @@ class UCF101DataModule(VideoDataModule):
         return [self.root / "UCF-101", self.root / "UCF101", self.root / "videos", self.root]
 
     def _mmaction_lists(self) -> tuple[Path, Path] | None:
-        dirs = [self.root, self.root / "annotations"]
-        train = _first_file(dirs, [f"ucf101_train_split_{self.split}_videos.txt"])
-        test = _first_file(
-            dirs,
-            [
-                f"ucf101_val_split_{self.split}_videos.txt",
-                f"ucf101_test_split_{self.split}_videos.txt",
-            ],
-        )
-        return (train, test) if train and test else None
+        return _mmaction_split_lists(self.root, "ucf101", self.split)
 
 
 class HMDB51DataModule(VideoDataModule):
@@ -208,16 +210,7 @@ class HMDB51DataModule(VideoDataModule):
         return [self.root / "hmdb51_org", self.root / "videos", self.root]
 
     def _mmaction_lists(self) -> tuple[Path, Path] | None:
-        dirs = [self.root, self.root / "annotations"]
-        train = _first_file(dirs, [f"hmdb51_train_split_{self.split}_videos.txt"])
-        test = _first_file(
-            dirs,
-            [
-                f"hmdb51_val_split_{self.split}_videos.txt",
-                f"hmdb51_test_split_{self.split}_videos.txt",
-            ],
-        )
-        return (train, test) if train and test else None
+        return _mmaction_split_lists(self.root, "hmdb51", self.split)
 
 
 class Kinetics400DataModule(VideoDataModule):
