@@ -92,3 +92,12 @@ def _record_failure(run_dir: Path, message: str) -> None:
 def _is_multirun() -> bool:
     mode = HydraConfig.get().mode
     return str(getattr(mode, "name", mode)) == "MULTIRUN"
+
+
+def explain_failure(overrides: list[str]) -> None:
+    """After Hydra's message: the valid keys for a misspelt one, the pip extra for a plugin."""
+    from brisk.config.diagnose import explain_unknown_keys
+    from brisk.config.extras import missing_extra_messages
+
+    for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
+        print(f"brisk: {message}", file=sys.stderr)

@@ -22,10 +22,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from brisk.cli import first_failure_was_user_error, note_other_failure, report_user_error
+from brisk.cli import (
+    explain_failure,
+    first_failure_was_user_error,
+    note_other_failure,
+    report_user_error,
+)
 from brisk.config import CONFIG_NAME, CONFIG_PATH
-from brisk.config.validate import check_data, validate_config
-from brisk.errors import USER_ERROR_EXIT, ConfigValueError, UserError
+from brisk.config.validate import check_data, validate_run
+from brisk.errors import USER_ERROR_EXIT, UserError
 from brisk.models.cost import count_params, log_clip_costs
 from brisk.teacher.base import Teacher, TeacherContext
 from brisk.trainer.context import RunContext
@@ -45,7 +50,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     """Run the configured experiment; returns the best validation metric (NaN without one)."""
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check(cfg)
+    validate_run(cfg)
     device = select_device(cfg.trainer.device)
     dist = init_distributed(device, cfg.trainer.backend)
     if device.type == "cuda":
@@ -116,29 +121,6 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     return fit_student(trainer, plan, record)
 
 
-def _check(cfg: DictConfig) -> None:
-    """Every value a user can get wrong fails here, before any work, naming its key."""
-    validate_config(cfg)
-    if cfg.resume not in (None, "auto"):
-        raise ConfigValueError(
-            f"resume must be null or 'auto', got '{cfg.resume}' (use ckpt_path=PATH for a file)"
-        )
-    if cfg.eval_only and not cfg.ckpt_path:
-        raise ConfigValueError(
-            "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
-        )
-    if cfg.ckpt_path:
-        path = Path(cfg.ckpt_path)
-        if not path.is_file():
-            raise UserError(f"ckpt_path={path}: no such file")
-        if path.stat().st_size == 0:
-            raise UserError(f"ckpt_path={path}: empty file (a checkpoint cut off while written?)")
-    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
-        raise ConfigValueError(
-            "trainer.device=cuda but no CUDA device is available (use trainer.device=auto or cpu)"
-        )
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
     try:
@@ -158,22 +140,13 @@ def main() -> None:
         if exit_.code == USER_ERROR_EXIT:
             raise
         if exit_.code not in (0, None):
-            _explain_failure(sys.argv[1:])
+            explain_failure(sys.argv[1:])
             if first_failure_was_user_error():  # the sweep failure Hydra reported
                 raise SystemExit(USER_ERROR_EXIT) from None
         raise
     except Exception:  # HYDRA_FULL_ERROR=1 lets the exception through instead of exiting
-        _explain_failure(sys.argv[1:])
+        explain_failure(sys.argv[1:])
         raise
-
-
-def _explain_failure(overrides: list[str]) -> None:
-    """After Hydra's message: the valid keys for a misspelt one, the pip extra for a plugin."""
-    from brisk.config.diagnose import explain_unknown_keys
-    from brisk.config.extras import missing_extra_messages
-
-    for message in explain_unknown_keys(overrides) + missing_extra_messages(overrides):
-        print(f"brisk: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from brisk.errors import ConfigValueError
+from brisk.errors import ConfigValueError, UserError
 
 log = logging.getLogger("brisk")
 
@@ -265,6 +267,30 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
                 f"{list(res)}"
             )
     return problems
+
+
+def validate_run(cfg: DictConfig) -> None:
+    """Every value a user can get wrong fails here, before any work, naming its key: the config's
+    ranges and choices, then how the run is launched (resume, checkpoints, device)."""
+    validate_config(cfg)
+    if cfg.resume not in (None, "auto"):
+        raise ConfigValueError(
+            f"resume must be null or 'auto', got '{cfg.resume}' (use ckpt_path=PATH for a file)"
+        )
+    if cfg.eval_only and not cfg.ckpt_path:
+        raise ConfigValueError(
+            "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
+        )
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise UserError(f"ckpt_path={path}: no such file")
+        if path.stat().st_size == 0:
+            raise UserError(f"ckpt_path={path}: empty file (a checkpoint cut off while written?)")
+    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
+        raise ConfigValueError(
+            "trainer.device=cuda but no CUDA device is available (use trainer.device=auto or cpu)"
+        )
 
 
 def check_data(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> None:
