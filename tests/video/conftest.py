@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from brisk.video.codec import write_video
+from brisk.video.datasets import MovingShapesDataModule
 from brisk.video.synthetic import render_video
 
 
@@ -56,3 +57,19 @@ def make_video(tmp_path: Path):
         return path
 
     return make
+
+
+SMALL = {"resolution": [32, 32], "crop_size": 28, "num_workers": 0}
+
+
+def tiny_shapes(tmp_path: Path, frames: int = 26, **kw) -> MovingShapesDataModule:
+    """A moving_shapes set of 2 training and 1 test video per class at 32 px, cached in tmp_path."""
+    return MovingShapesDataModule(
+        tmp_path / "moving_shapes",
+        train_per_class=2,
+        test_per_class=1,
+        frames=frames,
+        size=32,
+        cache_dir=tmp_path / "cache",
+        **{**SMALL, **kw},
+    )

@@ -9,6 +9,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from tests.video.conftest import SMALL, tiny_shapes
 
 import brisk.config  # noqa: F401  (registers the runner's schemas and resolvers)
 from brisk.data.base import DatasetNotFoundError
@@ -22,20 +23,6 @@ from brisk.video.datasets import (
     VideoFolderDataModule,
 )
 from brisk.video.synthetic import render_video
-
-SMALL = {"resolution": [32, 32], "crop_size": 28, "num_workers": 0}
-
-
-def tiny_shapes(tmp_path: Path, **kw) -> MovingShapesDataModule:
-    return MovingShapesDataModule(
-        tmp_path / "moving_shapes",
-        train_per_class=2,
-        test_per_class=1,
-        frames=26,
-        size=32,
-        cache_dir=tmp_path / "cache",
-        **{**SMALL, **kw},
-    )
 
 
 def check_item(item: dict, channels: int, size: int, classes: int) -> None:

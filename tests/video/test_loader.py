@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from tests.video.conftest import tiny_shapes
 from torch.utils.data import DataLoader
 
 import brisk.config  # noqa: F401  (registers the runner's schemas and resolvers)
@@ -22,19 +23,7 @@ from brisk.video.datasets import MovingShapesDataModule
 
 
 def tiny(tmp_path: Path, **kw) -> MovingShapesDataModule:
-    return MovingShapesDataModule(
-        tmp_path / "moving_shapes",
-        train_per_class=2,
-        test_per_class=1,
-        frames=26,
-        size=32,
-        cache_dir=tmp_path / "cache",
-        resolution=[32, 32],
-        crop_size=28,
-        num_workers=0,
-        val_fraction=0.0,
-        **kw,
-    )
+    return tiny_shapes(tmp_path, val_fraction=0.0, **kw)
 
 
 def test_device_normalisation_matches_the_float_formulas_within_one_level() -> None:

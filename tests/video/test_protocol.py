@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.video.conftest import SMALL
+from tests.video.conftest import tiny_shapes as shapes
 
 from brisk.errors import UserError
 from brisk.video.clips import CropBox, eval_crop_boxes, squash_box
@@ -21,8 +23,6 @@ from brisk.video.datasets import (
 )
 from brisk.video.splits import carve_validation, ucf101_group
 
-SMALL = {"resolution": [32, 32], "crop_size": 28, "num_workers": 0}
-
 
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -31,15 +31,8 @@ def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_shapes(tmp_path: Path, **kw) -> MovingShapesDataModule:
-    return MovingShapesDataModule(
-        tmp_path / "moving_shapes",
-        train_per_class=2,
-        test_per_class=1,
-        frames=38,  # GOPs of 12, 12, 12, 2: three test clips per video
-        size=32,
-        cache_dir=tmp_path / "cache",
-        **{**SMALL, "resolution": [40, 32], **kw},
-    )
+    # GOPs of 12, 12, 12, 2: three test clips per video
+    return shapes(tmp_path, frames=38, **{"resolution": [40, 32], **kw})
 
 
 def touch(path: Path) -> None:
