@@ -19,7 +19,7 @@ It is deliberately simple and slow: every forward pass unfolds the whole batch.
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -89,10 +89,10 @@ class FeatureWhitening(LayerWhitening):
         if layer.state["mu"] is not None:
             rows = rows - layer.state["mu"].to(x.dtype)
         white = torch.einsum("ngm,gkm->ngk", rows, p)
-        w = adapter.weight_matrix(module.weight)  # (G, S_g, M)
+        w = adapter.weight_matrix(cast(Tensor, module.weight))  # (G, S_g, M)
         y = torch.einsum("ngk,gsk->ngs", white, w).reshape(rows.shape[0], -1)
         if module.bias is not None:
-            y = y + module.bias
+            y = y + cast(Tensor, module.bias)
         return adapter.output_from_rows(y, x)
 
     # ------------------------------------------------------------------------------ refresh
@@ -100,7 +100,8 @@ class FeatureWhitening(LayerWhitening):
         """``P = sqrt(c) L^-1`` from the Cholesky factor ``R + eps I = L L^T``: ``P^T P`` is the
         same ``c (R + eps I)^-1`` as ``evd``'s, which is all the equivalence needs (any P with that
         product whitens; the rotation of the whitened coordinates is immaterial to SGD)."""
-        cov = layer.stats.cov
+        cov, mean = layer.stats.cov, layer.stats.mean
+        assert cov is not None and mean is not None  # refreshes follow the first statistics
         damping = self.damping(layer)
         factor = damped_cholesky(cov, damping)
         if factor is None:
@@ -116,7 +117,7 @@ class FeatureWhitening(LayerWhitening):
         dtype = cov.dtype
         p_new = (root * l_inv).to(dtype)
         p_inv_new = (factor / root).to(dtype)
-        mu_new = layer.stats.mean.clone() if (layer.has_bias and self.center) else None
+        mu_new = mean.clone() if (layer.has_bias and self.center) else None
         self._reparametrise(layer, p_new, p_inv_new, mu_new)
         if self.condition_every and layer.refreshes % self.condition_every == 0:
             with self._timed("logging"):
@@ -129,6 +130,7 @@ class FeatureWhitening(LayerWhitening):
 
     def _to_plain(self, layer: WhitenedLayer, w_tilde: Tensor) -> Tensor:
         """``W~ P`` as ``(G, S_g, M)`` in the preconditioner's dtype."""
+        assert layer.stats.cov is not None  # reparametrised only once statistics exist
         w = layer.adapter.weight_matrix(w_tilde).to(layer.stats.cov.dtype)
         return w if layer.state["P"] is None else w @ layer.state["P"]
 
@@ -140,6 +142,7 @@ class FeatureWhitening(LayerWhitening):
         mu_old = layer.state["mu"]
         dmu = None
         if module.bias is not None and (mu_old is not None or mu_new is not None):
+            assert layer.stats.mean is not None
             zero = torch.zeros_like(layer.stats.mean)
             dmu = (zero if mu_new is None else mu_new) - (zero if mu_old is None else mu_old)
 
@@ -152,7 +155,8 @@ class FeatureWhitening(LayerWhitening):
             w_like.copy_(new.reshape(w_like.shape).to(w_like.dtype))
 
         with torch.no_grad():
-            remap(module.weight.data, None if module.bias is None else module.bias.data)
+            bias = cast(Tensor | None, module.bias)
+            remap(cast(Tensor, module.weight).data, None if bias is None else bias.data)
             for ref in self._optimizers:
                 opt = ref()
                 if opt is None:

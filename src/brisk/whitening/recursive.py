@@ -160,20 +160,23 @@ class RecursiveWhitening(GradientWhitening):
     def _ensure_device(self, layer: WhitenedLayer) -> None:
         """Move T and Q to the statistics' device and dtype the first time statistics exist."""
         cov = layer.stats.cov
+        assert cov is not None  # called on refresh, after the first statistics
         for key in ("T", "TT", "Qraw"):
             layer.state[key] = layer.state[key].to(device=cov.device, dtype=cov.dtype)
         layer.stats.transform = layer.state["T"]
 
     def _refresh(self, layer: WhitenedLayer) -> None:
         self._ensure_device(layer)
-        rt, t, tt, q = (layer.stats.cov, layer.state["T"], layer.state["TT"], layer.state["Qraw"])
+        rt, trace = layer.stats.cov, layer.stats.trace
+        assert rt is not None and trace is not None
+        t, tt, q = layer.state["T"], layer.state["TT"], layer.state["Qraw"]
         m = layer.adapter.dim
         damping = self.damping(layer).to(rt.dtype)
         k = self.block or block_size(m)
         backup = [x.clone() for x in (rt, t, tt, q)]
         for _ in range(self.steps):
             equalise_block(rt, t, q, tt, damping, k, self.power_iters)
-        target = layer.stats.trace.to(rt.dtype) + m * damping  # trace(R + eps I)
+        target = trace.to(rt.dtype) + m * damping  # trace(R + eps I)
         rescale(rt, t, q, tt, damping, target)
         if not all(bool(torch.isfinite(x).all()) for x in (rt, t, tt, q)):
             for x, old in zip((rt, t, tt, q), backup):
@@ -193,6 +196,7 @@ class RecursiveWhitening(GradientWhitening):
 
         As for ``evd``, the whitened covariance is the *undamped* R seen through the preconditioner.
         """
+        assert layer.stats.cov is not None
         rt = layer.stats.cov.to(torch.float64)
         t = layer.state["T"].to(torch.float64)
         r = torch.linalg.solve(t, torch.linalg.solve(t, rt).transpose(-1, -2))
