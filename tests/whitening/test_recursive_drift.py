@@ -114,6 +114,8 @@ def _digits(tmp_path, steps: int) -> dict:
         "whitening.inverse_every=1",
         f"trainer.epochs={steps // 18 + 1}",  # 18 steps per digits epoch
         f"trainer.max_steps={steps}",
+        "trainer.val_every=1000",  # the test split judges the last weights; no per-epoch validation
+        "trainer.log_every=100",
         "trainer.threads=1",
         f"hydra.run.dir={run_dir}",
         timeout=3000,
