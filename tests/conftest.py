@@ -76,6 +76,28 @@ def run_train(
     return proc
 
 
+def kill_and_resume(tmp_path: Path, *overrides: str) -> tuple[dict, dict, dict, int]:
+    """A deterministic 3-epoch digits run three ways: uninterrupted (``full``), SIGKILLed at step 28
+    mid-epoch 2 (``cut``, its last checkpoint), then resumed with ``resume=auto``. Returns the full
+    run's, the cut run's and the resumed run's ``last.pt`` and the killed process's exit status."""
+    common = [
+        *overrides,
+        "trainer.deterministic=true",
+        "trainer.epochs=3",
+        "trainer.checkpoint_every=5",
+        "trainer.log_every=1",
+    ]
+    run_train(*common, f"hydra.run.dir={tmp_path / 'full'}")
+    killed = run_train(
+        *common, f"hydra.run.dir={tmp_path / 'cut'}", env={"BRISK_FAULT_AT_STEP": "28"}, check=False
+    )
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    cut = torch.load(last, weights_only=True)
+    run_train(*common, "resume=auto", f"hydra.run.dir={tmp_path / 'cut'}")
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    return full, cut, torch.load(last, weights_only=True), killed.returncode
+
+
 def write_fake_cifar(
     root: Path, per_class_train: int = 20, per_class_test: int = 5, classes: int = 10
 ) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import run_train, write_fake_cifar
+from tests.conftest import kill_and_resume, run_train, write_fake_cifar
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -71,23 +71,9 @@ def test_eval_only_evaluates_a_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tmp_path: Path) -> None:
-    common = [
-        "trainer.deterministic=true",
-        "trainer.epochs=3",
-        "trainer.checkpoint_every=5",
-        "trainer.log_every=1",
-    ]
-    run_train(*common, f"hydra.run.dir={tmp_path / 'full'}")
-    killed = run_train(
-        *common, f"hydra.run.dir={tmp_path / 'cut'}", env={"BRISK_FAULT_AT_STEP": "28"}, check=False
-    )
-    assert (
-        killed.returncode != 0
-    )  # SIGKILL mid-epoch 2 (18 steps per epoch), last checkpoint at step 25
-    assert torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)["step"] == 25
-    run_train(*common, "resume=auto", f"hydra.run.dir={tmp_path / 'cut'}")
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    full, cut, resumed, killed = kill_and_resume(tmp_path)
+    assert killed != 0  # SIGKILL mid-epoch 2 (18 steps per epoch), last checkpoint at step 25
+    assert cut["step"] == 25
     assert resumed["step"] == full["step"] == 54
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key

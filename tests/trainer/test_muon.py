@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from tests.conftest import run_train
+from tests.conftest import kill_and_resume
 from torch import nn
 
 import brisk.config  # noqa: F401  (registers the schemas the root config lists)
@@ -201,24 +201,10 @@ def test_muon_composes_with_recursive_whitening(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_muon_run_resumes_to_identical_weights(tmp_path: Path) -> None:
-    common = [
-        "optimizer=muon",
-        "trainer.deterministic=true",
-        "trainer.epochs=3",
-        "trainer.checkpoint_every=5",
-        "trainer.log_every=1",
-    ]
-    run_train(*common, f"hydra.run.dir={tmp_path / 'full'}")
-    killed = run_train(
-        *common, f"hydra.run.dir={tmp_path / 'cut'}", env={"BRISK_FAULT_AT_STEP": "28"}, check=False
-    )
-    assert killed.returncode != 0  # SIGKILL mid-epoch 2 (18 steps per epoch)
-    cut = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    full, cut, resumed, killed = kill_and_resume(tmp_path, "optimizer=muon")
+    assert killed != 0  # SIGKILL mid-epoch 2 (18 steps per epoch)
     assert cut["step"] == 25 and set(cut["optimizer"]) == {"muon", "aux"}
     assert cut["optimizer"]["muon"]["state"] and cut["optimizer"]["aux"]["state"]
-    run_train(*common, "resume=auto", f"hydra.run.dir={tmp_path / 'cut'}")
-    full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert resumed["step"] == full["step"] == 54
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
