@@ -389,7 +389,7 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
     def transform() -> None:
         with torch.no_grad():
             for layer in w.layers:
-                if layer.state.get("Q") is not None:
+                if layer.state.to_dict().get("q") is not None:
                     w._transform(layer)
 
     t_on = _timed(lambda: forward(True), 2, device)

@@ -90,7 +90,7 @@ def test_failed_decomposition_keeps_the_previous_preconditioner(monkeypatch) -> 
     w.attach(model)
     data = batches((7,), 4)
     train(model, w, data, 2)
-    kept = [layer.state["Q"].clone() for layer in w.layers]
+    kept = [layer.state.q.clone() for layer in w.layers]
 
     def broken(a, *args, **kwargs):  # the factorisation fails in every dtype
         return torch.zeros_like(a), torch.ones(a.shape[:-2], dtype=torch.int32)
@@ -99,7 +99,7 @@ def test_failed_decomposition_keeps_the_previous_preconditioner(monkeypatch) -> 
     losses, _ = train(model, w, data, 2, start=2)
     assert all(torch.isfinite(torch.tensor(losses)))
     for layer, q in zip(w.layers, kept):
-        torch.testing.assert_close(layer.state["Q"], q)
+        torch.testing.assert_close(layer.state.q, q)
     assert w.fallbacks == 2 * len(w.layers)
     assert w.metrics()["whiten/fallbacks"] == 2 * len(w.layers)
 
@@ -196,7 +196,7 @@ def test_bf16_autocast_keeps_statistics_in_float32(cls) -> None:
         opt.step()
     for layer in w.layers:
         assert layer.stats.cov.dtype == torch.float32
-        assert layer.state["Q"].dtype == torch.float32
+        assert layer.state.q.dtype == torch.float32
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

@@ -111,7 +111,7 @@ def test_recursive_logs_per_layer_conditioning_and_resumes_exactly(tmp_path: Pat
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     for name, layer in full["whitening"]["layers"].items():
-        assert torch.equal(layer["state"]["Q"], resumed["whitening"]["layers"][name]["state"]["Q"])
+        assert torch.equal(layer["state"]["q"], resumed["whitening"]["layers"][name]["state"]["q"])
 
 
 def test_reduced_cifar_preset_composes_the_documented_workload() -> None:

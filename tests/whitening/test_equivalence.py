@@ -88,6 +88,6 @@ def test_feature_whitening_keeps_the_network_function_on_refresh() -> None:
     model(data[1][0])  # gathers statistics and refreshes P in the forward pass
     model.eval()
     torch.testing.assert_close(model(x), before, rtol=1e-10, atol=1e-10)
-    assert w.layers[0].state["P"] is not None
+    assert w.layers[0].state.p is not None
     w.detach()
     torch.testing.assert_close(model(x), before, rtol=1e-10, atol=1e-10)

@@ -31,7 +31,7 @@ def test_cholesky_inverse_is_the_eigh_inverse(normalize: bool) -> None:
     w, damped = _fitted(normalize=normalize)
     evals, evecs = torch.linalg.eigh(damped)
     expected = inverse_from_eigh(evals, evecs, normalize)
-    torch.testing.assert_close(w.layers[0].state["Q"][0], expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w.layers[0].state.q[0], expected, rtol=1e-10, atol=1e-12)
     assert w.layers[0].kappa_r is None  # no eigenvalues unless they are logged
 
 
@@ -52,14 +52,14 @@ def test_float32_factorisation_failure_is_retried_in_float64(monkeypatch) -> Non
 
 def test_clip_only_shrinks_the_directions_above_the_mean() -> None:
     w, damped = _fitted(spectrum="clip", normalize=False)
-    q = w.layers[0].state["Q"][0]
+    q = w.layers[0].state.q[0]
     evals = torch.linalg.eigvalsh(damped)
     # Q (R + eps I) has the spectrum min(l, mean l): the top is clipped, the rest untouched
     clipped = torch.linalg.eigvals(q @ damped).real.sort().values
     torch.testing.assert_close(clipped, evals.clamp(max=evals.mean().item()), rtol=1e-8, atol=0)
     assert (evals > evals.mean()).sum() >= 1 and (evals < evals.mean()).sum() >= 1
     normalised, damped = _fitted(spectrum="clip")
-    q = normalised.layers[0].state["Q"][0]
+    q = normalised.layers[0].state.q[0]
     torch.testing.assert_close((q @ damped).trace(), damped.trace())
 
 

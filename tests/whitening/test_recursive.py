@@ -110,7 +110,7 @@ def test_many_steps_reach_evds_exact_damped_inverse(normalize: bool) -> None:
         model = nn.Linear(6, 2).double()
         w.attach(model)
         train(model, w, data, 1)
-        qs.append(w.layers[0].state["Q"])
+        qs.append(w.layers[0].state.q)
     torch.testing.assert_close(qs[0], qs[1], rtol=1e-6, atol=1e-9)
 
 

@@ -71,13 +71,13 @@ def test_scale_is_kept_through_the_algorithm() -> None:
     layer = nn.Linear(m, 1)
     w = RecursiveWhitening(eps=0.3, stats_every=1, inverse_every=1)
     w.attach(layer)
-    state = w.layers[0]
+    whitened = w.layers[0]
     for k in _run(w, layer, [_basis(m, 0)] * 100, 64, torch.Generator().manual_seed(0)):
         if k % 10:
             continue
-        damping = w.damping(state)
-        a = state.stats.cov + damping[:, None, None] * state.state["TT"]
-        target = state.stats.trace + m * damping
+        damping = w.damping(whitened)
+        a = whitened.stats.cov + damping[:, None, None] * whitened.state.t_outer
+        target = whitened.stats.trace + m * damping
         torch.testing.assert_close(a.diagonal(dim1=-2, dim2=-1).sum(-1), target)
 
 
@@ -90,14 +90,14 @@ def test_kappa_falls_below_two_after_an_abrupt_change_of_basis() -> None:
     layer = nn.Linear(m, 1)
     w = RecursiveWhitening(eps=0.01, stats_every=1, inverse_every=1)
     w.attach(layer)
-    t = w.layers[0].state
+    state = w.layers[0].state
     kappas = []
     bases = [old] * before + [new] * CHANGE_WITHIN
     for k in _run(w, layer, bases, 256, torch.Generator().manual_seed(0)):
         if k == before - 1:
-            assert _kappa(t["T"][0], old @ old.T) < 2.0
+            assert _kappa(state.t[0], old @ old.T) < 2.0
         if k >= before:
-            kappas.append(_kappa(t["T"][0], new @ new.T))
+            kappas.append(_kappa(state.t[0], new @ new.T))
     assert kappas[0] > 20  # the change is abrupt: the old transform is far from whitening
     assert kappas[-1] < 2.0
 

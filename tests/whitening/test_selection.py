@@ -61,7 +61,7 @@ def test_a_shared_weight_is_whitened_once_from_pooled_statistics() -> None:
     layer = w.layers[0]
     torch.testing.assert_close(layer.stats.cov[0], _centred_cov(pooled), rtol=0, atol=1e-12)
     # transformed once: G Q, not G Q Q
-    torch.testing.assert_close(model.a.weight.grad, raw @ layer.state["Q"][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.a.weight.grad, raw @ layer.state.q[0], rtol=0, atol=1e-12)
 
 
 def test_shared_weight_with_biases_trains_and_feature_refuses_it() -> None:
@@ -135,7 +135,7 @@ def test_block_diagonal_covariance_and_transform(bias: bool) -> None:
     gb = model[0].bias.grad.clone() if bias else None
     w.step()
     full = _centred_cov(make_adapter(model[0]).rows(x)[:, 0])
-    q, mu = layer.state["Q"], layer.state["mu"]
+    q, mu = layer.state.q, layer.state.mu
     for k in range(2):
         cols = slice(36 * k, 36 * (k + 1))
         torch.testing.assert_close(layer.stats.cov[k], full[cols, cols], rtol=0, atol=1e-10)

@@ -92,6 +92,12 @@ def _from_mmaction_lists(
     return VideoIndex(classes, out["train"], out["test"], f"mmaction2 lists ({train_list.name})")
 
 
+def _require_official_split(split: int, dataset: str) -> None:
+    """UCF101 and HMDB51 publish three train/test splits; any other number is a typo."""
+    if split not in (1, 2, 3):
+        raise UserError(f"dataset.split={split}: {dataset} has splits 1, 2 and 3")
+
+
 class UCF101DataModule(VideoDataModule):
     """UCF101: split files in ``root/ucfTrainTestlist/``, videos in ``root/UCF-101/<Class>/``.
 
@@ -104,15 +110,16 @@ class UCF101DataModule(VideoDataModule):
         "https://www.crcv.ucf.edu/data/UCF101.php and unpack both into root"
     )
 
+    layouts = (
+        "ucfTrainTestlist/classInd.txt, trainlist0N.txt, testlist0N.txt (N = 1..3) and the "
+        "videos as UCF-101/<Class>/<video>.avi; or MMAction2's annotations/ (the same files) "
+        "with videos/<Class>/<video>.avi, or its ucf101_{train,val}_split_N_videos.txt lists"
+    )
+
     def find_videos(self) -> VideoIndex:
         """The official split ``split`` (1-3), or MMAction2's annotation files or video lists."""
-        expected = (
-            "ucfTrainTestlist/classInd.txt, trainlist0N.txt, testlist0N.txt (N = 1..3) and the "
-            "videos as UCF-101/<Class>/<video>.avi; or MMAction2's annotations/ (the same files) "
-            "with videos/<Class>/<video>.avi, or its ucf101_{train,val}_split_N_videos.txt lists"
-        )
-        if self.split not in (1, 2, 3):
-            raise UserError(f"dataset.split={self.split}: UCF101 has splits 1, 2 and 3")
+        _require_official_split(self.split, "UCF101")
+        expected = self.layouts
         split_dir = _first_dir(
             [self.root / "ucfTrainTestlist", self.root / "annotations", self.root],
             lambda d: (
@@ -166,15 +173,16 @@ class HMDB51DataModule(VideoDataModule):
         "root/testTrainMulti_7030_splits/"
     )
 
+    layouts = (
+        "testTrainMulti_7030_splits/<class>_test_splitN.txt (N = 1..3) and the videos as "
+        "<class>/<video>.avi; or MMAction2's annotations/ (the same files) with "
+        "videos/<class>/<video>.avi, or its hmdb51_{train,val}_split_N_videos.txt lists"
+    )
+
     def find_videos(self) -> VideoIndex:
         """The official split ``split`` (1-3), or MMAction2's annotation files or video lists."""
-        expected = (
-            "testTrainMulti_7030_splits/<class>_test_splitN.txt (N = 1..3) and the videos as "
-            "<class>/<video>.avi; or MMAction2's annotations/ (the same files) with "
-            "videos/<class>/<video>.avi, or its hmdb51_{train,val}_split_N_videos.txt lists"
-        )
-        if self.split not in (1, 2, 3):
-            raise UserError(f"dataset.split={self.split}: HMDB51 has splits 1, 2 and 3")
+        _require_official_split(self.split, "HMDB51")
+        expected = self.layouts
         pattern = f"*_test_split{self.split}.txt"
         split_dir = _first_dir(
             [

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brisk.whitening.gradient import GradientWhitening
+from brisk.whitening.gradient import GradientWhitening, gradient_state
 from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number, damped_cholesky, inverse_from_cholesky
 from brisk.whitening.settings import EVDSettings
@@ -80,7 +80,7 @@ class EVDWhitening(GradientWhitening):
             if decomposed is None:
                 return
             evals, evecs, damping = decomposed
-            layer.state["Q"] = clipped_from_eigh(evals, evecs, self.normalize).to(dtype)
+            gradient_state(layer).q = clipped_from_eigh(evals, evecs, self.normalize).to(dtype)
             if self._logged(layer):
                 with self._timed("logging"):
                     self._log_kappa(layer, evals, damping)
@@ -89,7 +89,7 @@ class EVDWhitening(GradientWhitening):
         if q is None:
             self.fallbacks += 1
             return
-        layer.state["Q"] = q.to(dtype)
+        gradient_state(layer).q = q.to(dtype)
         if self._logged(layer):
             with self._timed("logging"):
                 decomposed = self.decompose(layer)

@@ -27,8 +27,16 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from brisk.whitening.layers import LayerWhitening, WhitenedLayer
 from brisk.whitening.linalg import condition_number, damped_cholesky
+from brisk.whitening.state import FeatureState
 
 __all__ = ["FeatureWhitening"]
+
+
+def feature_state(layer: WhitenedLayer) -> FeatureState:
+    """``layer``'s state, typed."""
+    state = layer.state
+    assert isinstance(state, FeatureState)
+    return state
 
 
 class FeatureWhitening(LayerWhitening):
@@ -43,7 +51,7 @@ class FeatureWhitening(LayerWhitening):
         self._refreshed_at: dict[str, int] = {}
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
-        layer.state.update(P=None, P_inv=None, mu=None)
+        layer.state = FeatureState()
 
     def _register_hooks(self) -> None:
         for layer in self.layers:
@@ -75,7 +83,7 @@ class FeatureWhitening(LayerWhitening):
                     with self._timed("decomposition"), torch.no_grad():
                         self._refresh(layer)
                     layer.refreshes += 1
-            if layer.state["P"] is None:
+            if feature_state(layer).p is None:
                 return output
             with self._timed("transform"):
                 return self._whitened_forward(layer, x)
@@ -84,10 +92,12 @@ class FeatureWhitening(LayerWhitening):
 
     def _whitened_forward(self, layer: WhitenedLayer, x: Tensor) -> Tensor:
         adapter, module = layer.adapter, layer.module
+        state = feature_state(layer)
+        assert state.p is not None  # the hook calls this only once P exists
         rows = adapter.rows(x)  # (N, G, M)
-        p = layer.state["P"].to(x.dtype)
-        if layer.state["mu"] is not None:
-            rows = rows - layer.state["mu"].to(x.dtype)
+        p = state.p.to(x.dtype)
+        if state.mu is not None:
+            rows = rows - state.mu.to(x.dtype)
         white = torch.einsum("ngm,gkm->ngk", rows, p)
         w = adapter.weight_matrix(cast(Tensor, module.weight))  # (G, S_g, M)
         y = torch.einsum("ngk,gsk->ngs", white, w).reshape(rows.shape[0], -1)
@@ -132,14 +142,15 @@ class FeatureWhitening(LayerWhitening):
         """``W~ P`` as ``(G, S_g, M)`` in the preconditioner's dtype."""
         assert layer.stats.cov is not None  # reparametrised only once statistics exist
         w = layer.adapter.weight_matrix(w_tilde).to(layer.stats.cov.dtype)
-        return w if layer.state["P"] is None else w @ layer.state["P"]
+        p = feature_state(layer).p
+        return w if p is None else w @ p
 
     def _reparametrise(
         self, layer: WhitenedLayer, p_new: Tensor | None, p_inv_new: Tensor | None, mu_new
     ) -> None:
         """Switch to new whitening coordinates without changing the function or the SGD path."""
         module = layer.module
-        mu_old = layer.state["mu"]
+        mu_old = feature_state(layer).mu
         dmu = None
         if module.bias is not None and (mu_old is not None or mu_new is not None):
             assert layer.stats.mean is not None
@@ -168,12 +179,12 @@ class FeatureWhitening(LayerWhitening):
                 if module.bias is not None:
                     b_buf = opt.state.get(module.bias, {}).get("momentum_buffer")
                 remap(w_buf, b_buf)
-        layer.state.update(P=p_new, P_inv=p_inv_new, mu=mu_new)
+        layer.state = FeatureState(p=p_new, p_inv=p_inv_new, mu=mu_new)
 
     def detach(self) -> None:
         """Put the ordinary weights ``W = W~ P`` (and their momentum) back into the model."""
         for layer in self.layers:
-            if layer.state["P"] is not None:
+            if feature_state(layer).p is not None:
                 self._reparametrise(layer, None, None, None)
         super().detach()
         self._optimizers = []

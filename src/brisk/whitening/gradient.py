@@ -17,8 +17,16 @@ from brisk.runtime import is_distributed
 from brisk.whitening.distributed import assign_by_cost, share_from_owners
 from brisk.whitening.layers import LayerWhitening, WhitenedLayer
 from brisk.whitening.settings import GradientSettings, WhiteningSettings
+from brisk.whitening.state import GradientState
 
 __all__ = ["GradientWhitening"]
+
+
+def gradient_state(layer: WhitenedLayer) -> GradientState:
+    """``layer``'s state, typed (every gradient-transform algorithm keeps a GradientState)."""
+    state = layer.state
+    assert isinstance(state, GradientState)
+    return state
 
 
 class GradientWhitening(LayerWhitening):
@@ -45,7 +53,7 @@ class GradientWhitening(LayerWhitening):
         self._decay_due: dict[int, WhitenedLayer] = {}
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
-        layer.state.update(Q=None, mu=None)
+        layer.state = GradientState()
 
     def _precondition(self, step: int) -> None:
         if self._collect:
@@ -58,13 +66,13 @@ class GradientWhitening(LayerWhitening):
                 # the centring used by the bias algebra changes together with Q, as in the
                 # forward-pass whitening it is equivalent to
                 assert layer.stats.mean is not None  # refreshed layers have statistics
-                layer.state["mu"] = layer.stats.mean.clone()
+                gradient_state(layer).mu = layer.stats.mean.clone()
         self._decay_due = {}
         if step < self.start_step:
             return
         with self._timed("transform"), torch.no_grad():
             for layer in self.layers:
-                if layer.state.get("Q") is not None:
+                if gradient_state(layer).q is not None:
                     self._transform(layer)
                     self._decay_due[id(layer.module.weight)] = layer
 
@@ -81,17 +89,19 @@ class GradientWhitening(LayerWhitening):
             return
         owners = assign_by_cost([self._refresh_cost(layer) for layer in due], world)
         rank = torch.distributed.get_rank()
+        fallbacks: dict[int, int] = {}  # the owner's fallbacks per layer, counted on every rank
         for layer, owner in zip(due, owners):
             if owner == rank:
                 before = self.fallbacks
                 self._refresh(layer)
-                layer.state["_fallbacks"] = self.fallbacks - before
+                fallbacks[id(layer)] = self.fallbacks - before
         cov = due[0].stats.cov
         assert cov is not None
-        share_from_owners(due, owners, self._pack_refresh, self._unpack_refresh, cov.device)
-        for layer, owner in zip(due, owners):
-            if owner == rank:
-                layer.state.pop("_fallbacks", None)
+
+        def pack(layer: WhitenedLayer) -> dict[str, Any]:
+            return {**self._pack_refresh(layer), "fallbacks": fallbacks[id(layer)]}
+
+        share_from_owners(due, owners, pack, self._unpack_refresh, cov.device)
 
     def _refresh_cost(self, layer: WhitenedLayer) -> float:
         """Relative cost of refreshing ``layer``, for the assignment: a decomposition, ``M^3``
@@ -100,13 +110,13 @@ class GradientWhitening(LayerWhitening):
 
     def _pack_refresh(self, layer: WhitenedLayer) -> dict[str, Any]:
         """What a refresh changed: the algorithm state, the (tracked) covariance, the logs."""
-        packed = {f"state.{k}": v for k, v in self._layer_state(layer).items()}
+        packed: dict[str, Any] = {f"state.{k}": v for k, v in layer.state.to_dict().items()}
         packed.update(cov=layer.stats.cov, kappa_r=layer.kappa_r, kappa_white=layer.kappa_white)
         return packed
 
     def _unpack_refresh(self, layer: WhitenedLayer, packed: dict[str, Any]) -> None:
         state = {k.removeprefix("state."): v for k, v in packed.items() if k.startswith("state.")}
-        self.fallbacks += int(state.pop("_fallbacks", 0))
+        self.fallbacks += int(packed.get("fallbacks", 0))
         assert layer.stats.cov is not None
         layer.stats.cov.copy_(packed["cov"])
         layer.kappa_r, layer.kappa_white = packed["kappa_r"], packed["kappa_white"]
@@ -114,15 +124,17 @@ class GradientWhitening(LayerWhitening):
 
     # ------------------------------------------------------------------------------ algebra
     def _transform(self, layer: WhitenedLayer) -> None:
-        module, adapter, q = layer.module, layer.adapter, layer.state["Q"]
+        module, adapter = layer.module, layer.adapter
+        q, mu = gradient_state(layer).q, gradient_state(layer).mu
         grad = cast(Tensor, module.weight).grad
-        if grad is None:
+        if grad is None or q is None:
             return
         g = adapter.weight_matrix(grad).to(q.dtype)  # (G * blocks, S_g, m)
         biases = [b for b in layer.biases if b.grad is not None] if self.center else []
         if biases:
             blocks = adapter.blocks
-            mu = layer.state["mu"].to(q.dtype)  # (G * blocks, m)
+            assert mu is not None  # set with Q at every refresh
+            mu = mu.to(q.dtype)  # (G * blocks, m)
             gb = cast(Tensor, sum(cast(Tensor, b.grad).to(q.dtype) for b in biases)).reshape(
                 adapter.groups // blocks, -1
             )
@@ -144,8 +156,10 @@ class GradientWhitening(LayerWhitening):
 
     def _weight_times_mean(self, layer: WhitenedLayer, dtype: torch.dtype) -> Tensor:
         """``W mu`` per block, ``(G * blocks, S_g)``."""
+        mu = gradient_state(layer).mu
+        assert mu is not None  # only called on layers whose Q (and so mu) is set
         w = layer.adapter.weight_matrix(cast(Tensor, layer.module.weight).detach()).to(dtype)
-        return (w @ layer.state["mu"].to(dtype).unsqueeze(-1))[..., 0]
+        return (w @ mu.to(dtype).unsqueeze(-1))[..., 0]
 
     # --------------------------------------------------------------------- weight decay
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
@@ -171,7 +185,9 @@ class GradientWhitening(LayerWhitening):
                 continue
             del self._decay_due[key]
             blocks = layer.adapter.blocks
-            wmu = self._weight_times_mean(layer, layer.state["mu"].dtype)
+            mu = gradient_state(layer).mu
+            assert mu is not None  # decay is due only where Q (and so mu) was applied
+            wmu = self._weight_times_mean(layer, mu.dtype)
             if blocks > 1:
                 wmu = wmu.reshape(-1, blocks, wmu.shape[-1]).sum(1)
             lam_w, lr_w = float(w_group.get("weight_decay", 0.0)), float(w_group["lr"])

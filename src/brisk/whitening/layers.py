@@ -26,6 +26,7 @@ from brisk.whitening.base import Whitening
 from brisk.whitening.linalg import damped_eigh
 from brisk.whitening.selection import Candidate, select, selection_table
 from brisk.whitening.settings import WhiteningSettings
+from brisk.whitening.state import LayerState
 from brisk.whitening.stats import LayerAdapter, RunningCovariance, commit_all
 
 log = logging.getLogger("brisk.whitening")
@@ -46,7 +47,7 @@ class WhitenedLayer:
     module: nn.Module
     adapter: LayerAdapter
     stats: RunningCovariance
-    state: dict[str, Any] = field(default_factory=dict)  # algorithm-specific tensors
+    state: LayerState = field(default_factory=LayerState)  # the algorithm's, typed (state.py)
     kappa_r: float | None = None
     kappa_white: float | None = None
     refreshes: int = 0
@@ -362,7 +363,7 @@ class LayerWhitening(Whitening):
             "layers": {
                 layer.name: {
                     "stats": layer.stats.state_dict(),
-                    "state": self._layer_state(layer),
+                    "state": layer.state.to_dict(),
                     "kappa_r": layer.kappa_r,
                     "kappa_white": layer.kappa_white,
                     "refreshes": layer.refreshes,
@@ -401,9 +402,6 @@ class LayerWhitening(Whitening):
     def _init_layer(self, layer: WhitenedLayer) -> None:
         """Create the algorithm's per-layer state (identity preconditioner)."""
 
-    def _layer_state(self, layer: WhitenedLayer) -> dict[str, Any]:
-        """The algorithm's per-layer state as plain tensors and numbers (checkpoints, broadcast)."""
-        return dict(layer.state)
-
     def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
-        layer.state = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in state.items()}
+        """Restore the per-layer state from a checkpoint or another rank's refresh."""
+        layer.state.load(state)

@@ -43,6 +43,7 @@ from brisk.whitening.gradient import GradientWhitening
 from brisk.whitening.layers import WhitenedLayer
 from brisk.whitening.linalg import condition_number
 from brisk.whitening.settings import RecursiveSettings
+from brisk.whitening.state import RecursiveState
 
 __all__ = ["RecursiveWhitening", "block_size", "equalise_block"]
 
@@ -136,6 +137,13 @@ def rescale(rt: Tensor, t: Tensor, q: Tensor, tt: Tensor, damping: Tensor, targe
     t.mul_(c.sqrt()[:, None, None])
 
 
+def recursive_state(layer: WhitenedLayer) -> RecursiveState:
+    """``layer``'s state, typed."""
+    state = layer.state
+    assert isinstance(state, RecursiveState)
+    return state
+
+
 class RecursiveWhitening(GradientWhitening):
     """Gradient-transform whitening with an ``O(M^2 k)``-per-step condition-number reduction."""
 
@@ -152,24 +160,22 @@ class RecursiveWhitening(GradientWhitening):
         self._timers.setdefault("logging", 0.0)
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
-        super()._init_layer(layer)
-        g, m = layer.adapter.groups, layer.adapter.dim
-        eye = torch.eye(m).expand(g, m, m).clone()
-        layer.state.update(T=eye, TT=eye.clone(), Qraw=eye.clone())
+        layer.state = RecursiveState.identity(layer.adapter.groups, layer.adapter.dim)
 
-    def _ensure_device(self, layer: WhitenedLayer) -> None:
+    def _ensure_device(self, layer: WhitenedLayer) -> RecursiveState:
         """Move T and Q to the statistics' device and dtype the first time statistics exist."""
         cov = layer.stats.cov
         assert cov is not None  # called on refresh, after the first statistics
-        for key in ("T", "TT", "Qraw"):
-            layer.state[key] = layer.state[key].to(device=cov.device, dtype=cov.dtype)
-        layer.stats.transform = layer.state["T"]
+        state = recursive_state(layer)
+        state.to_(cov)
+        layer.stats.transform = state.t
+        return state
 
     def _refresh(self, layer: WhitenedLayer) -> None:
-        self._ensure_device(layer)
+        state = self._ensure_device(layer)
         rt, trace = layer.stats.cov, layer.stats.trace
         assert rt is not None and trace is not None
-        t, tt, q = layer.state["T"], layer.state["TT"], layer.state["Qraw"]
+        t, tt, q = state.t, state.t_outer, state.t_gram
         m = layer.adapter.dim
         damping = self.damping(layer).to(rt.dtype)
         k = self.block or block_size(m)
@@ -182,11 +188,11 @@ class RecursiveWhitening(GradientWhitening):
             for x, old in zip((rt, t, tt, q), backup):
                 x.copy_(old)
             self.fallbacks += 1
-            if layer.state["Q"] is not None:
+            if state.q is not None:
                 return
         # the state is kept at trace(T (R + eps I) T^T) = trace(R + eps I), so T^T T is already
         # the normalised preconditioner; unnormalised, it approximates (R + eps I)^-1
-        layer.state["Q"] = q.clone() if self.normalize else q * (m / target)[:, None, None]
+        state.q = q.clone() if self.normalize else q * (m / target)[:, None, None]
         if self.condition_every and layer.refreshes % self.condition_every == 0:
             with self._timed("logging"):
                 self._condition_numbers(layer)
@@ -198,7 +204,7 @@ class RecursiveWhitening(GradientWhitening):
         """
         assert layer.stats.cov is not None
         rt = layer.stats.cov.to(torch.float64)
-        t = layer.state["T"].to(torch.float64)
+        t = recursive_state(layer).t.to(torch.float64)
         r = torch.linalg.solve(t, torch.linalg.solve(t, rt).transpose(-1, -2))
         layer.kappa_white = condition_number(torch.linalg.eigvalsh(rt))
         layer.kappa_r = condition_number(torch.linalg.eigvalsh(0.5 * (r + r.transpose(-1, -2))))
