@@ -128,9 +128,14 @@ def _resize(x: torch.Tensor, out: int) -> torch.Tensor:
     return y.reshape(c, t, out, out)
 
 
+def _window(a: np.ndarray, box: CropBox) -> np.ndarray:
+    """Crop ``(T, H, W, C)`` arrays as a view, unmirrored (rows stay contiguous runs)."""
+    return a[:, box.y : box.y + box.h, box.x : box.x + box.w]
+
+
 def _crop(a: np.ndarray, box: CropBox) -> np.ndarray:
     """Crop (and mirror) ``(T, H, W, C)`` arrays as a view."""
-    a = a[:, box.y : box.y + box.h, box.x : box.x + box.w]
+    a = _window(a, box)
     return a[:, :, ::-1] if box.flip else a
 
 
@@ -139,17 +144,22 @@ def _to_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(3, 0, 1, 2).float()
 
 
-def _resize_u8(a: np.ndarray, out: int) -> torch.Tensor:
-    """uint8 ``(T, h, w, C)`` -> uint8 ``(T, out, out, C)``, bilinear.
+def _resize_u8(a: np.ndarray, out: int, flip: bool = False) -> torch.Tensor:
+    """uint8 ``(T, h, w, C)`` -> uint8 ``(T, out, out, C)``, bilinear, mirrored after with ``flip``.
 
     The frames are handed to torch as a channels-last ``(T, C, h, w)`` view of the same memory, the
     layout its uint8 bilinear kernel is vectorised for: no float copy of the crop is ever made.
+    Mirroring the (smaller) output rather than the crop keeps the copy of the crop a run of row
+    copies; with ``align_corners=False`` the bilinear grid is symmetric, so the order does not
+    change the result.
     """
     t = torch.from_numpy(np.ascontiguousarray(a))
-    if t.shape[1:3] == (out, out):
-        return t
-    y = F.interpolate(t.permute(0, 3, 1, 2), size=(out, out), mode="bilinear", align_corners=False)
-    return y.permute(0, 2, 3, 1)
+    if t.shape[1:3] != (out, out):
+        y = F.interpolate(
+            t.permute(0, 3, 1, 2), size=(out, out), mode="bilinear", align_corners=False
+        )
+        t = y.permute(0, 2, 3, 1)
+    return t.flip(2) if flip else t
 
 
 def normalise_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -180,9 +190,16 @@ def make_clip_u8(
     :func:`normalise_clip` finishes the job on the device, where it costs nothing: a float32 item
     is 4x the bytes to build, pickle between processes, collate and copy to the accelerator.
     """
-    rgb = _crop(arrays.rgb, box)  # (T, h, w, 3) view
-    frames = np.concatenate([rgb[:1], _crop(arrays.residual, box)])  # I-frame, then residuals
-    parts = [_resize_u8(frames, box.out)]
+    rgb = _window(arrays.rgb, box)  # (T, h, w, 3) view
+    residual = _window(arrays.residual, box)
+    rgb_u8 = None
+    if with_rgb:
+        # the I-frame is the rgb's first frame: one resize serves the teacher and the clip
+        rgb_u8 = _resize_u8(rgb, box.out, box.flip)  # (T, out, out, 3)
+        parts = [torch.cat([rgb_u8[:1], _resize_u8(residual, box.out, box.flip)])]
+    else:
+        frames = np.concatenate([rgb[:1], residual])  # I-frame, then residuals
+        parts = [_resize_u8(frames, box.out, box.flip)]
     if arrays.motion is not None:
         mv = _to_tensor(_crop(arrays.motion, box))  # (2, T-1, h, w), pixels
         if box.flip:
@@ -192,8 +209,7 @@ def make_clip_u8(
         mv = torch.cat([torch.zeros_like(mv[:, :1]), mv], dim=1)  # the I-frame slot: no motion
         parts.append(motion_u8(_resize(mv, box.out)).permute(1, 2, 3, 0))
     clip = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).permute(3, 0, 1, 2)
-    rgb_u8 = _resize_u8(rgb, box.out).permute(3, 0, 1, 2) if with_rgb else None
-    return clip, rgb_u8
+    return clip, None if rgb_u8 is None else rgb_u8.permute(3, 0, 1, 2)
 
 
 def normalise_clip(clip: torch.Tensor, normalization: str = "mfnet") -> torch.Tensor:

@@ -342,7 +342,7 @@ class MovingShapesDataModule(VideoDataModule):
     def __init__(
         self,
         root,
-        train_per_class: int = 16,
+        train_per_class: int = 48,
         test_per_class: int = 6,
         frames: int = 36,
         size: int = 64,
