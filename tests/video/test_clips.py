@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from brisk.video.cache import ClipArrays
-from brisk.video.clips import CropBox, centre_crop, make_clip, quantise_motion, random_crop
+from brisk.video.clips import (
+    CropBox,
+    centre_crop,
+    make_clip,
+    make_clip_u8,
+    quantise_motion,
+    random_crop,
+)
 
 
 def arrays(h=20, w=30, t=12, motion=True, seed=0) -> ClipArrays:
@@ -85,3 +92,23 @@ def test_random_crop_is_reproducible_and_inside_the_frame():
     assert {b.flip for b in boxes} == {True, False}
     assert not any(random_crop(64, 64, 56, flip=False).flip for _ in range(20))
     assert centre_crop(256, 340, 224) == CropBox(16, 58, 224, 224, 224, False)
+
+
+@pytest.mark.parametrize("with_rgb", [True, False])
+def test_resized_flip_is_the_exact_mirror_and_the_teacher_sees_the_clips_i_frame(with_rgb) -> None:
+    """Mirroring after the resize (cheaper) gives the mirror of the unflipped item, bit for bit."""
+    rng = np.random.default_rng(3)
+    arrays = ClipArrays(
+        rng.integers(0, 256, (12, 40, 50, 3), dtype=np.uint8),
+        rng.integers(0, 256, (11, 40, 50, 3), dtype=np.uint8),
+    )
+    plain, rgb = make_clip_u8(arrays, CropBox(3, 5, 33, 29, 24, flip=False), with_rgb)
+    flipped, rgb_f = make_clip_u8(arrays, CropBox(3, 5, 33, 29, 24, flip=True), with_rgb)
+    assert torch.equal(flipped, plain.flip(-1))
+    student_only, _ = make_clip_u8(arrays, CropBox(3, 5, 33, 29, 24, flip=True), False)
+    assert torch.equal(flipped, student_only)  # the teacher's rgb changes nothing in the input
+    if with_rgb:
+        assert torch.equal(rgb_f, rgb.flip(-1))
+        assert torch.equal(flipped[:, 0], rgb_f[:, 0])  # one resize serves both
+    else:
+        assert rgb is None and rgb_f is None
