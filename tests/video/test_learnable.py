@@ -35,8 +35,12 @@ def test_a_tiny_3d_convnet_separates_the_motion_classes(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        # 16 training videos per class, not task=video's 48: enough to show motion is learnable
         dm = MovingShapesDataModule(
-            tmp_path / "moving_shapes", cache_dir=tmp_path / "cache", num_workers=2
+            tmp_path / "moving_shapes",
+            train_per_class=16,
+            cache_dir=tmp_path / "cache",
+            num_workers=2,
         )
         dm.setup()
         train = dm.train_dataset()
