@@ -72,6 +72,18 @@ def test_resume_strict_false_applies_the_new_lr_and_schedule_length(
         assert float(row["lr"]) == pytest.approx(expected[int(row["step"]) - 1], rel=1e-5)
 
 
+def test_resume_strict_false_across_whitening_algorithms_is_a_user_error(
+    cfg_digits, tmp_path: Path
+) -> None:
+    train(cfg_digits(*FAST, "whitening=evd"), tmp_path / "a")
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    cfg = cfg_digits(*FAST, "whitening=recursive", "resume_strict=false", f"ckpt_path={last}")
+    with pytest.raises(UserError) as refused:
+        train(cfg, tmp_path / "b")
+    message = str(refused.value)
+    assert str(last) in message and "'evd'" in message and "init_from=" in message
+
+
 def test_init_from_accepts_a_bare_state_dict_and_starts_at_step_zero(
     cfg_digits, tmp_path: Path
 ) -> None:

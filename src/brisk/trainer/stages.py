@@ -101,7 +101,15 @@ class TeacherStage:
 def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[str, Any]:
     """Stage 2: continue or start training, then test the best checkpoint once."""
     if plan.state is not None:
-        trainer.load_state_dict(plan.state, new_hparams=plan.new_hparams)
+        try:
+            trainer.load_state_dict(plan.state, new_hparams=plan.new_hparams)
+        except ValueError as err:
+            # the parts (optimizer, whitening) refuse a state that is not theirs, e.g. after
+            # resume_strict=false changed the whitening algorithm or the optimizer's groups
+            raise UserError(
+                f"{plan.checkpoint}: this run cannot continue from it ({err}); "
+                f"init_from={plan.checkpoint} starts a new run from its weights"
+            ) from err
         plan.state = None  # the trainer holds it now
         log.info(
             "resumed from %s at step %d (epoch %d)", plan.checkpoint, trainer.step, trainer.epoch
