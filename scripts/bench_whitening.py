@@ -40,6 +40,7 @@ import brisk.config  # noqa: F401  (registers the config schemas)
 from brisk.models import create_model
 from brisk.whitening import EVDWhitening, RecursiveWhitening
 from brisk.whitening.evd import clipped_from_eigh, damped_inverse, inverse_from_eigh
+from brisk.whitening.gradient import gradient_state
 from brisk.whitening.linalg import damped_eigh
 from brisk.whitening.recursive import block_size, equalise_block, rescale
 from brisk.whitening.settings import EVDSettings, RecursiveSettings
@@ -389,7 +390,7 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
     def transform() -> None:
         with torch.no_grad():
             for layer in w.layers:
-                if layer.state.to_dict().get("q") is not None:
+                if gradient_state(layer).q is not None:
                     w._transform(layer)
 
     t_on = _timed(lambda: forward(True), 2, device)

@@ -124,8 +124,8 @@ class GradientWhitening(LayerWhitening):
 
     # ------------------------------------------------------------------------------ algebra
     def _transform(self, layer: WhitenedLayer) -> None:
-        module, adapter = layer.module, layer.adapter
-        q, mu = gradient_state(layer).q, gradient_state(layer).mu
+        module, adapter, state = layer.module, layer.adapter, gradient_state(layer)
+        q, mu = state.q, state.mu
         grad = cast(Tensor, module.weight).grad
         if grad is None or q is None:
             return
