@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Set up brisk on first use, lint, then run the test suite: scripts/test.sh [pytest args...]
+# Set up brisk on first use, lint, then run the tests not marked slow (about 5 minutes on 2 cores):
+#   scripts/test.sh [pytest args...]      e.g. -m slow (only the slow ones), -m "" (all), -k resume
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 cd "$BRISK_ROOT"
 ruff check src tests scripts
 ruff format --check src tests scripts
 mypy src/brisk/whitening src/brisk/trainer src/brisk/config
-# two workers by default (a later -n in the arguments wins); loadgroup keeps the tests marked
-# xdist_group("slurm") on one worker, since they share the one SLURM cluster
-exec python -m pytest -n 2 --dist loadgroup "$@"
+# two workers by default (a later -n in the arguments wins, as does a later -m); loadgroup keeps the
+# tests marked xdist_group("slurm") on one worker, since they share the one SLURM cluster
+exec python -m pytest -n 2 --dist loadgroup -m "not slow" "$@"
