@@ -179,3 +179,96 @@ def test_sgd_decay_is_read_from_the_optimizer_groups(grouping: str) -> None:
     assert max(abs(a - b) for a, b in zip(*losses)) < 1e-9
     for p, q in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-9)
+
+
+class _FunctionalHead(nn.Module):
+    """A model that uses its classifier's weight through ``F.linear``: the module never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.body, self.head = nn.Linear(7, 9), nn.Linear(9, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(torch.tanh(self.body(x)), self.head.weight, self.head.bias)
+
+
+@pytest.mark.parametrize("cls", [EVDWhitening, RecursiveWhitening, FeatureWhitening])
+def test_a_layer_whose_hooks_never_run_is_named_not_silently_left_unwhitened(cls) -> None:
+    model = _FunctionalHead().double()
+    whitening = cls(model, stats_every=1, inverse_every=1)
+    assert [layer.name for layer in whitening.layers] == ["body", "head"]
+    x, y = batches((7,), 4)[0]
+    with pytest.warns(RuntimeWarning, match=r"1 of 2 whitened layers .*not whitened: head\."):
+        nn.functional.cross_entropy(model(x), y).backward()
+        whitening.step()
+    assert whitening.unfed_layers() == ["head"]
+    # said once, not at every step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        whitening.step()
+
+
+def test_layers_fed_on_statistics_steps_only_are_not_reported() -> None:
+    model = linear_net()
+    whitening = EVDWhitening(model, stats_every=3, inverse_every=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x, y in batches((7,), 4)[:4]:
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            whitening.step()
+    assert whitening.unfed_layers() == []
+
+
+_MODEL_INPUTS = {
+    "resnet20": ({}, (2, 3, 32, 32)),
+    "resnet18": ({}, (2, 3, 64, 64)),
+    "resnet50": ({}, (2, 3, 64, 64)),
+    "small_cnn": ({}, (2, 1, 16, 16)),
+    "mfcd_net": ({"width_mult": 0.25}, (2, 3, 12, 32, 32)),
+    "mfnet_rgb": ({"width_mult": 0.25}, (2, 3, 16, 32, 32)),
+    "i3d": ({"width_mult": 0.25}, (2, 3, 16, 32, 32)),
+    "coviar": ({}, (2, 5, 2, 32, 32)),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "coviar" else n  # three ResNets, ~15 s
+        for n in sorted(_MODEL_INPUTS)
+    ],
+)
+def test_every_registry_model_feeds_every_whitened_layer(name: str) -> None:
+    from brisk.models import create_model, list_models
+
+    assert set(_MODEL_INPUTS) == set(list_models()) - {
+        "resnet32",
+        "resnet44",
+        "resnet56",
+        "resnet110",
+    }
+    kwargs, shape = _MODEL_INPUTS[name]
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, **kwargs)
+    whitening = EVDWhitening(model, start_step=10**6)  # statistics only: no decomposition
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model(torch.randn(*shape)).sum().backward()
+        whitening.step()
+    assert whitening.layers and whitening.unfed_layers() == []
+
+
+def test_transformer_layers_feed_every_whitened_layer() -> None:
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2), nn.Flatten(), nn.Linear(32 * 5, 3))
+    whitening = EVDWhitening(model)
+    assert len(whitening.layers) == 7  # per layer out_proj, linear1, linear2; the classifier
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        model(torch.randn(4, 5, 32)).sum().backward()
+        whitening.step()
+    assert whitening.unfed_layers() == []

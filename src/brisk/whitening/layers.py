@@ -265,7 +265,10 @@ class LayerWhitening(Whitening):
 
     def precondition(self, step: int) -> None:
         """Transform the gradients of step ``step``, then count it: the next is ``step + 1``."""
+        collected = self._collect
         self._precondition(step)
+        if collected:
+            self._warn_unfed()
         self._pending = False
         self._step = int(step) + 1
         self._collect = self._step % self.stats_every == 0
@@ -283,6 +286,37 @@ class LayerWhitening(Whitening):
             "whitening.step() after loss.backward() and before optimizer.step()",
         )
         self.precondition(self._step)
+
+    def unfed_layers(self) -> list[str]:
+        """Whitened layers whose weights have gradients but whose inputs were never seen.
+
+        Their forward hooks never ran: the weight is used without calling the module (``F.conv2d(x,
+        conv.weight)``), or the forward pass runs a copy, a scripted or a compiled graph that
+        bypasses module hooks. Such a layer would keep its identity preconditioner for ever.
+        """
+        return [
+            layer.name
+            for layer in self.layers
+            if layer.stats.updates == 0
+            and layer.stats.rejected == 0
+            and not layer.stats.pending
+            and layer.module.weight.grad is not None
+        ]
+
+    def _warn_unfed(self) -> None:
+        """After a statistics step: a layer that trains but is never whitened is said, once."""
+        if "unfed" in self._warned:
+            return
+        unfed = self.unfed_layers()
+        if unfed:
+            self._warn_once(
+                "unfed",
+                f"whitening '{self.name}': {len(unfed)} of {len(self.layers)} whitened layers "
+                f"have gradients but no input statistics, so they are not whitened: "
+                f"{', '.join(unfed)}. Their forward hooks did not run: call the module itself "
+                "(not F.conv2d/F.linear on its weight), and attach the whitening to the module "
+                "that runs the forward pass (not one copied, scripted or compiled around hooks)",
+            )
 
     def _steps_our_weights(self, optimizer: torch.optim.Optimizer) -> bool:
         ours = {id(layer.module.weight) for layer in self.layers}
