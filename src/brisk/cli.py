@@ -40,6 +40,36 @@ class FailedJob(CompactHydraException):
     """A sweep job stopped by a user error; Hydra prints only this message when it re-raises it."""
 
 
+class SweepStopped(CompactHydraException):
+    """A job of a parallel sweep that a stop signal ended (after saving) or kept from starting."""
+
+
+def exit_if_sweep_stopped() -> None:
+    """In the process that ran a parallel sweep: if a signal stopped it, say how to continue and
+    exit with 128 + its number, as a single run does."""
+    from brisk.trainer.signals import (
+        SWEEP_PID_ENV,
+        exit_code,
+        signal_name,
+        sweep_stop_file,
+        sweep_stop_signal,
+    )
+
+    signum = sweep_stop_signal()
+    if signum is None or os.environ.get(SWEEP_PID_ENV) != str(os.getpid()):
+        return
+    path = sweep_stop_file()
+    assert path is not None  # a signal was read from it
+    path.unlink(missing_ok=True)
+    print(
+        f"brisk: the sweep in {path.parent} was stopped by {signal_name(signum)}: every running "
+        "job saved last.pt at its last step; the same command continues it",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(exit_code(signum))
+
+
 def report_user_error(err: UserError) -> NoReturn:
     """Record ``err`` for the current Hydra job, print it in one line, and end the job.
 

@@ -23,6 +23,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from brisk.cli import (
+    SweepStopped,
+    exit_if_sweep_stopped,
     explain_failure,
     first_failure_was_user_error,
     note_other_failure,
@@ -40,7 +42,15 @@ from brisk.trainer.logging import RunRecord
 from brisk.trainer.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.trainer.run_dir import RunPaths, lock_run_dir
 from brisk.trainer.setup import seed_everything, select_device, setup_data
-from brisk.trainer.signals import RunInterrupted, StopSignals, signal_name
+from brisk.trainer.signals import (
+    RunInterrupted,
+    StopSignals,
+    guard_idle_worker,
+    in_sweep_worker,
+    request_sweep_stop,
+    signal_name,
+    sweep_stop_signal,
+)
 from brisk.trainer.stages import TeacherStage, build_trainer, evaluate_checkpoint, fit_student
 
 log = logging.getLogger("brisk")
@@ -77,6 +87,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             except RunInterrupted as stopped:
                 record.interrupted(signal_name(stopped.signum), stopped.step, str(stopped))
                 log.warning("%s", stopped)
+                request_sweep_stop(stopped.signum)  # the other jobs of a parallel sweep too
+                if in_sweep_worker():  # return the worker to its pool, which an exit would break
+                    raise SweepStopped(str(stopped)) from None
                 raise SystemExit(stopped.exit_code) from None
             except Exception as exc:
                 record.failed(exc)
@@ -123,6 +136,13 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
+    guard_idle_worker()
+    stopped_by = sweep_stop_signal()
+    if stopped_by is not None:
+        raise SweepStopped(
+            f"not started: the sweep was stopped by {signal_name(stopped_by)}; the same command "
+            "continues it"
+        )
     try:
         return train(cfg)
     except UserError as err:
@@ -133,10 +153,13 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    """The ``train`` command: exit status 0, 2 for a user error, 1 for anything else."""
+    """The ``train`` command: exit status 0, 2 for a user error, 128 + n for a run or parallel
+    sweep stopped by signal n, 1 for anything else."""
     try:
         _hydra_main()
+        exit_if_sweep_stopped()
     except SystemExit as exit_:
+        exit_if_sweep_stopped()
         if exit_.code == USER_ERROR_EXIT:
             raise
         if exit_.code not in (0, None):
@@ -145,6 +168,7 @@ def main() -> None:
                 raise SystemExit(USER_ERROR_EXIT) from None
         raise
     except Exception:  # HYDRA_FULL_ERROR=1 lets the exception through instead of exiting
+        exit_if_sweep_stopped()
         explain_failure(sys.argv[1:])
         raise
 

@@ -9,6 +9,13 @@ first is being honoured ends the process at once, with the signal's default acti
 
 Under ``torchrun`` the ranks may receive the signal at different steps; :meth:`StopSignals.agreed`
 all-reduces the flag so that every rank stops after the same step and saves the same state.
+
+The jobs of a parallel sweep (``hydra/launcher=parallel``) run in worker processes that one
+signal may or may not reach. A sweep-wide stop request is therefore a file, ``<sweep dir>/.stop``
+holding the signal number, named to the jobs by ``BRISK_SWEEP_STOP``: the submitting process
+writes it when it is signalled (:mod:`brisk.sweep.stop`), a job writes it when it is, and every
+running job reads it between steps as if the signal had reached it. So no job is killed mid-step
+by the pool breaking up, and no new job starts.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -63,6 +71,63 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+SWEEP_STOP_ENV = "BRISK_SWEEP_STOP"  # path of the sweep's stop file, set for its jobs
+SWEEP_PID_ENV = "BRISK_SWEEP_PID"  # the submitting process: jobs in other processes are workers
+
+
+def sweep_stop_file() -> Path | None:
+    """The stop file of the sweep this process runs jobs of, or None outside a sweep."""
+    path = os.environ.get(SWEEP_STOP_ENV)
+    return Path(path) if path else None
+
+
+def sweep_stop_signal() -> int | None:
+    """The signal the sweep was stopped by, or None while it runs (or outside a sweep)."""
+    path = sweep_stop_file()
+    if path is None:
+        return None
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else int(signal.SIGTERM)
+
+
+def request_sweep_stop(signum: int) -> None:
+    """Ask every job of this sweep to stop, and none to start (a no-op outside a sweep)."""
+    path = sweep_stop_file()
+    if path is not None and sweep_stop_signal() is None:
+        try:
+            path.write_text(f"{int(signum)}\n")
+        except OSError:
+            log.warning("could not write the sweep's stop file %s", path, exc_info=True)
+
+
+def in_sweep_worker() -> bool:
+    """Whether this process runs a sweep's jobs for another process (a joblib worker): its jobs
+    must end by returning, not by exiting the process, which would break the pool of workers."""
+    parent = os.environ.get(SWEEP_PID_ENV)
+    return sweep_stop_file() is not None and parent is not None and parent != str(os.getpid())
+
+
+def guard_idle_worker() -> None:
+    """In a sweep worker, turn a stop signal that arrives between jobs into a sweep stop request.
+
+    Python's default SIGINT handler (KeyboardInterrupt) or SIGTERM's default action would end the
+    worker, and the pool would then kill the workers still saving their jobs. Installed once per
+    worker; :class:`StopSignals` puts it back after each job.
+    """
+    if not in_sweep_worker() or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not _idle_worker_handler:
+            signal.signal(sig, _idle_worker_handler)
+
+
+def _idle_worker_handler(signum: int, frame: FrameType | None) -> None:
+    request_sweep_stop(signum)
+
+
 class StopSignals:
     """A stop request set by SIGTERM, SIGINT or SIGUSR1, installed for the duration of a ``with``.
 
@@ -106,8 +171,14 @@ class StopSignals:
     # ------------------------------------------------------------------ queries
     @property
     def requested(self) -> bool:
-        """This process received a stop signal (no communication with other ranks)."""
+        """This process received a stop signal, or its sweep was asked to stop (no communication
+        with other ranks)."""
+        self._read_sweep_stop()
         return self.signum is not None
+
+    def _read_sweep_stop(self) -> None:
+        if self.signum is None:
+            self.signum = sweep_stop_signal()
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a stop as if ``signum`` had arrived (tests, or a launcher's own requeue)."""
@@ -129,6 +200,7 @@ class StopSignals:
             if backend == "nccl"
             else torch.device("cpu")
         )
+        self._read_sweep_stop()
         flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         value = int(flag.item())
