@@ -209,3 +209,20 @@ def test_cifar10_full_preset_expands_into_five_arms_of_two_seeds() -> None:
             assert (job_cfg.optimizer.momentum, job_cfg.optimizer.weight_decay) == (0.95, 0.01)
         else:
             assert (job_cfg.optimizer.momentum, job_cfg.optimizer.weight_decay) == (0.9, 5e-4)
+
+
+def test_cifar10_full_budget_preset_gives_four_arms_half_the_steps() -> None:
+    jobs = _sweep_jobs("sweep=cifar10_full_budget")
+    arms = [a for a in CIFAR10_FULL_ARMS if a != "cifar10_full_muon_recursive"]
+    assert [sorted(j) for j in jobs] == [
+        sorted(["sweep=cifar10_full_budget", f"seed={s}", f"experiment={a}", "trainer.epochs=5"])
+        for s in (0, 1)
+        for a in arms
+    ]
+    for job in jobs[:4]:
+        job_cfg = compose_root(*job)
+        optimizer, lr, whitening = CIFAR10_FULL_ARMS[job_cfg.hydra.runtime.choices.experiment]
+        assert (job_cfg.optimizer._target_, job_cfg.optimizer.lr) == (optimizer, lr)
+        assert job_cfg.whitening._target_ == whitening
+        assert (job_cfg.trainer.epochs, job_cfg.trainer.batch_size) == (5, 128)
+        assert job_cfg.hydra.sweep.dir.endswith("sweeps/cifar10_full_budget")
