@@ -40,8 +40,9 @@ class FailedJob(CompactHydraException):
     """A sweep job stopped by a user error; Hydra prints only this message when it re-raises it."""
 
 
-class SweepStopped(CompactHydraException):
-    """A job of a parallel sweep that a stop signal ended (after saving) or kept from starting."""
+class SweepStopped(Exception):
+    """A job of a parallel sweep that a stop signal ended after saving: its worker returns to the
+    pool instead of exiting (an exit would break the pool and get the other jobs killed)."""
 
 
 def exit_if_sweep_stopped() -> None:

@@ -138,13 +138,15 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
 def _hydra_main(cfg: DictConfig) -> float:
     guard_idle_worker()
     stopped_by = sweep_stop_signal()
-    if stopped_by is not None:
-        raise SweepStopped(
-            f"not started: the sweep was stopped by {signal_name(stopped_by)}; the same command "
-            "continues it"
-        )
+    if stopped_by is not None:  # a parallel sweep being stopped: this job stays for the next run
+        log.info("not started: the sweep was stopped by %s", signal_name(stopped_by))
+        return float("nan")
     try:
         return train(cfg)
+    except SweepStopped:
+        # saved and recorded as interrupted; returning keeps Hydra from reporting it as a failed
+        # job with its error banner, and `main` ends the sweep with one line and 128 + n
+        return float("nan")
     except UserError as err:
         report_user_error(err)  # one line on stderr; exits 2, or fails the job of a sweep
     except Exception:

@@ -79,6 +79,8 @@ def test_a_stopped_parallel_sweep_saves_every_running_job_and_starts_no_new_one(
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, err[-3000:]
     assert "the same command continues it" in err and "Traceback" not in err
+    # a stop is not a failure: no Hydra error banner around brisk's line
+    assert "Error executing job" not in err and "HYDRA_FULL_ERROR" not in err, err[-3000:]
     for job in ("0", "1"):
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", status
