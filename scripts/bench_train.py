@@ -35,9 +35,9 @@ def measure(overrides: list[str], steps: int, warmup: int, threads: int) -> dict
 
     import brisk.config  # noqa: F401
     from brisk.data.base import DataModule
-    from brisk.trainer.context import RunContext
+    from brisk.run.context import RunContext
+    from brisk.run.run_dir import RunPaths
     from brisk.trainer.loop import Trainer, _Session, _Window
-    from brisk.trainer.run_dir import RunPaths
 
     torch.set_num_threads(threads)
     with initialize_config_module("brisk.conf", version_base="1.3"):

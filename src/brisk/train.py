@@ -2,8 +2,8 @@
 
 ``train(cfg)`` is importable and does the work; ``main`` is the thin Hydra wrapper installed as the
 ``train`` console script (also ``python -m brisk.train``, and under ``torchrun``). A run reads top
-to bottom in :func:`train`: where it continues from (``trainer/resume.py``), the lock on its
-directory, then the stages (``trainer/stages.py``), with status.json kept by a ``RunRecord``.
+to bottom in :func:`train`: where it continues from (``run/resume.py``), the lock on its
+directory, then the stages (``run/stages.py``), with status.json kept by a ``RunRecord``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from brisk.cli import (
+from brisk.config import CONFIG_NAME, CONFIG_PATH
+from brisk.config.validate import check_data, validate_run
+from brisk.errors import USER_ERROR_EXIT, UserError
+from brisk.models.cost import count_params, log_clip_costs
+from brisk.run.context import RunContext
+from brisk.run.distributed import broadcast_object, cleanup, init_distributed
+from brisk.run.failures import (
     SweepStopped,
     exit_if_sweep_stopped,
     explain_failure,
@@ -30,19 +36,12 @@ from brisk.cli import (
     note_other_failure,
     report_user_error,
 )
-from brisk.config import CONFIG_NAME, CONFIG_PATH
-from brisk.config.validate import check_data, validate_run
-from brisk.errors import USER_ERROR_EXIT, UserError
-from brisk.models.cost import count_params, log_clip_costs
-from brisk.teacher.base import Teacher, TeacherContext
-from brisk.trainer.context import RunContext
-from brisk.trainer.distributed import broadcast_object, cleanup, init_distributed
-from brisk.trainer.hparams import log_hparams
-from brisk.trainer.logging import RunRecord
-from brisk.trainer.resume import ResumePlan, identity_yaml, load_weights, plan_resume
-from brisk.trainer.run_dir import RunPaths, lock_run_dir
-from brisk.trainer.setup import seed_everything, select_device, setup_data
-from brisk.trainer.signals import (
+from brisk.run.hparams import log_hparams
+from brisk.run.records import RunRecord
+from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
+from brisk.run.run_dir import RunPaths, lock_run_dir
+from brisk.run.setup import seed_everything, select_device, setup_data
+from brisk.run.signals import (
     RunInterrupted,
     StopSignals,
     guard_idle_worker,
@@ -51,7 +50,8 @@ from brisk.trainer.signals import (
     signal_name,
     sweep_stop_signal,
 )
-from brisk.trainer.stages import TeacherStage, build_trainer, evaluate_checkpoint, fit_student
+from brisk.run.stages import TeacherStage, build_trainer, evaluate_checkpoint, fit_student
+from brisk.teacher.base import Teacher, TeacherContext
 
 log = logging.getLogger("brisk")
 

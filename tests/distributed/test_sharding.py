@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from brisk.trainer import distributed
+from brisk.run import distributed
+from brisk.run.distributed import DistInfo, collective_timeout, maybe_inject_fault
 from brisk.trainer.data_loading import EvalShard, ResumableSampler
-from brisk.trainer.distributed import DistInfo, collective_timeout, maybe_inject_fault
 
 
 def _dataset(n: int) -> TensorDataset:

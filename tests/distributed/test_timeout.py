@@ -19,7 +19,7 @@ def _free_port() -> int:
 def _worker(rank: int, port: int, results: mp.Queue) -> None:
     import torch
 
-    from brisk.trainer.distributed import all_reduce_sum, init_distributed
+    from brisk.run.distributed import all_reduce_sum, init_distributed
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

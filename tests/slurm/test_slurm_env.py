@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from brisk.run.distributed import SLURM_PORT_BASE, slurm_env
 from brisk.sweep.slurm import job_address
-from brisk.trainer.distributed import SLURM_PORT_BASE, slurm_env
 
 STEP = {
     "SLURM_STEP_ID": "0",

@@ -165,9 +165,13 @@ CIFAR10_FULL_ARMS = {
     "cifar10_full_sgd": ("torch.optim.SGD", 0.1, "brisk.whitening.NoWhitening"),
     "cifar10_full_evd": ("torch.optim.SGD", 0.2, "brisk.whitening.EVDWhitening"),
     "cifar10_full_recursive": ("torch.optim.SGD", 0.2, "brisk.whitening.RecursiveWhitening"),
-    "cifar10_full_muon": ("brisk.trainer.muon.muon_with_aux", 0.05, "brisk.whitening.NoWhitening"),
+    "cifar10_full_muon": (
+        "brisk.trainer.optimizers.muon.muon_with_aux",
+        0.05,
+        "brisk.whitening.NoWhitening",
+    ),
     "cifar10_full_muon_recursive": (
-        "brisk.trainer.muon.muon_with_aux",
+        "brisk.trainer.optimizers.muon.muon_with_aux",
         0.1,
         "brisk.whitening.RecursiveWhitening",
     ),

@@ -18,8 +18,8 @@ from torch import nn
 import brisk.config  # noqa: F401  (registers the schemas the root config lists)
 from brisk.errors import UserError
 from brisk.models import create_model
-from brisk.trainer.muon import MuonWithAux, matrix_view, muon_with_aux, split_parameters
-from brisk.trainer.optim import build_optimizer
+from brisk.trainer.optimizers.build import build_optimizer
+from brisk.trainer.optimizers.muon import MuonWithAux, matrix_view, muon_with_aux, split_parameters
 
 
 def _compose(*overrides: str):

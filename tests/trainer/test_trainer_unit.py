@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
+from brisk.run.context import RunContext
+from brisk.run.distributed import DistInfo
+from brisk.run.run_dir import RunPaths
+from brisk.run.setup import setup_data
 from brisk.teacher.base import Teacher
-from brisk.trainer.context import RunContext
-from brisk.trainer.distributed import DistInfo
 from brisk.trainer.loop import Trainer
-from brisk.trainer.run_dir import RunPaths
-from brisk.trainer.setup import setup_data
 
 
 def _trainer(cfg: DictConfig, run_dir: Path, teacher: Teacher | None = None) -> Trainer:

@@ -129,9 +129,9 @@ class AdamWConfig:
 
 @dataclass
 class MuonConfig:
-    """Muon on hidden weights plus an auxiliary optimizer (brisk/trainer/muon.py)."""
+    """Muon on hidden weights plus an auxiliary optimizer (brisk/trainer/optimizers/muon.py)."""
 
-    _target_: str = "brisk.trainer.muon.muon_with_aux"
+    _target_: str = "brisk.trainer.optimizers.muon.muon_with_aux"
     _partial_: bool = True
     lr: float = 0.02  # Muon's learning rate on the hidden weights
     momentum: float = 0.95

@@ -9,7 +9,7 @@ exiting from inside the signal handler, in the middle of a training step: the re
 from the last periodic checkpoint and redoes the steps after it. SIGTERM it ignores.
 
 This launcher hands both signals to brisk instead. While ``train`` runs, SIGUSR2 goes to the same
-handler as SIGTERM and SIGUSR1 (``brisk.trainer.signals``): the loop finishes its step, writes
+handler as SIGTERM and SIGUSR1 (``brisk.run.signals``): the loop finishes its step, writes
 ``last.pt`` at that step, marks the run ``interrupted`` and exits with 128 + the signal number.
 The launcher then requeues the job with ``scontrol requeue``. The requeued job runs the same sweep
 job in the same run directory, and ``train`` continues from that directory's ``last.pt``. Outside

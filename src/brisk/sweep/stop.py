@@ -5,11 +5,11 @@ the first worker to exit breaks the pool, and joblib then kills the other worker
 in the middle of their steps or their saves; a job that was not signalled loses everything since
 its last checkpoint. This callback, registered in ``conf/hydra/default.yaml``, turns a stop signal
 to the submitting process, or to any worker, into one request for the whole sweep (the stop file
-of :mod:`brisk.trainer.signals`): every running job finishes its step, writes ``last.pt`` and
+of :mod:`brisk.run.signals`): every running job finishes its step, writes ``last.pt`` and
 returns; no new job starts; ``train`` then exits with 128 + the signal number. Running the same
 command again continues every job. A second signal to the submitting process ends it at once.
 Other launchers are left as they are: the basic one runs its jobs in this process, where
-:class:`~brisk.trainer.signals.StopSignals` already does this, and a SLURM job gets its signals
+:class:`~brisk.run.signals.StopSignals` already does this, and a SLURM job gets its signals
 from SLURM.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from brisk.trainer.signals import (
+from brisk.run.signals import (
     STOP_SIGNALS,
     SWEEP_PID_ENV,
     SWEEP_STOP_ENV,

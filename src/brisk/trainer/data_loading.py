@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from brisk.trainer.distributed import DistInfo
-from brisk.trainer.signals import STOP_SIGNALS
+from brisk.run.distributed import DistInfo
+from brisk.run.signals import STOP_SIGNALS
 
 
 class ResumableSampler(DistributedSampler):
@@ -106,7 +106,7 @@ def make_loader(
 
 def ignore_stop_signals(worker_id: int) -> None:
     """Ctrl-C reaches every process of the terminal's group, loader workers too. The main process
-    decides when to stop (brisk.trainer.signals) and ends its workers; a worker that died of the
+    decides when to stop (brisk.run.signals) and ends its workers; a worker that died of the
     signal first would turn a clean stop into a "worker exited unexpectedly" error."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from brisk.run.distributed import all_reduce_sum
 from brisk.runtime import is_distributed
-from brisk.trainer.distributed import all_reduce_sum
 
 
 class EvalAccumulator:

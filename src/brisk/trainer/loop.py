@@ -22,16 +22,25 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from brisk.runtime import format_duration
-from brisk.teacher.base import NoTeacher, Teacher
-from brisk.trainer.checkpoint import (
+from brisk.run.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
     config_fingerprint,
     rng_state,
     set_rng_state,
 )
-from brisk.trainer.context import RunContext
+from brisk.run.context import RunContext
+from brisk.run.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    maybe_inject_fault,
+)
+from brisk.run.records import RunLogger
+from brisk.run.resume import apply_new_hparams
+from brisk.run.signals import RunInterrupted
+from brisk.runtime import format_duration
+from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.data_loading import (
     EvalShard,
     ResumableSampler,
@@ -39,19 +48,10 @@ from brisk.trainer.data_loading import (
     make_loader,
     to_device,
 )
-from brisk.trainer.distributed import (
-    all_gather_objects,
-    all_reduce_sum,
-    barrier,
-    maybe_inject_fault,
-)
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import divergence_warning, nonfinite_loss_message
-from brisk.trainer.logging import RunLogger
-from brisk.trainer.optim import build_optimizer
+from brisk.trainer.optimizers.build import build_optimizer
 from brisk.trainer.progress import EpochProgress
-from brisk.trainer.resume import apply_new_hparams
-from brisk.trainer.signals import RunInterrupted
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")

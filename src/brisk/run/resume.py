@@ -33,8 +33,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from brisk.errors import UserError
-from brisk.trainer.checkpoint import config_fingerprint, load_checkpoint
-from brisk.trainer.run_dir import RunPaths
+from brisk.run.checkpoint import config_fingerprint, load_checkpoint
+from brisk.run.run_dir import RunPaths
 
 log = logging.getLogger("brisk")
 

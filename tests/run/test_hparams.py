@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from brisk.trainer.hparams import flatten_config, log_hparams
+from brisk.run.hparams import flatten_config, log_hparams
 
 
 def hparams_records(run_dir: Path) -> tuple[dict[str, bytes], EventAccumulator]:

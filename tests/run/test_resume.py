@@ -173,8 +173,8 @@ def test_a_run_that_crashed_after_its_test_writes_the_test_row_once(
 def test_resume_auto_continues_a_run_stopped_in_its_teacher_stage(
     cfg_digits, tmp_path: Path
 ) -> None:
-    from brisk.trainer.checkpoint import config_fingerprint
-    from brisk.trainer.resume import identity_yaml, plan_resume
+    from brisk.run.checkpoint import config_fingerprint
+    from brisk.run.resume import identity_yaml, plan_resume
 
     cfg = cfg_digits(*FAST, "resume=auto")
     identity = identity_yaml(cfg)

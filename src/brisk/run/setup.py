@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brisk.data.base import DataModule
-from brisk.trainer.distributed import DistInfo, barrier
+from brisk.run.distributed import DistInfo, barrier
 
 
 def select_device(choice: Any) -> torch.device:

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from brisk.data.base import DataModule
-from brisk.trainer.distributed import DistInfo
-from brisk.trainer.run_dir import RunPaths
-from brisk.trainer.signals import NeverStop, StopSignals
+from brisk.run.distributed import DistInfo
+from brisk.run.run_dir import RunPaths
+from brisk.run.signals import NeverStop, StopSignals
 
 
 @dataclass

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from brisk.run.checkpoint import StorageError, atomic_save
+from brisk.run.run_dir import RunDirectoryBusy, RunLock, RunPaths
 from brisk.train import train
-from brisk.trainer.checkpoint import StorageError, atomic_save
-from brisk.trainer.run_dir import RunDirectoryBusy, RunLock, RunPaths
 
 FAST = ("debug=fast", "trainer.limit_train_batches=2")
 
@@ -40,7 +40,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(
 ) -> None:
     path = tmp_path / "checkpoints" / "last.pt"
     atomic_save({"step": 1}, path)
-    monkeypatch.setattr("brisk.trainer.checkpoint.os.fsync", _no_space)
+    monkeypatch.setattr("brisk.run.checkpoint.os.fsync", _no_space)
     with pytest.raises(StorageError) as failed:
         atomic_save({"step": 2}, path)
     assert str(path) in str(failed.value) and "free there" in str(failed.value)
@@ -62,7 +62,7 @@ def test_out_of_disk_during_a_run_fails_with_one_message_and_cleans_up(
                 errno.ENOSPC, os.strerror(errno.ENOSPC)
             )
 
-    monkeypatch.setattr("brisk.trainer.checkpoint.torch.save", save_then_fill_disk)
+    monkeypatch.setattr("brisk.run.checkpoint.torch.save", save_then_fill_disk)
     with pytest.raises(StorageError, match="No space left on device"):
         train(cfg_digits(*FAST), run)
     status = json.loads((run / "status.json").read_text())

@@ -3,7 +3,7 @@
 Stage 1 exists only for a teacher without weights: :class:`TeacherStage` trains it with the same
 :class:`~brisk.trainer.loop.Trainer`, in its own sub-directory, and skips the work once that stage
 finished. Stage 2 (:func:`fit_student`) continues or starts the student's training as the
-:class:`~brisk.trainer.resume.ResumePlan` says, then tests the best checkpoint.
+:class:`~brisk.run.resume.ResumePlan` says, then tests the best checkpoint.
 :func:`evaluate_checkpoint` is the ``eval_only`` path.
 """
 
@@ -18,14 +18,14 @@ from torch import nn
 
 from brisk.data.base import DataModule
 from brisk.errors import UserError
+from brisk.run.checkpoint import load_checkpoint
+from brisk.run.context import RunContext
+from brisk.run.distributed import barrier
+from brisk.run.records import RunRecord, write_status
+from brisk.run.resume import ResumePlan
 from brisk.teacher.base import NoTeacher, Teacher
-from brisk.trainer.checkpoint import load_checkpoint
-from brisk.trainer.context import RunContext
-from brisk.trainer.distributed import barrier
 from brisk.trainer.evaluation import format_metrics, monitored
-from brisk.trainer.logging import RunRecord, write_status
 from brisk.trainer.loop import Trainer
-from brisk.trainer.resume import ResumePlan
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tests.conftest import run_train
 
-from brisk.trainer.signals import RunInterrupted, StopSignals, exit_code
+from brisk.run.signals import RunInterrupted, StopSignals, exit_code
 
 
 def _train_steps(run_dir: Path) -> list[int]:
@@ -69,7 +69,7 @@ def test_second_interrupt_exits_at_once_without_a_traceback() -> None:
 
     script = (
         "import os, signal, time\n"
-        "from brisk.trainer.signals import StopSignals\n"
+        "from brisk.run.signals import StopSignals\n"
         "with StopSignals():\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"

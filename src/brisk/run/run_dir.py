@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from brisk.errors import UserError
-from brisk.trainer.distributed import DistInfo, broadcast_object
+from brisk.run.distributed import DistInfo, broadcast_object
 
 
 @dataclass(frozen=True)

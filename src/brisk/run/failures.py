@@ -48,7 +48,7 @@ class SweepStopped(Exception):
 def exit_if_sweep_stopped() -> None:
     """In the process that ran a parallel sweep: if a signal stopped it, say how to continue and
     exit with 128 + its number, as a single run does."""
-    from brisk.trainer.signals import (
+    from brisk.run.signals import (
         SWEEP_PID_ENV,
         exit_code,
         signal_name,
@@ -102,7 +102,7 @@ def first_failure_was_user_error() -> bool:
 
 def _record_failure(run_dir: Path, message: str) -> None:
     """status.json (unless it holds a finished run's record) and train.log get the traceback."""
-    from brisk.trainer.logging import write_status
+    from brisk.run.records import write_status
 
     status = run_dir / "status.json"
     try:

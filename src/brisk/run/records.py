@@ -15,9 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from brisk.run.checkpoint import StorageError, atomic_write, free_space
+from brisk.run.distributed import broadcast_object
 from brisk.runtime import is_distributed
-from brisk.trainer.checkpoint import StorageError, atomic_write, free_space
-from brisk.trainer.distributed import broadcast_object
 
 log = logging.getLogger("brisk")
 

@@ -1,0 +1,1 @@
+"""Optimizers: parameter groups with decay only where it belongs, and Muon with its auxiliary."""
