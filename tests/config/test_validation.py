@@ -121,15 +121,28 @@ def test_names_are_checked_against_the_choices() -> None:
         validate_config(_compose(["trainer.worker_start_method=thread"]))
 
 
-def test_precision_is_an_enum_that_accepts_its_three_values() -> None:
-    from brisk.config.schema import Precision
-
-    for value, expected in (("32", "32"), ("bf16", "bf16"), ("16-mixed", "16-mixed")):
+def test_precision_accepts_its_three_values_and_names_them_otherwise() -> None:
+    for value in ("32", "bf16", "16-mixed"):
         cfg = _compose([f"trainer.precision={value}"])
-        assert isinstance(cfg.trainer.precision, Precision)
-        assert str(cfg.trainer.precision) == expected
-    with pytest.raises(Exception, match="fp8"):
-        _compose(["trainer.precision=fp8"])
+        validate_config(cfg)
+        assert cfg.trainer.precision == value
+    with pytest.raises(ConfigValueError, match=r"trainer.precision='fp8' \(expected one of"):
+        validate_config(_compose(["trainer.precision=fp8"]))
+
+
+def test_each_schema_checks_its_own_keys_where_it_is_defined() -> None:
+    from brisk.config.schema import MultiStepConfig, SGDConfig
+
+    with pytest.raises(ConfigValueError, match="optimizer.lr=-1"):
+        SGDConfig(lr=-1)
+    with pytest.raises(ConfigValueError, match="nesterov=true needs"):
+        SGDConfig(momentum=0.0)
+    with pytest.raises(ConfigValueError, match=r"scheduler.milestones\[1\]=2"):
+        MultiStepConfig(milestones=[0.5, 2])
+    # every bad key of every group in one message
+    with pytest.raises(ConfigValueError) as err:
+        validate_config(_compose(["optimizer.lr=0", "trainer.epochs=0", "model.width=0"]))
+    assert all(k in str(err.value) for k in ("optimizer.lr", "trainer.epochs", "model.width"))
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -41,10 +41,6 @@ PLUGIN_OPTIONS: dict[tuple[str, str], Extra] = {
 }
 
 
-class MissingExtraError(RuntimeError):
-    """A requested launcher or sweeper needs an optional extra that is not installed."""
-
-
 def missing_modules(extra: Extra) -> list[str]:
     """The modules of ``extra`` that cannot be imported; found without importing them (a plugin's
     import may be slow or fail for reasons of its own).
@@ -82,10 +78,3 @@ def missing_extra_messages(overrides: Sequence[str]) -> list[str]:
                 f'pip install "brisk[{extra.name}]" for an installed brisk.'
             )
     return messages
-
-
-def check_plugin_overrides(overrides: Sequence[str]) -> None:
-    """Raise :class:`MissingExtraError` if an override selects a plugin that is not installed."""
-    messages = missing_extra_messages(overrides)
-    if messages:
-        raise MissingExtraError("\n".join(messages))

@@ -2,18 +2,33 @@
 
 Registered in Hydra's ConfigStore and listed first in each YAML's defaults, so a misspelt key
 (``optimizer.lrr=0.1``) or a wrongly typed value (``trainer.epochs=ten``) fails at composition time,
-before any work starts. Plugin groups (whitening, teacher, dataset, model) are validated by the same
-struct mode: their YAML defines the keys, and ``instantiate`` checks them against the constructor.
+before any work starts. Each schema also holds its keys' valid values (``RANGES`` and
+``__post_init__``), which ``validate_config`` checks on the composed config before any work starts.
+Plugin groups without a schema are validated by the same struct mode: their YAML defines the keys,
+and ``instantiate`` checks them against the constructor.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 
+from brisk.config.ranges import (
+    FRACTION,
+    MOMENTUM,
+    NONNEGATIVE,
+    NONNEGATIVE_INT,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Range,
+    check_ranges,
+    show,
+)
 from brisk.config.whitening import register_whitening_schemas
 
 
@@ -40,27 +55,8 @@ class AuxOptimizer(StrEnum):
     sgd = "sgd"
 
 
-class Precision(StrEnum):
-    """Training precision: ``32``, ``bf16`` (autocast) or ``16-mixed`` (autocast + loss scaling).
-
-    The member names equal the values although "32" and "16-mixed" are not identifiers: OmegaConf
-    looks a string up by name and writes names into the run's identity YAML, which must keep reading
-    "32" (the fingerprint of every earlier run depends on it).
-    """
-
-    locals()["32"] = "32"
-    bf16 = "bf16"
-    locals()["16-mixed"] = "16-mixed"
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        # ``trainer.precision=32`` reaches us as the int 32 from Hydra's override parser
-        if isinstance(value, int) and not isinstance(value, bool):
-            return cls._value2member_map_.get(str(value))
-        return None
-
-
-PRECISIONS = tuple(p.value for p in Precision)
+#: ``trainer.precision``: float32, bf16 autocast, or float16 autocast with loss scaling.
+PRECISIONS = ("32", "bf16", "16-mixed")
 
 
 @dataclass
@@ -82,7 +78,7 @@ class TrainerConfig:
     deterministic: bool = False
     device: Device = Device.auto
     backend: Backend = Backend.auto
-    precision: Precision = Precision["32"]  # 32 | bf16 | 16-mixed
+    precision: str = "32"  # 32 | bf16 | 16-mixed
     channels_last: bool = (
         False  # NHWC / NDHWC memory layout: 1.6-3.5x faster 3D convolutions on CPU
     )
@@ -91,6 +87,32 @@ class TrainerConfig:
     limit_train_batches: int | None = None  # batches per epoch (debugging)
     limit_eval_batches: int | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "epochs": POSITIVE_INT,
+        "max_steps": OPTIONAL_POSITIVE_INT,
+        "batch_size": POSITIVE_INT,
+        "eval_batch_size": OPTIONAL_POSITIVE_INT,
+        "num_workers": NONNEGATIVE_INT,
+        "log_every": POSITIVE_INT,
+        "val_every": POSITIVE_INT,
+        "checkpoint_every": OPTIONAL_POSITIVE_INT,
+        "grad_clip": Range(0, low_open=True, optional=True),
+        "label_smoothing": MOMENTUM,
+        "limit_train_batches": OPTIONAL_POSITIVE_INT,
+        "limit_eval_batches": OPTIONAL_POSITIVE_INT,
+        "threads": OPTIONAL_POSITIVE_INT,
+    }
+
+    def __post_init__(self) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        check_ranges(
+            "trainer",
+            self,
+            self.RANGES,
+            _choice("trainer.precision", str(self.precision), PRECISIONS),
+            _choice("trainer.worker_start_method", self.worker_start_method, [None, *methods]),
+        )
 
 
 @dataclass
@@ -114,6 +136,21 @@ class SGDConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE,
+        "momentum": MOMENTUM,
+        "dampening": FRACTION,
+        "weight_decay": NONNEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        nesterov_needs = (
+            f"optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0 "
+            f"(got {self.momentum} and {self.dampening})"
+        )
+        bad_nesterov = self.nesterov and (self.momentum <= 0 or self.dampening != 0)
+        check_ranges("optimizer", self, self.RANGES, nesterov_needs if bad_nesterov else "")
+
 
 @dataclass
 class AdamWConfig:
@@ -125,6 +162,16 @@ class AdamWConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.05
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE,
+        "betas[]": MOMENTUM,
+        "eps": POSITIVE,
+        "weight_decay": NONNEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges("optimizer", self, self.RANGES)
 
 
 @dataclass
@@ -146,6 +193,21 @@ class MuonConfig:
     aux_momentum: float = 0.9  # sgd only
     aux_weight_decay: float = 0.01  # input and output weights; norms and biases never
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr": POSITIVE,
+        "momentum": MOMENTUM,
+        "ns_steps": POSITIVE_INT,
+        "weight_decay": NONNEGATIVE,
+        "aux_lr": Range(0, low_open=True, optional=True),
+        "aux_betas[]": MOMENTUM,
+        "aux_eps": POSITIVE,
+        "aux_momentum": MOMENTUM,
+        "aux_weight_decay": NONNEGATIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges("optimizer", self, self.RANGES)
+
 
 @dataclass
 class CosineConfig:
@@ -155,6 +217,11 @@ class CosineConfig:
     _partial_: bool = True
     warmup_epochs: float = 0.0
     min_lr_ratio: float = 0.0
+
+    RANGES: ClassVar[dict[str, Range]] = {"warmup_epochs": NONNEGATIVE, "min_lr_ratio": FRACTION}
+
+    def __post_init__(self) -> None:
+        check_ranges("scheduler", self, self.RANGES)
 
 
 @dataclass
@@ -166,6 +233,15 @@ class MultiStepConfig:
     warmup_epochs: float = 0.0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of training
     gamma: float = 0.1
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "warmup_epochs": NONNEGATIVE,
+        "milestones[]": FRACTION,
+        "gamma": POSITIVE,
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges("scheduler", self, self.RANGES)
 
 
 @dataclass
@@ -196,6 +272,14 @@ class RunConfig:
     init_from: str | None = None  # weights only (brisk checkpoint or state dict); fresh optimizer
     eval_only: bool = False
     name: str = "run"  # a label for the run, shown in logs and summaries
+
+
+def _choice(key: str, value: Any, choices: Any) -> str:
+    """The problem of a key whose value is not one of a few names ('' when it is)."""
+    if value in choices:
+        return ""
+    names = [c for c in choices if c is not None]
+    return f"{key}={show(value)} (expected {'null or ' if None in choices else ''}one of {names})"
 
 
 def register_schemas() -> None:

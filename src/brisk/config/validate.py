@@ -1,117 +1,43 @@
-"""Ranges of every numeric config key, checked before any work starts.
+"""Every config value a user can get wrong, checked before any work starts.
 
-The typed schemas (``schema.py``) catch a misspelt key or a wrong type at composition time; they
-cannot say that ``trainer.batch_size`` must be positive or ``optimizer.momentum`` below one. Those
-values used to fail late with torch's message (or not at all: ``trainer.grad_clip=-1`` flips the
-gradient, ``trainer.epochs=0`` reports an untrained model as tested). :func:`validate_config`
-checks the composed config against the ranges below and raises one
-:class:`~brisk.errors.ConfigValueError` that names every offending key. :func:`check_data` does the
-checks that need the loaded data set.
-
-The ranges are keyed by section (``trainer``, ``optimizer``, ...) and apply to whichever of their
-keys a config has, so a plugin option (a new optimizer, a new data set) is checked on the keys it
-shares.
+The typed schemas (``schema.py``, the whitening settings) catch a misspelt key or a wrong type at
+composition time and hold their keys' valid values in their own ``__post_init__``:
+:func:`validate_config` builds each typed group of the composed config, which runs those checks,
+and raises one :class:`~brisk.errors.ConfigValueError` that names every offending key. Left here
+is what no schema can know: the ranges of groups without one (model, data sets; keyed by section,
+they apply to whichever of their keys a config has), choices read from other packages, and rules
+between keys. :func:`check_data` does the checks that need the loaded data set.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from brisk.config.ranges import (
+    MOMENTUM,
+    NONNEGATIVE,
+    NONNEGATIVE_INT,
+    OPEN_FRACTION,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    Range,
+    range_problems,
+)
+from brisk.config.ranges import is_number as _is_number
+from brisk.config.ranges import show as _show
 from brisk.errors import ConfigValueError, UserError
 
 log = logging.getLogger("brisk")
 
 
-@dataclass(frozen=True)
-class Range:
-    """A valid interval for one key: ``low``/``high`` bounds (closed unless ``*_open``)."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-    optional: bool = False  # null is valid (and means "off" or "default")
-
-    def describe(self) -> str:
-        """The valid values in words, for the one-line error naming the key."""
-        kind = "an integer" if self.integer else "a finite number"
-        if self.low is not None and self.high is not None:
-            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            bounds = f" in {left}{_num(self.low)}, {_num(self.high)}{right}"
-        elif self.low is not None:
-            bounds = f" {'>' if self.low_open else '>='} {_num(self.low)}"
-        elif self.high is not None:
-            bounds = f" {'<' if self.high_open else '<='} {_num(self.high)}"
-        else:
-            bounds = ""
-        return ("null or " if self.optional else "") + kind + bounds
-
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` lies in the range; booleans, NaN and infinities never do."""
-        if value is None:
-            return self.optional
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if not math.isfinite(value) or (self.integer and float(value) != int(value)):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
-POSITIVE_INT = Range(1, integer=True)
-OPTIONAL_POSITIVE_INT = Range(1, integer=True, optional=True)
-NONNEGATIVE_INT = Range(0, integer=True)
-POSITIVE = Range(0, low_open=True)
-NONNEGATIVE = Range(0)
-FRACTION = Range(0, 1)  # [0, 1]
-OPEN_FRACTION = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
-MOMENTUM = Range(0, 1, high_open=True)  # [0, 1)
-
 # "key[]" applies the range to every element of a list value.
 RULES: dict[str, dict[str, Range]] = {
-    "trainer": {
-        "epochs": POSITIVE_INT,
-        "max_steps": OPTIONAL_POSITIVE_INT,
-        "batch_size": POSITIVE_INT,
-        "eval_batch_size": OPTIONAL_POSITIVE_INT,
-        "num_workers": NONNEGATIVE_INT,
-        "log_every": POSITIVE_INT,
-        "val_every": POSITIVE_INT,
-        "checkpoint_every": OPTIONAL_POSITIVE_INT,
-        "grad_clip": Range(0, low_open=True, optional=True),
-        "label_smoothing": MOMENTUM,
-        "limit_train_batches": OPTIONAL_POSITIVE_INT,
-        "limit_eval_batches": OPTIONAL_POSITIVE_INT,
-        "threads": OPTIONAL_POSITIVE_INT,
-    },
-    "optimizer": {
-        "lr": POSITIVE,
-        "momentum": MOMENTUM,
-        "dampening": FRACTION,
-        "weight_decay": NONNEGATIVE,
-        "eps": POSITIVE,
-        "betas[]": MOMENTUM,
-    },
-    "scheduler": {
-        "warmup_epochs": NONNEGATIVE,
-        "min_lr_ratio": FRACTION,
-        "milestones[]": FRACTION,
-        "gamma": POSITIVE,
-    },
     "whitening": {
         "eps": NONNEGATIVE,
         "eps_abs": NONNEGATIVE,
@@ -175,43 +101,35 @@ def validate_config(cfg: DictConfig) -> None:
 
     Runs on the composed config before any data is read or any model is built.
     """
-    problems = [f"{key}={_show(value)} (expected {rule})" for key, value, rule in _violations(cfg)]
+    problems = _schema_problems(cfg)
+    for section, rules_name in SECTIONS.items():
+        node = OmegaConf.select(cfg, section, default=None)
+        if isinstance(node, DictConfig):
+            problems += range_problems(section, node, RULES[rules_name])
     problems += _cross_checks(cfg)
     if problems:
         head = "invalid config value" if len(problems) == 1 else "invalid config values"
         raise ConfigValueError(f"{head}: {'; '.join(problems)}")
 
 
-def _violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
-    for section, rules_name in SECTIONS.items():
-        node = OmegaConf.select(cfg, section, default=None)
-        if not isinstance(node, DictConfig):
+def _schema_problems(cfg: DictConfig) -> list[str]:
+    """Build every group that has a schema dataclass, so its ``__post_init__`` checks run."""
+    problems = []
+    for name in cfg:
+        node = cfg.get(name)
+        if not isinstance(node, DictConfig) or not OmegaConf.is_config(node):
             continue
-        for spec, rule in RULES[rules_name].items():
-            name = spec.removesuffix("[]")
-            if name not in node:
-                continue
-            value = node[name]
-            key = f"{section}.{name}"
-            if spec.endswith("[]"):
-                if not isinstance(value, ListConfig | list):
-                    yield key, value, f"a list of {rule.describe()}"
-                    continue
-                for i, item in enumerate(value):
-                    if not rule.accepts(item):
-                        yield f"{key}[{i}]", item, rule.describe()
-            elif not rule.accepts(value):
-                yield key, value, rule.describe()
+        if not isinstance(OmegaConf.get_type(node), type) or OmegaConf.get_type(node) is dict:
+            continue
+        try:
+            OmegaConf.to_object(node)
+        except UserError as err:
+            problems.append(str(err))
+    return problems
 
 
 def _choices(cfg: DictConfig) -> Iterator[str]:
     """Keys whose value is one of a few names."""
-    import multiprocessing
-
-    method = OmegaConf.select(cfg, "trainer.worker_start_method", default=None)
-    methods = multiprocessing.get_all_start_methods()
-    if method is not None and method not in methods:
-        yield f"trainer.worker_start_method={_show(method)} (expected null or one of {methods})"
     norm = OmegaConf.select(cfg, "dataset.normalization", default=None)
     if norm is not None:
         from brisk.video.clips import NORMALIZATIONS
@@ -229,18 +147,6 @@ def _choices(cfg: DictConfig) -> Iterator[str]:
 def _cross_checks(cfg: DictConfig) -> list[str]:
     """Constraints between keys, each named by the key a user would change."""
     problems = list(_choices(cfg))
-    opt = cfg.get("optimizer")
-    if (
-        isinstance(opt, DictConfig)
-        and opt.get("nesterov")
-        and _is_number(opt.get("momentum"))
-        and _is_number(opt.get("dampening"))
-        and (opt.momentum <= 0 or opt.dampening != 0)
-    ):
-        problems.append(
-            f"optimizer.nesterov=true needs optimizer.momentum > 0 and optimizer.dampening=0 "
-            f"(got {opt.momentum} and {opt.dampening})"
-        )
     data = cfg.get("dataset")
     if isinstance(data, DictConfig):
         vf, tf = data.get("val_fraction"), data.get("test_fraction")
@@ -271,7 +177,8 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
 
 def validate_run(cfg: DictConfig) -> None:
     """Every value a user can get wrong fails here, before any work, naming its key: the config's
-    ranges and choices, then how the run is launched (resume, checkpoints, device)."""
+    ranges and choices, then how the run is launched (resume, checkpoints). The device is checked
+    where it is chosen (``run/setup.py``)."""
     validate_config(cfg)
     if cfg.resume not in (None, "auto"):
         raise ConfigValueError(
@@ -287,10 +194,6 @@ def validate_run(cfg: DictConfig) -> None:
             raise UserError(f"ckpt_path={path}: no such file")
         if path.stat().st_size == 0:
             raise UserError(f"ckpt_path={path}: empty file (a checkpoint cut off while written?)")
-    if str(cfg.trainer.device) == "cuda" and not torch.cuda.is_available():
-        raise ConfigValueError(
-            "trainer.device=cuda but no CUDA device is available (use trainer.device=auto or cpu)"
-        )
 
 
 def check_data(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> None:
@@ -303,10 +206,7 @@ def check_data(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> None:
             f"the training split is empty{_split_keys(cfg)}: nothing to train on"
         )
     if batch > n_train:
-        raise ConfigValueError(
-            f"trainer.batch_size={batch} is larger than the training set ({n_train} samples"
-            f"{f' on {world_size} processes' if world_size > 1 else ''}): lower trainer.batch_size"
-        )
+        raise batch_too_large(batch, n_train, world_size)
     for split in ("val", "test"):
         if len(getattr(datamodule, f"{split}_dataset")()) == 0:
             raise ConfigValueError(
@@ -323,6 +223,14 @@ def check_data(cfg: DictConfig, datamodule: Any, world_size: int = 1) -> None:
         )
 
 
+def batch_too_large(batch: int, n_train: int, world_size: int) -> ConfigValueError:
+    """The error of a batch with more samples than the training set (the loop's guard too)."""
+    return ConfigValueError(
+        f"trainer.batch_size={batch} is larger than the training set ({n_train} samples"
+        f"{f' on {world_size} processes' if world_size > 1 else ''}): lower trainer.batch_size"
+    )
+
+
 def _split_keys(cfg: DictConfig) -> str:
     data = cfg.get("dataset")
     keys = [
@@ -331,13 +239,3 @@ def _split_keys(cfg: DictConfig) -> str:
         if isinstance(data, DictConfig) and k in data and data[k] is not None
     ]
     return f" (check {', '.join(keys)})" if keys else ""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, ListConfig | DictConfig):
-        return str(OmegaConf.to_container(value))
-    return repr(value) if isinstance(value, str) else str(value)

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brisk.data.base import DataModule
+from brisk.errors import ConfigValueError
 from brisk.run.distributed import DistInfo, barrier
 
 
@@ -21,7 +22,7 @@ def select_device(choice: Any) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigValueError(
             "trainer.device=cuda but no CUDA device is available (use trainer.device=auto or cpu)"
         )
     return torch.device(choice)

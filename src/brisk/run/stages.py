@@ -145,12 +145,9 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
     }
 
 
-def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, Any]:
-    """``eval_only=true``: val and test metrics of ``ckpt_path``'s weights, no training."""
-    if not ckpt_path:
-        raise UserError(
-            "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
-        )
+def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
+    """``eval_only=true``: val and test metrics of ``ckpt_path``'s weights, no training
+    (``validate_run`` has made sure there is a ``ckpt_path``)."""
     state = load_checkpoint(ckpt_path)
     trainer.model.load_state_dict(state["model"])
     trainer.step, trainer.epoch = state["step"], state["epoch"]

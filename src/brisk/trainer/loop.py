@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from brisk.config.validate import batch_too_large
 from brisk.run.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
@@ -129,11 +130,8 @@ class Trainer:
         if trainer_cfg.limit_train_batches:
             self.steps_per_epoch = min(self.steps_per_epoch, trainer_cfg.limit_train_batches)
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"trainer.batch_size={trainer_cfg.batch_size} is larger than the training set "
-                f"({len(cast(Sized, train_set))} samples on {self.dist.world_size} rank(s)): "
-                "lower trainer.batch_size"
-            )
+            n_train = len(cast(Sized, train_set))
+            raise batch_too_large(trainer_cfg.batch_size, n_train, self.dist.world_size)
         self.total_steps = self.steps_per_epoch * trainer_cfg.epochs
         if trainer_cfg.max_steps:
             self.total_steps = min(self.total_steps, trainer_cfg.max_steps)
