@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brisk.errors import UserError
+from brisk.errors import UnsafeFileError, UserError
 from brisk.run.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -292,3 +292,18 @@ def test_a_run_removes_temporary_files_of_dead_writers_only(
     train(cfg_digits(*FAST), run)
     assert not any(p.exists() for p in stale)
     assert live.exists() and other.exists()
+
+
+class _Gadget:
+    """A class a pickle would have to import (and could run code through)."""
+
+
+def test_a_file_holding_python_objects_is_refused_naming_what_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": {}, "extra": _Gadget()}, path)
+    with pytest.raises(UnsafeFileError) as refused:
+        read_checkpoint(path)
+    assert isinstance(refused.value, CheckpointError)
+    assert not isinstance(refused.value, UnreadableCheckpoint)  # not a cut-off file
+    assert "Unsupported global" in str(refused.value) and "_Gadget" in str(refused.value)
+    assert "weights_only=True" in str(refused.value)

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import IO, Any, cast
 import numpy as np
 import torch
 
-from brisk.errors import UserError
+from brisk.errors import UnsafeFileError, UserError
 
 #: The layout of a brisk checkpoint: :func:`read_checkpoint` refuses a file of another version.
 FORMAT_VERSION = 1
@@ -44,6 +45,10 @@ class StorageError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, of another format version, or not a brisk one."""
+
+
+class UnsafeCheckpoint(CheckpointError, UnsafeFileError):
+    """A checkpoint holding Python objects that only a full unpickler (which runs code) rebuilds."""
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -146,6 +151,15 @@ def read_checkpoint(path: Path | str) -> Any:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling and zip errors have many types; the path and reason count
+        refused = re.search(
+            r"WeightsUnpickler error: (.+?)(?: was not an allowed| Please|$)", str(exc)
+        )
+        if refused is not None:
+            raise UnsafeCheckpoint(
+                f"checkpoint {path} holds Python objects beyond tensors and plain types "
+                f"({refused.group(1).strip()}); brisk reads only files that torch.load opens "
+                "with weights_only=True, which never runs code from the file"
+            ) from exc
         raise UnreadableCheckpoint(
             f"checkpoint {path} could not be read ({size} bytes; cut off, damaged or not a torch "
             f"file): {_reason(exc)}"
