@@ -37,6 +37,7 @@ from brisk.run.failures import (
     report_user_error,
 )
 from brisk.run.hparams import log_hparams
+from brisk.run.log_file import follow_run
 from brisk.run.records import RunRecord
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.run.run_dir import RunPaths, lock_run_dir
@@ -58,6 +59,7 @@ log = logging.getLogger("brisk")
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     """Run the configured experiment; returns the best validation metric (NaN without one)."""
+    started_in = run_dir is None  # in the folder Hydra made for this invocation
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     validate_run(cfg)
@@ -73,6 +75,8 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     record = RunRecord(paths.root, enabled=dist.is_main)
     try:
         with lock_run_dir(paths, dist), StopSignals() as stop:
+            if started_in:  # resume=auto continues another run: its log goes there too
+                follow_run(run_dir, paths.root)
             record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
             try:
                 seed_everything(

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from brisk.errors import UserError
+from brisk.run.checkpoint import read_checkpoint
 
 log = logging.getLogger("brisk")
 
@@ -97,12 +98,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     DataParallel/DDP) and keys prefixed ``net.`` (brisk's input-normalising wrapper of a teacher).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' does not exist")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors have many types; the path is what the user needs
-        raise UserError(f"checkpoint '{path}' could not be read as a torch file: {err}") from err
+    obj: Any = read_checkpoint(path)  # the one reader: weights_only, one-line errors
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

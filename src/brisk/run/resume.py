@@ -17,6 +17,10 @@ a
 Continuing a checkpoint whose identity differs from this config's is refused, listing every
 differing key, unless ``resume_strict=false``: the new optimizer hyper-parameters and the new
 schedule (for the new length, from the restored step) then apply, and are logged.
+
+A run is never started over silently. When the ``last.pt`` a run would continue cannot be read (cut
+off, empty), the run continues from its newest readable checkpoint (``best.pt``) and says so, or,
+with none, is refused with one line naming the file, the reason and what to do.
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from brisk.errors import UserError
-from brisk.run.checkpoint import config_fingerprint, load_checkpoint
+from brisk.run.checkpoint import (
+    CheckpointError,
+    UnreadableCheckpoint,
+    config_fingerprint,
+    load_checkpoint,
+    read_checkpoint,
+)
 from brisk.run.run_dir import RunPaths
 
 log = logging.getLogger("brisk")
@@ -113,10 +123,10 @@ def plan_resume(cfg: DictConfig, run_dir: Path, identity: str) -> ResumePlan:
     target = _continue_from(cfg, run_dir, identity)
     if target is None:
         return ResumePlan(run_dir, init_from=Path(init_from) if init_from else None)
-    run_dir, checkpoint = target
-    if checkpoint is None:  # stopped during a stage (the teacher's): that stage continues itself
+    run_dir, checkpoint, state = target
+    if checkpoint is None or state is None:
+        # stopped during a stage (the teacher's): that stage continues itself
         return ResumePlan(run_dir, init_from=Path(init_from) if init_from else None)
-    state = read_resume_state(checkpoint)
     if init_from:
         log.info("init_from=%s is not applied: the run continues %s", init_from, checkpoint)
     saved_yaml = state.get("config_yaml")
@@ -143,20 +153,21 @@ def plan_resume(cfg: DictConfig, run_dir: Path, identity: str) -> ResumePlan:
 
 def _continue_from(
     cfg: DictConfig, run_dir: Path, identity: str
-) -> tuple[Path, Path | None] | None:
-    own = RunPaths(run_dir).last
-    if own.is_file():
-        if cfg.ckpt_path and Path(cfg.ckpt_path).resolve() != own.resolve():
+) -> tuple[Path, Path | None, dict[str, Any] | None] | None:
+    own = RunPaths(run_dir)
+    if own.last.is_file():
+        if cfg.ckpt_path and Path(cfg.ckpt_path).resolve() != own.last.resolve():
             log.warning(
                 "ckpt_path=%s is ignored: this run directory already has %s, and a run always "
                 "continues its own last checkpoint (use another hydra.run.dir to start from "
                 "ckpt_path)",
                 cfg.ckpt_path,
-                own,
+                own.last,
             )
-        return run_dir, own
+        return (run_dir, *continue_point(own))
     if cfg.ckpt_path:
-        return run_dir, Path(cfg.ckpt_path)
+        checkpoint = Path(cfg.ckpt_path)
+        return run_dir, checkpoint, read_resume_state(checkpoint)
     if cfg.resume != "auto":
         return None
     runs = Path(cfg.paths.output_dir) / "runs"
@@ -165,18 +176,53 @@ def _continue_from(
         log.info("resume=auto: no earlier run of this config under %s; starting fresh", runs)
         return None
     log.info("resume=auto: continuing %s", previous)
-    last = RunPaths(previous).last
-    return previous, last if last.is_file() else None
+    paths = RunPaths(previous)
+    if not paths.last.is_file():
+        return previous, None, None
+    return (previous, *continue_point(paths))
+
+
+def continue_point(paths: RunPaths) -> tuple[Path, dict[str, Any]]:
+    """The newest readable checkpoint of a run: ``last.pt``, or ``best.pt`` when ``last.pt``
+    cannot be read (logged, with the steps that are trained again).
+
+    Raises :class:`UserError` naming the file, the reason and the way out when the run has no
+    readable checkpoint: a run is never started over in place of the one it should continue.
+    """
+    try:
+        return paths.last, read_resume_state(paths.last)
+    except UnreadableCheckpoint as exc:
+        problem = str(exc)
+    if paths.best.is_file():
+        try:
+            state = read_resume_state(paths.best)
+        except UnreadableCheckpoint as exc:
+            problem += f"; {paths.best.name} cannot be read either ({exc})"
+        else:
+            log.warning(
+                "%s; continuing from %s at step %d instead (the steps after it are trained again)",
+                problem,
+                paths.best,
+                state["step"],
+            )
+            return paths.best, state
+    raise UserError(
+        f"{problem}; the run has no other readable checkpoint: move {paths.last} aside to start "
+        "this run again from step 0, or use another hydra.run.dir"
+    )
 
 
 def latest_run_with(runs_root: Path, fingerprint: str, exclude: Path) -> Path | None:
-    """The newest run directory under ``runs_root`` whose ``last.pt`` has this fingerprint.
+    """The newest run directory under ``runs_root`` whose checkpoints have this fingerprint.
 
     A run stopped in its first stage (a teacher being fitted) has only the stage's
-    ``<run>/<stage>/checkpoints/last.pt``, which counts too. Files that are not brisk checkpoints
-    (foreign, truncated, a bare tensor) are skipped with a warning.
+    ``<run>/<stage>/checkpoints/last.pt``, which counts too. A run whose ``last.pt`` cannot be read
+    is known by its ``best.pt``. Files that are not brisk checkpoints (foreign, a bare tensor) are
+    skipped with a warning. When no run matches but some run's checkpoints cannot be read at all
+    (so whose they are is unknown), the resume is refused rather than started over.
     """
-    candidates = []
+    candidates: list[tuple[float, Path]] = []
+    unknown: list[tuple[float, str]] = []
     checkpoints = [
         *runs_root.glob("*/checkpoints/last.pt"),
         *runs_root.glob("*/*/checkpoints/last.pt"),
@@ -185,29 +231,51 @@ def latest_run_with(runs_root: Path, fingerprint: str, exclude: Path) -> Path | 
         folder = last.parents[1] if last.parents[2] == runs_root else last.parents[2]
         if folder.resolve() == exclude.resolve():
             continue
-        try:
-            state = load_checkpoint(last)
-        except Exception as exc:  # whatever is wrong with someone else's file, it is not ours
-            log.warning("resume=auto: skipping unreadable %s (%s)", last, exc)
-            continue
-        if not isinstance(state, dict):
-            log.warning("resume=auto: skipping %s: not a brisk checkpoint", last)
-            continue
-        if state.get("config_fingerprint") == fingerprint:
+        found, problem = _fingerprint_of(last)
+        if found is None and problem is not None:
+            unknown.append((last.stat().st_mtime, problem))
+        elif found == fingerprint:
             candidates.append((last.stat().st_mtime, folder))
-    return max(candidates)[1] if candidates else None
+    chosen = max(candidates) if candidates else None
+    for _, problem in sorted(unknown):
+        log.warning("resume=auto: skipping %s (whose run it is cannot be told)", problem)
+    if chosen is None and unknown:
+        raise UserError(
+            f"resume=auto: no readable checkpoint of this config under {runs_root}, and "
+            f"{len(unknown)} unreadable one(s) of an unknown config there ({max(unknown)[1]}): "
+            "move what cannot be read aside to start fresh, or continue a readable checkpoint "
+            "with ckpt_path=PATH"
+        )
+    return chosen[1] if chosen else None
+
+
+def _fingerprint_of(last: Path) -> tuple[str | None, str | None]:
+    """The config fingerprint of ``last`` (or of its ``best.pt``, when ``last`` cannot be read),
+    and why it is unknown when neither can be read."""
+    problem = None
+    for path in (last, last.with_name("best.pt")):
+        if not path.is_file():
+            continue
+        try:
+            state = load_checkpoint(path)
+        except UnreadableCheckpoint as exc:
+            problem = problem or str(exc)
+            continue
+        except CheckpointError as exc:  # someone else's file (a bare tensor): not ours
+            log.warning("resume=auto: skipping %s", exc)
+            return None, None
+        found = state.get("config_fingerprint")
+        return (found if isinstance(found, str) else None), None
+    return None, problem
 
 
 def read_resume_state(path: Path) -> dict[str, Any]:
     """A brisk checkpoint with all a resume needs, or a :class:`UserError` naming the file."""
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist (ckpt_path or resume)")
-    try:
-        state = load_checkpoint(path)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from exc
+    state = load_checkpoint(path)
     needed = ("model", "optimizer", "scheduler", "step", "epoch")
-    if not isinstance(state, dict) or any(k not in state for k in needed):
+    if any(k not in state for k in needed):
         raise UserError(
             f"{path} is not a brisk training checkpoint (it lacks the optimizer/scheduler/step "
             "state a resume needs); to start from its weights only, use init_from=PATH"
@@ -220,8 +288,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise UserError(f"init_from={path}: the file does not exist")
     try:
-        state = load_checkpoint(path)
-    except RuntimeError as exc:
+        state = read_checkpoint(path)
+    except CheckpointError as exc:
         raise UserError(f"init_from={path}: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a brisk checkpoint

@@ -4,7 +4,8 @@ Two ``train ... resume=auto`` started together on the same killed run would both
 the same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` takes an exclusive
 ``fcntl.flock`` on ``<run>/.lock``; the kernel releases it when the process ends in any way (even
 SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's
-PID.
+PID. The process that takes the lock removes the temporary files that killed writers left in the
+directory (:mod:`brisk.tempfiles`): no other live process writes there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import IO
 
 from brisk.errors import UserError
 from brisk.run.distributed import DistInfo, broadcast_object
+from brisk.tempfiles import RUN_TEMPORARY, remove_stale
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class RunPaths:
         """A stage of the run (the teacher of a video run) keeps its files in its own folder."""
         return RunPaths(self.root / name)
 
+    def folders(self) -> list[Path]:
+        """Every folder the run writes files into: its root, its checkpoints, and its stages'."""
+        stages = [p for p in self.root.iterdir() if (p / "checkpoints").is_dir()]
+        return [self.root, self.checkpoints, *(f for s in stages for f in (s, s / "checkpoints"))]
+
 
 class RunDirectoryBusy(UserError):
     """Another live process holds the run directory."""
@@ -104,6 +111,7 @@ class RunLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._file = handle
+        remove_stale(self.paths.folders(), RUN_TEMPORARY)
 
     def release(self) -> None:
         """Let go of the lock (a process's exit also does)."""

@@ -16,9 +16,11 @@ configuration's mean run time.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,9 +342,32 @@ def _md(text: str) -> str:
 
 
 def _last_line(error: str | None) -> str:
-    """The exception line of a traceback: what went wrong, without the stack."""
-    lines = [line for line in (error or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no error recorded)"
+    """The exception line of a traceback: what went wrong, without the stack.
+
+    Hydra's ``instantiate`` wraps the error of the object it was building as ``Error in call to
+    target ...:\nRuntimeError('...')\nfull_key: model``; the wrapped error is what went wrong, so
+    its line is shown (as ``RuntimeError: ...``), with the key that was being built.
+    """
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    key = None
+    if lines and lines[-1].startswith("full_key:"):
+        key = lines.pop().removeprefix("full_key:").strip()
+    if not lines:
+        return "(no error recorded)"
+    line = _unrepr(lines[-1])
+    return f"{line} (building {key})" if key else line
+
+
+def _unrepr(line: str) -> str:
+    """``RuntimeError("message")`` (an exception's repr) as ``RuntimeError: message``."""
+    match = re.fullmatch(r"(?P<name>[A-Za-z_][\w.]*)\((?P<args>(?P<q>['\"]).*(?P=q))\)", line)
+    if match is None:
+        return line
+    try:
+        message = ast.literal_eval(match["args"])
+    except (ValueError, SyntaxError):
+        return line
+    return f"{match['name']}: {message}" if isinstance(message, str) else line
 
 
 def _csv(rows: list[dict[str, object]]) -> str:

@@ -29,6 +29,7 @@ from brisk.run.checkpoint import (
     config_fingerprint,
     rng_state,
     set_rng_state,
+    share_file,
 )
 from brisk.run.context import RunContext
 from brisk.run.distributed import (
@@ -221,10 +222,12 @@ class Trainer:
         # of world size the ranks reuse the saved streams in turn
         set_rng_state(per_rank[self.dist.rank % len(per_rank)])
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, also_best: bool = False) -> None:
         """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each
         stream.
 
+        ``also_best``: ``best.pt`` holds this same step, so it becomes a second name of the file
+        just written (a hard link, or a copy where links fail) rather than a second write.
         Never saves weights that a non-finite loss has touched: the pending check runs first.
         """
         self._check_finite()
@@ -233,7 +236,10 @@ class Trainer:
             state = self.state_dict()
             if rng_per_rank is not None:
                 state["rng_per_rank"] = rng_per_rank
-            atomic_save(state, self.paths.checkpoint(name))
+            path = self.paths.checkpoint(name)
+            atomic_save(state, path)
+            if also_best:
+                share_file(path, self.paths.best)
         if name == "last.pt":
             self.last_saved_step = self.step
         barrier()
@@ -301,9 +307,10 @@ class Trainer:
         self._check_finite()
         self.epoch += 1
         self.batch_in_epoch = 0
+        improved = False
         if self.epoch % cfg.val_every == 0 or self.finished:
-            self._validate()
-        self.save("last.pt")
+            improved = self._validate()
+        self.save("last.pt", also_best=improved)
         if not self.finished and self.stop.agreed():
             self._interrupted()
 
@@ -402,7 +409,8 @@ class Trainer:
         return row["loss"]
 
     # ------------------------------------------------------------------ evaluation
-    def _validate(self) -> None:
+    def _validate(self) -> bool:
+        """Validate and log; whether the monitored metric improved (the caller saves best.pt)."""
         metrics = self.evaluate("val")
         value = monitored(metrics, self.monitor)
         improved = self.best_val is None or value > self.best_val
@@ -416,8 +424,7 @@ class Trainer:
                 format_metrics(metrics),
                 "  (best)" if improved else "",
             )
-        if improved:
-            self.save("best.pt")
+        return improved
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:

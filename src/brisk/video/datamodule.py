@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from brisk.data.base import DataModule, DatasetNotFoundError
 from brisk.errors import UserError
+from brisk.tempfiles import PART_TEMPORARY, remove_stale
 from brisk.video.cache import (
     CacheSettings,
     ClipStore,
@@ -346,7 +347,12 @@ class VideoDataModule(DataModule):
         return DatasetNotFoundError(self.name, path, expected, self.how_to_get)
 
     def prepare(self) -> PrepareReport:
-        """Build (or complete) the cache of every video of the chosen split, reporting failures."""
+        """Build (or complete) the cache of every video of the chosen split, reporting failures.
+
+        Temporary files that a killed preparation left in the cache are removed first (only those
+        whose writing process is gone: another live preparation keeps its own).
+        """
+        remove_stale([self.cache.root], PART_TEMPORARY, recursive=True)
         index = self.find_videos()
         self.classes = list(index.classes)
         self.num_classes = len(self.classes)

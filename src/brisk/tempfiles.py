@@ -1,0 +1,68 @@
+"""Temporary files of writes in progress, and removing those whose writer is gone.
+
+Every file brisk replaces atomically is first written under a temporary name that carries the
+writing process's id: ``.tmp-<name>.<pid>.<random>`` for a run's files (checkpoints, status.json,
+metrics.csv) and ``.<name>.part<pid>[.ext]`` for a video cache's. A process killed while writing
+(SIGKILL, a node lost) leaves its temporary behind; checkpoint-sized ones add up. When a run or a
+cache preparation starts, :func:`remove_stale` deletes the temporaries of its folder whose writer
+is no longer alive, and never one of a live process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger("brisk")
+
+#: ``atomic_write``'s temporaries (brisk.run.checkpoint): ``.tmp-last.pt.<pid>.<8 hex>``.
+RUN_TEMPORARY = re.compile(r"^\.tmp-.+\.(?P<pid>\d+)\.[0-9a-f]{8}$")
+#: The video cache's temporaries (brisk.video.cache, brisk.video.codec): ``.<name>.part<pid>``,
+#: optionally followed by the file's extension.
+PART_TEMPORARY = re.compile(r"^\..+\.part(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+
+
+def writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one owned by another user counts)."""
+    if pid <= 0:
+        return True  # not a process id a writer can have: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folders: Iterable[Path], pattern: re.Pattern[str], recursive: bool = False) -> int:
+    """Delete the temporaries named like ``pattern`` in ``folders`` whose writer is gone.
+
+    Returns the number removed; each removal is logged with its size. A file that vanishes
+    meanwhile (its writer renamed it into place) is not an error.
+    """
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        candidates = folder.rglob(".*") if recursive else folder.glob(".*")
+        for path in candidates:
+            match = pattern.match(path.name)
+            if match is None or writer_alive(int(match["pid"])) or not path.is_file():
+                continue
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            log.info(
+                "removed %s (%.1f MiB), left by process %s that is gone",
+                path,
+                size / 2**20,
+                match["pid"],
+            )
+    return removed

@@ -1,0 +1,35 @@
+"""A killed preparation's ``.part`` files are removed by the next one, a live writer's never."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_shapes
+
+
+def test_preparation_removes_part_files_of_dead_writers_only(tmp_path: Path) -> None:
+    dm = tiny_shapes(tmp_path)
+    dm.prepare()
+    root = dm.cache.root
+    clip = next(root.rglob("*.npy"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        stale = [
+            clip.with_name(f".{clip.name}.part{dead.pid}"),  # an array being written
+            root / f".manifest.json.part{dead.pid}",
+            clip.with_name(f".{clip.stem}.part{dead.pid}.mp4"),  # a re-encode in progress
+        ]
+        kept = clip.with_name(f".{clip.name}.part{live.pid}")
+        for path in [*stale, kept]:
+            path.write_bytes(b"x" * 1000)
+        report = tiny_shapes(tmp_path).prepare()
+        assert report.prepared == 0  # everything was cached: only the debris went
+        assert not any(p.exists() for p in stale)
+        assert kept.exists()
+    finally:
+        live.kill()
+        live.wait()
