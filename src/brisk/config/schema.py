@@ -64,6 +64,16 @@ PRECISIONS = tuple(p.value for p in Precision)
 
 
 @dataclass
+class EmaConfig:
+    """``trainer.ema``: an exponential moving average of the weights, evaluated beside them."""
+
+    enabled: bool = False
+    decay: float = 0.999  # per optimizer step, once warmed up
+    # the decay at step t is decay * (1 - exp(-t / warmup_steps)); 0: decay from the first step
+    warmup_steps: int = 200
+
+
+@dataclass
 class TrainerConfig:
     """The ``trainer`` group: length, batching, cadence and numerics of the loop, for every task."""
 
@@ -91,6 +101,7 @@ class TrainerConfig:
     limit_train_batches: int | None = None  # batches per epoch (debugging)
     limit_eval_batches: int | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    ema: EmaConfig = field(default_factory=EmaConfig)  # val/ema_* and test/ema_* beside the raw
 
 
 @dataclass

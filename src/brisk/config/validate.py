@@ -98,6 +98,7 @@ RULES: dict[str, dict[str, Range]] = {
         "limit_eval_batches": OPTIONAL_POSITIVE_INT,
         "threads": OPTIONAL_POSITIVE_INT,
     },
+    "trainer.ema": {"decay": MOMENTUM, "warmup_steps": NONNEGATIVE_INT},
     "optimizer": {
         "lr": POSITIVE,
         "momentum": MOMENTUM,
