@@ -199,6 +199,7 @@ class RunConfig:
     whitening: Any = None
     teacher: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = None  # {name: settings} of every selected logger (conf/logger)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42
     resume: str | None = None  # null | auto

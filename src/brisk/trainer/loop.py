@@ -268,7 +268,12 @@ class Trainer:
     def open_logger(self) -> RunLogger:
         """Opened once the resume point is known, so rows of a lost partial run are dropped."""
         if self.logger is None:
-            self.logger = RunLogger(self.run_dir, self.dist.is_main, resume_from_step=self.step)
+            self.logger = RunLogger(
+                self.run_dir,
+                self.dist.is_main,
+                resume_from_step=self.step,
+                loggers=self.ctx.loggers,
+            )
         return self.logger
 
     def close(self) -> None:
