@@ -12,14 +12,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH
@@ -38,6 +38,7 @@ from brisk.run.failures import (
 )
 from brisk.run.hparams import log_hparams
 from brisk.run.log_file import follow_run
+from brisk.run.loggers import RunLoggers, check_extras, open_loggers
 from brisk.run.records import RunRecord
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.run.run_dir import RunPaths, lock_run_dir
@@ -63,6 +64,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     validate_run(cfg)
+    check_extras(cfg.get("logger"))
     device = select_device(cfg.trainer.device)
     dist = init_distributed(device, cfg.trainer.backend)
     if device.type == "cuda":
@@ -73,22 +75,33 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
     plan.run_dir = Path(str(broadcast_object(str(plan.run_dir))))
     paths = RunPaths(plan.run_dir)
     record = RunRecord(paths.root, enabled=dist.is_main)
+    loggers = RunLoggers()
+    outcome = "failed"
     try:
         with lock_run_dir(paths, dist), StopSignals() as stop:
             if started_in:  # resume=auto continues another run: its log goes there too
                 follow_run(run_dir, paths.root)
             record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
             try:
+                loggers = open_loggers(
+                    cfg.get("logger"),
+                    paths.root,
+                    identity,
+                    str(cfg.name),
+                    *_sweep_grouping(),
+                    enabled=dist.is_main,
+                )
                 seed_everything(
                     cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads
                 )
                 data = setup_data(cfg.dataset, dist)
                 check_data(cfg, data, dist.world_size)
                 ctx = RunContext(
-                    data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop
+                    data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop, loggers
                 )
                 result = _run(cfg, ctx, plan, record)
             except RunInterrupted as stopped:
+                outcome = "interrupted"
                 record.interrupted(signal_name(stopped.signum), stopped.step, str(stopped))
                 log.warning("%s", stopped)
                 request_sweep_stop(stopped.signum)  # the other jobs of a parallel sweep too
@@ -99,13 +112,26 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                 record.failed(exc)
                 raise
             record.ok(**result)
-            if dist.is_main:
+            loggers.summary(result)
+            outcome = "ok"
+            if dist.is_main and loggers.tensorboard:
                 scores = {k: result.get(k) for k in ("best_val_acc1", "test_acc1")}
                 log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
     finally:
+        loggers.close(outcome)
         cleanup()
     best = result.get("best_val_acc1")
     return float("nan") if best is None else float(best)
+
+
+def _sweep_grouping() -> tuple[list[str], list[str]]:
+    """This job's command-line overrides and the keys its sweep groups without (beside ``seed``),
+    so the loggers can name the group the sweep summaries put it in; none outside Hydra."""
+    if not HydraConfig.initialized():
+        return [], []
+    hydra_cfg = cast(DictConfig, HydraConfig.get())  # a DictConfig typed as its schema
+    ignore = OmegaConf.select(hydra_cfg, "callbacks.sweep_summary.group_ignore", default=None)
+    return list(hydra_cfg.overrides.task), [str(k) for k in (ignore or [])]
 
 
 def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) -> dict[str, Any]:

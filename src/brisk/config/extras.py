@@ -28,6 +28,9 @@ SLURM = Extra(
 )
 JOBLIB = Extra("joblib", ("hydra_plugins.hydra_joblib_launcher",), "hydra-joblib-launcher")
 OPTUNA = Extra("optuna", ("hydra_plugins.hydra_optuna_sweeper", "optuna"), "hydra-optuna-sweeper")
+# the loggers of the ``logger`` group (brisk.run.loggers checks them before a run starts)
+WANDB = Extra("wandb", ("wandb",), "wandb")
+MLFLOW = Extra("mlflow", ("mlflow",), "mlflow-skinny")
 
 # (config group, option) -> the extra it needs; brisk's own configs and the plugins' names
 PLUGIN_OPTIONS: dict[tuple[str, str], Extra] = {

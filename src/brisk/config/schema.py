@@ -60,6 +60,21 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 
 
 @dataclass
+class EmaConfig:
+    """``trainer.ema``: an exponential moving average of the weights, evaluated beside them."""
+
+    enabled: bool = False
+    decay: float = 0.999  # per optimizer step, once warmed up
+    # the decay at step t is decay * (1 - exp(-t / warmup_steps)); 0: decay from the first step
+    warmup_steps: int = 200
+
+    RANGES: ClassVar[dict[str, Range]] = {"decay": MOMENTUM, "warmup_steps": NONNEGATIVE_INT}
+
+    def __post_init__(self) -> None:
+        check_ranges("trainer.ema", self, self.RANGES)
+
+
+@dataclass
 class TrainerConfig:
     """The ``trainer`` group: length, batching, cadence and numerics of the loop, for every task."""
 
@@ -87,6 +102,7 @@ class TrainerConfig:
     limit_train_batches: int | None = None  # batches per epoch (debugging)
     limit_eval_batches: int | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    ema: EmaConfig = field(default_factory=EmaConfig)  # val/ema_* and test/ema_* beside the raw
 
     RANGES: ClassVar[dict[str, Range]] = {
         "epochs": POSITIVE_INT,
@@ -264,6 +280,7 @@ class RunConfig:
     whitening: Any = None
     teacher: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: Any = None  # {name: settings} of every selected logger (conf/logger)
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 42
     resume: str | None = None  # null | auto

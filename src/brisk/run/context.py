@@ -9,6 +9,7 @@ import torch
 
 from brisk.data.base import DataModule
 from brisk.run.distributed import DistInfo
+from brisk.run.loggers import RunLoggers
 from brisk.run.run_dir import RunPaths
 from brisk.run.signals import NeverStop, StopSignals
 
@@ -30,7 +31,10 @@ class RunContext:
     config_yaml: str = ""
     monitor: str = "acc1"
     stop: StopSignals = field(default_factory=NeverStop)
+    loggers: RunLoggers = field(default_factory=RunLoggers)  # the ``logger`` group, opened
 
     def for_stage(self, name: str) -> RunContext:
         """The same run seen by one of its stages, which writes into its own sub-directory."""
-        return dataclasses.replace(self, paths=self.paths.stage(name))
+        return dataclasses.replace(
+            self, paths=self.paths.stage(name), loggers=self.loggers.for_stage()
+        )

@@ -1,4 +1,5 @@
-"""Where a run's numbers go: metrics.csv, TensorBoard, status.json and the text log.
+"""Where a run's numbers go: metrics.csv, TensorBoard, status.json and the text log, and the
+external loggers of the ``logger`` group (``brisk.run.loggers``).
 
 Only rank 0 writes; other ranks get a :class:`RunLogger` whose writers are disabled.
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 from brisk.run.checkpoint import StorageError, atomic_write, free_space
 from brisk.run.distributed import broadcast_object
+from brisk.run.loggers import RunLoggers, tb_tag
 from brisk.runtime import is_distributed
 
 log = logging.getLogger("brisk")
@@ -83,13 +85,21 @@ def _fmt(value: Any) -> Any:
 
 
 class RunLogger:
-    """Fans metrics out to the CSV, TensorBoard and the text log."""
+    """Fans metrics out to the CSV, TensorBoard (unless ``logger`` left it out) and the external
+    loggers."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_from_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        resume_from_step: int | None = None,
+        loggers: RunLoggers | None = None,
+    ) -> None:
         self.run_dir, self.enabled = run_dir, enabled
+        self.loggers = loggers if loggers is not None else RunLoggers()
         self.csv = MetricsCSV(run_dir / "metrics.csv", resume_from_step) if enabled else None
         self.tb = None
-        if enabled:
+        if enabled and self.loggers.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(
@@ -97,27 +107,27 @@ class RunLogger:
             )
 
     def metrics(self, split: str, step: int, epoch: int, values: dict[str, float]) -> None:
-        """One row of ``metrics.csv`` and its TensorBoard scalars (the wall-clock ``seconds`` only
-        in the CSV).
+        """One row of ``metrics.csv``, its TensorBoard scalars and the same scalars to the external
+        loggers (the wall-clock ``seconds`` only in the CSV).
         """
         if not self.enabled:
             return
-        assert self.csv is not None and self.tb is not None  # both are built when enabled
+        assert self.csv is not None  # built when enabled
         self.csv.write({"step": step, "epoch": epoch, "split": split, **values})
-        for key, value in values.items():
-            if isinstance(value, int | float) and key not in ("seconds",):
-                self.tb.add_scalar(key if "/" in key else f"{split}/{key}", value, step)
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float) and key not in ("seconds",):
+                    self.tb.add_scalar(tb_tag(split, key), value, step)
+        self.loggers.log(split, step, values)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """A TensorBoard figure (the test confusion matrix); nothing when logging is off."""
-        if self.enabled:
-            assert self.tb is not None
+        if self.tb is not None:
             self.tb.add_figure(tag, figure, step)
 
     def text(self, tag: str, text: str) -> None:
         """A TensorBoard text entry; nothing when logging is off, so callers need no check."""
-        if self.enabled:
-            assert self.tb is not None
+        if self.tb is not None:
             self.tb.add_text(tag, text)
 
     def close(self) -> None:

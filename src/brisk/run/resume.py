@@ -49,7 +49,8 @@ from brisk.run.run_dir import RunPaths
 log = logging.getLogger("brisk")
 
 # Keys that say how to launch a run, not what the run is: they are not part of its identity.
-LAUNCH_KEYS = ("resume", "ckpt_path", "resume_strict", "eval_only", "paths", "hydra")
+# Where the numbers are sent (``logger``) is one of them.
+LAUNCH_KEYS = ("resume", "ckpt_path", "resume_strict", "eval_only", "paths", "hydra", "logger")
 # Keys that change how fast a run goes or how often it reports, not what it computes: a resume may
 # change them without resume_strict=false.
 RUNTIME_KEYS = (
@@ -71,6 +72,9 @@ def identity_yaml(cfg: DictConfig) -> str:
         container.pop(key, None)
     if container.get("init_from") is None:  # absent, as in runs made before the key existed
         container.pop("init_from", None)
+    trainer = container.get("trainer")
+    if isinstance(trainer, dict) and not (trainer.get("ema") or {}).get("enabled"):
+        trainer.pop("ema", None)  # off: the same run as before the key existed
     return yaml.safe_dump(container, sort_keys=True)
 
 

@@ -25,7 +25,7 @@ from brisk.run.records import RunRecord, write_status
 from brisk.run.resume import ResumePlan
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.evaluation import format_metrics, monitored
-from brisk.trainer.loop import Trainer
+from brisk.trainer.loop import Trainer, ema_part
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")
@@ -126,44 +126,57 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
     if selected_on(trainer.datamodule) == "last":
         chosen = "last checkpoint: validation is the test split"
     elif trainer.paths.best.is_file():
-        trainer.model.load_state_dict(load_checkpoint(trainer.paths.best)["model"])
+        trainer.load_weights(load_checkpoint(trainer.paths.best))
         chosen = "best checkpoint on validation"
     else:
         chosen = "last checkpoint: no validation ran"
-    test = trainer.evaluate("test")
+    test = trainer.evaluate_all("test")
     trainer.log_metrics("test", test)
     trainer.close()
     log.info("test (%s): %s", chosen, format_metrics(test))
     test_acc = monitored(test, trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
-    return {
+    result = {
         "best_val_acc1": fit.best_val,
         "test_acc1": test_acc,
         "test": test,
         "steps": fit.step,
         "epochs": fit.epoch,
     }
+    return {**result, **_ema_figures(trainer, test)}
+
+
+def _ema_figures(trainer: Trainer, test: dict[str, float]) -> dict[str, Any]:
+    """status.json's figures of the averaged weights (``trainer.ema``): none when it is off."""
+    if trainer.ema is None:
+        return {}
+    test_ema = monitored(ema_part(test), trainer.monitor)
+    log.info("final test %s of the averaged weights (trainer.ema): %.4f", trainer.monitor, test_ema)
+    return {"best_val_ema_acc1": trainer.best_val_ema, "test_ema_acc1": test_ema}
 
 
 def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
     """``eval_only=true``: val and test metrics of ``ckpt_path``'s weights, no training
     (``validate_run`` has made sure there is a ``ckpt_path``)."""
     state = load_checkpoint(ckpt_path)
-    trainer.model.load_state_dict(state["model"])
+    trainer.load_weights(state)
     trainer.step, trainer.epoch = state["step"], state["epoch"]
     results = {}
     for split in ("val", "test"):
-        results[split] = trainer.evaluate(split)
+        results[split] = trainer.evaluate_all(split)
         trainer.log_metrics(split, results[split])
         log.info("%s: %s", split, format_metrics(results[split]))
     trainer.close()
     test_acc = monitored(results["test"], trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    if trainer.ema is not None:
+        trainer.best_val_ema = monitored(ema_part(results["val"]), trainer.monitor)
     return {
         "best_val_acc1": monitored(results["val"], trainer.monitor),
         "test_acc1": test_acc,
         "test": results["test"],
         "evaluated": str(ckpt_path),
+        **_ema_figures(trainer, results["test"]),
     }
 
 

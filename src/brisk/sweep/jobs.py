@@ -176,6 +176,14 @@ def override_key(override: str) -> str:
         return override.split("=", 1)[0].lstrip("+~")
 
 
+def group_key(overrides: Iterable[str], ignore: Iterable[str]) -> tuple[str, ...]:
+    """What puts a job in its sweep group: its overrides minus the ignored keys (``seed``, the
+    sweep's ``group_ignore``), sorted. The summaries group by it; the loggers tag each run with it.
+    """
+    ignored = set(ignore)
+    return tuple(sorted(o for o in overrides if override_key(o) not in ignored))
+
+
 def read_job(job_dir: Path, metric: str | None, seed_key: str = "seed") -> JobRecord:
     """Read one job; ``metric=None`` uses the job's ``task.monitor`` (or ``acc1``)."""
     problems: list[str] = []

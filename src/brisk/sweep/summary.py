@@ -31,7 +31,7 @@ from brisk.sweep.jobs import (
     Stat,
     Target,
     find_job_dirs,
-    override_key,
+    group_key,
     read_job,
 )
 
@@ -98,7 +98,7 @@ def group_jobs(jobs: Sequence[JobRecord], ignore: set[str]) -> list[ConfigGroup]
     """
     groups: dict[tuple[str, ...], ConfigGroup] = {}
     for job in jobs:
-        key = tuple(sorted(o for o in job.overrides if override_key(o) not in ignore))
+        key = group_key(job.overrides, ignore)
         groups.setdefault(key, ConfigGroup(key)).jobs.append(job)
     shared = set.intersection(*(set(k) for k in groups)) if groups else set()
     for group in groups.values():

@@ -50,6 +50,8 @@ from brisk.trainer.data_loading import (
     make_loader,
     to_device,
 )
+from brisk.trainer.ema import PREFIX as EMA_PREFIX
+from brisk.trainer.ema import ModelEMA
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.optimizers.build import build_optimizer
@@ -109,6 +111,12 @@ class Trainer:
         self.teacher.attach(self.model)
         if self.memory_format is not None:
             self.model.to(memory_format=self.memory_format)
+        ema_cfg = trainer_cfg.get("ema")
+        self.ema = (
+            ModelEMA(self.model, ema_cfg.decay, ema_cfg.warmup_steps)
+            if ema_cfg is not None and ema_cfg.enabled
+            else None
+        )
         self.ddp_model: nn.Module = self.model
         if self.dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
@@ -146,6 +154,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_val: float | None = None
+        self.best_val_ema: float | None = None  # the averaged weights' best (trainer.ema)
         self.last_saved_step: int | None = None
         self.logger: RunLogger | None = None
         self.progress_stream: IO[str] | None = sys.stderr
@@ -190,6 +199,8 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_val": self.best_val,
+            "best_val_ema": self.best_val_ema,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "monitor": self.monitor,
             "rng": rng_state(),
         }
@@ -204,7 +215,7 @@ class Trainer:
         fresh_groups = [
             {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
         ]
-        self.model.load_state_dict(state["model"])
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -214,6 +225,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.best_val = state["best_val"]
+        self.best_val_ema = state.get("best_val_ema")
         self.last_saved_step = self.step
         if new_hparams:
             apply_new_hparams(self.optimizer, self.scheduler, fresh_groups, self.total_steps)
@@ -221,6 +233,18 @@ class Trainer:
         # each rank continues its own random streams (augmentation differs per rank); after a change
         # of world size the ranks reuse the saved streams in turn
         set_rng_state(per_rank[self.dist.rank % len(per_rank)])
+
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """The model's weights from a checkpoint, and the averaged weights when ``trainer.ema`` is
+        on (a checkpoint without them starts the average at the loaded weights)."""
+        self.model.load_state_dict(state["model"])
+        if self.ema is None:
+            return
+        if state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        else:
+            log.warning("the checkpoint has no averaged weights: trainer.ema starts from its own")
+            self.ema.restart_from(self.model)
 
     def save(self, name: str, also_best: bool = False) -> None:
         """Rank 0 writes; every rank's RNG state goes in, so an elastic restart continues each
@@ -248,7 +272,12 @@ class Trainer:
     def open_logger(self) -> RunLogger:
         """Opened once the resume point is known, so rows of a lost partial run are dropped."""
         if self.logger is None:
-            self.logger = RunLogger(self.run_dir, self.dist.is_main, resume_from_step=self.step)
+            self.logger = RunLogger(
+                self.run_dir,
+                self.dist.is_main,
+                resume_from_step=self.step,
+                loggers=self.ctx.loggers,
+            )
         return self.logger
 
     def close(self) -> None:
@@ -353,6 +382,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.step + 1)
         correct = (out.detach().argmax(1) == target).sum()
         assert self._window is not None, "fit() opens the window"
         self._window.add(self.step + 1, loss.detach(), correct, len(target), parts)
@@ -411,11 +442,16 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def _validate(self) -> bool:
         """Validate and log; whether the monitored metric improved (the caller saves best.pt)."""
-        metrics = self.evaluate("val")
+        metrics = self.evaluate_all("val")
         value = monitored(metrics, self.monitor)
+        # best.pt is chosen on the raw weights' validation metric; the average's best is reported
         improved = self.best_val is None or value > self.best_val
         if improved:
             self.best_val = value
+        if self.ema is not None:
+            ema_value = monitored(ema_part(metrics), self.monitor)
+            if self.best_val_ema is None or ema_value > self.best_val_ema:
+                self.best_val_ema = ema_value
         self.open_logger().metrics("val", self.step, self.epoch, metrics)
         if self.dist.is_main:
             log.info(
@@ -426,9 +462,22 @@ class Trainer:
             )
         return improved
 
+    def evaluate_all(self, split: str) -> dict[str, float]:
+        """:meth:`evaluate` of the model, and with ``trainer.ema`` the averaged weights' metrics
+        beside them under ``ema_`` names (``ema_acc1``)."""
+        metrics = self.evaluate(split)
+        if self.ema is not None:
+            averaged = self.evaluate(split, self.ema.module)
+            metrics.update({EMA_PREFIX + k: v for k, v in averaged.items()})
+        return metrics
+
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics on the ``val`` or ``test`` split, each sample counted once across ranks."""
+    def evaluate(self, split: str, model: nn.Module | None = None) -> dict[str, float]:
+        """Metrics on the ``val`` or ``test`` split, each sample counted once across ranks.
+
+        ``model``: another network to evaluate (the averaged weights) instead of the model.
+        """
+        network = self.model if model is None else model
         dataset = (
             self.datamodule.val_dataset() if split == "val" else self.datamodule.test_dataset()
         )
@@ -446,7 +495,7 @@ class Trainer:
             train=False,
             start_method=self.cfg.get("worker_start_method"),
         )
-        self.model.eval()
+        network.eval()
         acc = EvalAccumulator(self.datamodule.num_classes)
         for i, batch in enumerate(loader):
             if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
@@ -454,11 +503,11 @@ class Trainer:
             batch = self.datamodule.on_device_batch(to_device(as_batch_dict(batch), self.device))
             batch = to_device(batch, self.device, self.memory_format)
             with self._autocast():
-                out = self.model(batch[self.input_key]).float()
+                out = network(batch[self.input_key]).float()
             acc.add(out, batch["target"], batch.get("video"))
         self.model.train()
         metrics = acc.compute()
-        if split == "test":
+        if split == "test" and model is None:
             self.open_logger().figure("test/confusion_matrix", acc.confusion_figure(), self.step)
         return metrics
 
@@ -476,6 +525,11 @@ class Trainer:
             self.epoch if epoch is None else epoch,
             metrics,
         )
+
+
+def ema_part(metrics: dict[str, float]) -> dict[str, float]:
+    """The averaged weights' metrics of :meth:`Trainer.evaluate_all`, under their plain names."""
+    return {k.removeprefix(EMA_PREFIX): v for k, v in metrics.items() if k.startswith(EMA_PREFIX)}
 
 
 def _memory_format(model: nn.Module) -> torch.memory_format:
