@@ -40,6 +40,15 @@ def test_prepare_video_builds_the_cache_and_is_resumable(tmp_path):
     again = run(args, tmp_path)
     assert again.returncode == 0
     assert "0 prepared now, 16 already cached" in again.stdout + again.stderr
+    # a cached clip cut off (a full disk, a killed copy) is found and extracted again
+    clip = next(manifest.parent.glob("clips/train/*/*.rgb.npy"))
+    size = clip.stat().st_size
+    clip.write_bytes(clip.read_bytes()[: size // 2])
+    repaired = run(args, tmp_path)
+    assert repaired.returncode == 0
+    assert "1 prepared now, 15 already cached" in repaired.stdout + repaired.stderr
+    assert "cache entry damaged" in repaired.stdout + repaired.stderr
+    assert clip.stat().st_size == size
 
 
 @pytest.mark.slow
