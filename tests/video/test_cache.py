@@ -208,3 +208,22 @@ def test_a_damaged_clip_read_by_a_loader_worker_stays_one_line(tmp_path):
         next(iter(loader))
     assert str(err.value).startswith(f"the cached file {path} is damaged")
     assert "\n" not in str(err.value)
+
+
+def test_the_progress_line_says_what_it_knows(tmp_path, caplog):
+    srcs = []
+    for i in range(3):
+        srcs.append(tmp_path / "src" / f"v{i}.avi")
+        write_video(srcs[-1], render_video(i, i, frames=14, size=32), gop_size=30)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    jobs = [(p, p.name) for p in srcs]
+    with caplog.at_level("INFO", logger="brisk.video"):
+        prepare(cache, jobs, name="t", progress_every=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("t: ")]
+    assert "ETA after 3 videos" in lines[0] and "ETA" not in lines[-1].replace("ETA after", "")
+    assert lines[-1].endswith("videos/s, done")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="brisk.video"):
+        prepare(cache, jobs, name="t")
+    assert "t: 3/3 videos (3 reused, 0 failed), all reused" in caplog.text
+    assert "0.0 videos/s" not in caplog.text

@@ -398,6 +398,19 @@ def _eta(seconds: float) -> str:
     )
 
 
+def _speed(prepared: int, seconds: float, remaining: int, workers: int) -> str:
+    """The progress line's rate and ETA, once they mean something: nothing to prepare is said so
+    (not "0.0 videos/s"), and the first videos (a worker's start-up, one long video) give no ETA."""
+    if prepared == 0:
+        return "all reused" if remaining == 0 else "preparing, ETA after the first videos"
+    rate = prepared / max(seconds, 1e-9)
+    if remaining == 0:
+        return f"{rate:.1f} videos/s, done"
+    if prepared < 2 * workers + 1:
+        return f"{rate:.1f} videos/s, ETA after {2 * workers + 1} videos"
+    return f"{rate:.1f} videos/s, ETA {_eta(remaining / rate)}"
+
+
 def prepare(
     cache: VideoCache,
     jobs: Sequence[tuple[str | Path, str]],
@@ -414,7 +427,7 @@ def prepare(
     report = PrepareReport()
     start = time.perf_counter()
     total = len(jobs)
-    last_log = start
+    last_log = work_start = start
     done = 0
 
     def account(record: dict, reused: bool) -> None:
@@ -433,18 +446,14 @@ def prepare(
         now = time.perf_counter()
         if (not reused and now - last_log >= progress_every) or done == total:
             last_log = now
-            rate = report.prepared / max(now - start, 1e-9)
-            remaining = total - done
-            eta = _eta(remaining / rate) if rate > 0 and remaining else "0m00s"
             log.info(
-                "%s: %d/%d videos (%d reused, %d failed), %.1f videos/s, ETA %s",
+                "%s: %d/%d videos (%d reused, %d failed), %s",
                 name,
                 done,
                 total,
                 report.reused,
                 len(report.failures),
-                rate,
-                eta,
+                _speed(report.prepared, now - work_start, total - done, max(workers, 1)),
             )
 
     todo = []
@@ -454,6 +463,7 @@ def prepare(
             todo.append((src, rel))
         else:
             account(record, True)
+    work_start = time.perf_counter()  # the rate counts the videos prepared now, from here
     if workers <= 0 or len(todo) <= 1:
         for src, rel in todo:
             account(*cache.prepare_one(src, rel))
