@@ -241,3 +241,13 @@ def test_prepare_core_builds_the_cache_from_a_config(hydra_conf, tmp_path):
     assert prepare_dataset(cfg.dataset).reused == 16
     with pytest.raises(UserError, match="video data set"):
         prepare_dataset(compose("config", overrides=["dataset=digits"]).dataset)
+
+
+@pytest.mark.parametrize("dataset", ["moving_shapes", "ucf101", "hmdb51", "kinetics400"])
+def test_the_clip_cache_goes_under_paths_cache_dir(dataset: str) -> None:
+    from tests.conftest import compose_config
+
+    default = compose_config("task=video", f"dataset={dataset}", "paths.data_dir=/d")
+    assert default.dataset.cache_dir == f"/d/cache/{dataset}"
+    moved = compose_config("task=video", f"dataset={dataset}", "paths.cache_dir=/scratch/c")
+    assert moved.dataset.cache_dir == f"/scratch/c/{dataset}"
