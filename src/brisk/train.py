@@ -37,7 +37,7 @@ from brisk.run.failures import (
     report_user_error,
 )
 from brisk.run.hparams import log_hparams
-from brisk.run.records import RunRecord
+from brisk.run.records import RunRecord, score_keys
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.run.run_dir import RunPaths, lock_run_dir
 from brisk.run.setup import seed_everything, select_device, setup_data
@@ -96,11 +96,12 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                 raise
             record.ok(**result)
             if dist.is_main:
-                scores = {k: result.get(k) for k in ("best_val_acc1", "test_acc1")}
+                keys = score_keys(str(result.get("monitor", cfg.task.monitor)))
+                scores = {k: result.get(k) for k in keys}
                 log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
     finally:
         cleanup()
-    best = result.get("best_val_acc1")
+    best = result.get(score_keys(str(result.get("monitor", cfg.task.monitor)))[0])
     return float("nan") if best is None else float(best)
 
 

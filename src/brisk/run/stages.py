@@ -21,7 +21,7 @@ from brisk.errors import UserError
 from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
-from brisk.run.records import RunRecord, write_status
+from brisk.run.records import RunRecord, score_keys, write_status
 from brisk.run.resume import ResumePlan
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.evaluation import format_metrics, monitored
@@ -118,7 +118,7 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
             log.info(
                 "this run finished earlier (status ok, test %s %s): nothing left to do",
                 trainer.monitor,
-                record.finished.get("test_acc1"),
+                record.finished.get(score_keys(trainer.monitor)[1]),
             )
             kept = ("status", "error", "last_attempt")
             return {k: v for k, v in record.finished.items() if k not in kept}
@@ -136,10 +136,13 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
     log.info("test (%s): %s", chosen, format_metrics(test))
     test_acc = monitored(test, trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    best_key, test_key = score_keys(trainer.monitor)
     return {
-        "best_val_acc1": fit.best_val,
-        "test_acc1": test_acc,
+        "monitor": trainer.monitor,
+        best_key: fit.best_val,
+        test_key: test_acc,
         "test": test,
+        "inference": trainer.inference,
         "steps": fit.step,
         "epochs": fit.epoch,
     }
@@ -162,10 +165,13 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, An
     trainer.close()
     test_acc = monitored(results["test"], trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    best_key, test_key = score_keys(trainer.monitor)
     return {
-        "best_val_acc1": monitored(results["val"], trainer.monitor),
-        "test_acc1": test_acc,
+        "monitor": trainer.monitor,
+        best_key: monitored(results["val"], trainer.monitor),
+        test_key: test_acc,
         "test": results["test"],
+        "inference": trainer.inference,
         "evaluated": str(ckpt_path),
     }
 
