@@ -39,7 +39,7 @@ from brisk.run.failures import (
 from brisk.run.hparams import log_hparams
 from brisk.run.log_file import follow_run
 from brisk.run.loggers import RunLoggers, check_extras, open_loggers
-from brisk.run.records import RunRecord
+from brisk.run.records import RunRecord, score_keys
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.run.run_dir import RunPaths, lock_run_dir
 from brisk.run.setup import seed_everything, select_device, setup_data
@@ -115,12 +115,13 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             loggers.summary(result)
             outcome = "ok"
             if dist.is_main and loggers.tensorboard:
-                scores = {k: result.get(k) for k in ("best_val_acc1", "test_acc1")}
+                keys = score_keys(str(result.get("monitor", cfg.task.monitor)))
+                scores = {k: result.get(k) for k in keys}
                 log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
     finally:
         loggers.close(outcome)
         cleanup()
-    best = result.get("best_val_acc1")
+    best = result.get(score_keys(str(result.get("monitor", cfg.task.monitor)))[0])
     return float("nan") if best is None else float(best)
 
 

@@ -41,7 +41,7 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         run / "teacher" / "checkpoints" / "best.pt"
     ).is_file()
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "ok" and 0 <= status["test_acc1"] <= 1
+    assert status["status"] == "ok" and 0 <= status["test_video_acc1"] <= 1
     # the cost of student and teacher per clip and per video, counted at the start of the run
     assert status["cost"]["cost/student/params_m"] < status["cost"]["cost/teacher/params_m"]
     assert status["cost"]["cost/student/clips_per_video"] >= 1
@@ -99,3 +99,39 @@ def test_teacher_stage_has_its_own_whitening(video_data: Path, tmp_path: Path) -
     student_header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "whiten/" in teacher_header  # stage 1 was preconditioned ...
     assert "whiten/" not in student_header  # ... and the student, with whitening=none, was not
+
+
+@pytest.mark.slow
+def test_a_video_run_records_per_class_results_and_its_speed(
+    video_data: Path, tmp_path: Path
+) -> None:
+    run_train(
+        "task=video",
+        *TINY,
+        "trainer.limit_eval_batches=null",  # the whole test protocol, as the speed is quoted
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={tmp_path}",
+    )
+    status = json.loads((tmp_path / "status.json").read_text())
+    # the video figure is named as one; the clip figure stays in "test" under its own name
+    assert status["monitor"] == "video_acc1" and "test_acc1" not in status
+    assert status["test_video_acc1"] == status["test"]["video_acc1"]
+    assert 0 <= status["best_val_video_acc1"] <= 1 and "best_val_acc1" not in status
+    assert "acc5" in status["test"] and "video_acc5" in status["test"]  # 8 classes > 5
+    speed = status["inference"]
+    assert speed["videos"] == status["test_videos"] == status["test"]["videos"]
+    assert speed["clips"] == status["test_clips_evaluated"]
+    assert speed["clips_per_s"] > 0 and speed["ms_per_video"] > 0
+    assert speed["end_to_end_ms_per_video"] >= speed["ms_per_video"]
+    with (tmp_path / "test_per_class.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows][:2] == ["move_right", "move_left"] and len(rows) == 8
+    assert sum(int(r["count"]) for r in rows) == speed["videos"]
+    accuracies = [int(r["correct"]) / int(r["count"]) for r in rows]
+    assert abs(sum(accuracies) / 8 - status["test"]["video_mean_class_acc1"]) < 1e-6
+    with (tmp_path / "test_confusion.csv").open() as f:
+        table = list(csv.reader(f))
+    assert table[0][1:] == [r["name"] for r in rows]
+    counts = [[int(x) for x in row[1:]] for row in table[1:]]
+    assert [counts[i][i] for i in range(8)] == [int(r["correct"]) for r in rows]
+    assert sum(map(sum, counts)) == speed["videos"]

@@ -336,3 +336,25 @@ def test_summarize_script(sweep: Path) -> None:
     assert (
         json.loads((sweep / "0" / "status.json").read_text())["status"] == "ok"
     )  # inputs untouched
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        # written now: the figures are named for the metric they hold
+        {"status": "ok", "monitor": "video_acc1", "best_val_video_acc1": 0.5,
+         "test_video_acc1": 0.25, "error": None},
+        # written before the keys were named: acc1's keys held the monitored figure
+        {"status": "ok", "best_val_acc1": 0.5, "test_acc1": 0.25, "error": None},
+    ],
+)  # fmt: skip
+def test_status_figures_are_read_under_the_jobs_monitor(tmp_path: Path, status: dict) -> None:
+    from brisk.sweep.jobs import read_job
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (job / ".hydra" / "config.yaml").write_text("task:\n  monitor: video_acc1\nseed: 1\n")
+    (job / "status.json").write_text(json.dumps(status))
+    record = read_job(job, None)
+    assert (record.status_best_val, record.final_test_acc) == (0.5, 0.25)

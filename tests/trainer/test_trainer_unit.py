@@ -142,3 +142,21 @@ def test_teacher_base_declares_what_the_runner_reads() -> None:
     assert (none.model, none.whitening, none.input_key, none.epochs) == (None, None, "input", None)
     i3d = RGBI3DTeacher(width_mult=0.25, epochs=3)  # served from its config, not shadowed
     assert (i3d.input_key, i3d.epochs) == ("rgb", 3)
+
+
+def test_acc5_is_left_out_with_five_classes_or_fewer_and_classes_weigh_alike() -> None:
+    from brisk.trainer.evaluation import EvalAccumulator
+
+    # class 0: 3 samples, all right; class 1: 1 sample, wrong (predicted 0)
+    logits = torch.tensor([[5.0, 0, 0, 0], [5.0, 0, 0, 0], [5.0, 0, 0, 0], [5.0, 0, 0, 0]])
+    target = torch.tensor([0, 0, 0, 1])
+    few = EvalAccumulator(4)
+    few.add(logits, target)
+    metrics = few.compute()
+    assert "acc5" not in metrics and metrics["acc1"] == 0.75
+    assert metrics["mean_class_acc1"] == 0.5  # (1 + 0) / 2: classes 2 and 3 have no sample
+    rows = few.per_class(["a", "b", "c", "d"])
+    assert rows[1]["most_confused_with"] == "a" and rows[1]["accuracy"] == 0.0
+    many = EvalAccumulator(6)
+    many.add(torch.nn.functional.pad(logits, (0, 2)), target)
+    assert "acc5" in many.compute()

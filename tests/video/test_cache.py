@@ -139,3 +139,91 @@ def test_reencode_drops_audio_and_reads_gif(shared_data, tmp_path):
     with av.open(str(tmp_path / "a.mp4")) as c:
         assert not c.streams.audio and c.streams.video[0].codec_context.name == "mpeg4"
     assert reencode(gif, tmp_path / "g.mp4").num_frames == 79
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+@pytest.mark.parametrize("kind", ["rgb", "res", "mv", "video"])
+def test_a_cut_off_cache_file_is_prepared_again(tmp_path, kind):
+    srcs = []
+    for i in range(2):
+        srcs.append(tmp_path / "src" / f"v{i}.avi")
+        write_video(srcs[-1], render_video(i, i, frames=14, size=32), gop_size=30)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    jobs = [(p, p.name) for p in srcs]
+    prepare(cache, jobs)
+    path = cache.video_path("v1.avi") if kind == "video" else cache.clip_path("v1.avi", kind)
+    whole = path.read_bytes()
+    _truncate(path)
+    again = prepare(cache, jobs)
+    assert (again.prepared, again.reused) == (1, 1)
+    assert path.read_bytes() == whole
+
+
+def test_records_written_without_sizes_still_catch_a_cut_off_clip(tmp_path):
+    src = tmp_path / "src" / "v.avi"
+    write_video(src, render_video(0, 0, frames=14, size=32), gop_size=30)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    prepare(cache, [(src, "v.avi")])
+    record = json.loads(cache.record_path("v.avi").read_text())
+    del record["files"]  # as records of an older brisk
+    cache.record_path("v.avi").write_text(json.dumps(record))
+    assert prepare(cache, [(src, "v.avi")]).reused == 1  # intact: nothing to do
+    _truncate(cache.clip_path("v.avi", "res"), 0.9)
+    assert prepare(cache, [(src, "v.avi")]).prepared == 1
+
+
+def test_a_clip_damaged_during_training_is_one_line_naming_the_file(tmp_path):
+    import pickle
+
+    from tests.video.conftest import tiny_shapes
+
+    from brisk.errors import UserError
+
+    dm = tiny_shapes(tmp_path)
+    dm.setup()
+    path = dm.cache.clip_path(dm.train_dataset().videos[0].rel, "rgb")
+    _truncate(path)
+    worker_copy = pickle.loads(pickle.dumps(dm.train_dataset()))  # opens the files anew
+    with pytest.raises(UserError) as err:
+        worker_copy[0]
+    message = str(err.value)
+    assert str(path) in message and "prepare-video" in message and "\n" not in message
+
+
+def test_a_damaged_clip_read_by_a_loader_worker_stays_one_line(tmp_path):
+    from tests.video.conftest import tiny_shapes
+    from torch.utils.data import DataLoader
+
+    from brisk.video.cache import DamagedCacheError
+
+    dm = tiny_shapes(tmp_path)
+    dm.setup()
+    path = dm.cache.clip_path(dm.train_dataset().videos[0].rel, "rgb")
+    _truncate(path)
+    loader = DataLoader(dm.train_dataset(), batch_size=2, num_workers=1)
+    with pytest.raises(DamagedCacheError) as err:
+        next(iter(loader))
+    assert str(err.value).startswith(f"the cached file {path} is damaged")
+    assert "\n" not in str(err.value)
+
+
+def test_the_progress_line_says_what_it_knows(tmp_path, caplog):
+    srcs = []
+    for i in range(3):
+        srcs.append(tmp_path / "src" / f"v{i}.avi")
+        write_video(srcs[-1], render_video(i, i, frames=14, size=32), gop_size=30)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    jobs = [(p, p.name) for p in srcs]
+    with caplog.at_level("INFO", logger="brisk.video"):
+        prepare(cache, jobs, name="t", progress_every=0.0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("t: ")]
+    assert "ETA after 3 videos" in lines[0] and "ETA" not in lines[-1].replace("ETA after", "")
+    assert lines[-1].endswith("videos/s, done")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="brisk.video"):
+        prepare(cache, jobs, name="t")
+    assert "t: 3/3 videos (3 reused, 0 failed), all reused" in caplog.text
+    assert "0.0 videos/s" not in caplog.text

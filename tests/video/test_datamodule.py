@@ -13,6 +13,7 @@ from tests.video.conftest import SMALL, tiny_shapes
 
 import brisk.config  # noqa: F401  (registers the runner's schemas and resolvers)
 from brisk.data.base import DatasetNotFoundError
+from brisk.errors import UserError
 from brisk.video.codec import write_video
 from brisk.video.datamodule import VideoDataModule
 from brisk.video.datasets import (
@@ -238,5 +239,15 @@ def test_prepare_core_builds_the_cache_from_a_config(hydra_conf, tmp_path):
         tmp_path / "cache" / "moving_shapes" / "mpeg4_64x64_gop12_q1" / "manifest.json"
     ).is_file()
     assert prepare_dataset(cfg.dataset).reused == 16
-    with pytest.raises(TypeError, match="video data set"):
+    with pytest.raises(UserError, match="video data set"):
         prepare_dataset(compose("config", overrides=["dataset=digits"]).dataset)
+
+
+@pytest.mark.parametrize("dataset", ["moving_shapes", "ucf101", "hmdb51", "kinetics400"])
+def test_the_clip_cache_goes_under_paths_cache_dir(dataset: str) -> None:
+    from tests.conftest import compose_config
+
+    default = compose_config("task=video", f"dataset={dataset}", "paths.data_dir=/d")
+    assert default.dataset.cache_dir == f"/d/cache/{dataset}"
+    moved = compose_config("task=video", f"dataset={dataset}", "paths.cache_dir=/scratch/c")
+    assert moved.dataset.cache_dir == f"/scratch/c/{dataset}"

@@ -139,3 +139,28 @@ def test_kinetics400_layouts(clips, tmp_path, layout):
             write(root / f"kinetics400_{kind}_list_videos.txt", "".join(lines))
     dm = Kinetics400DataModule(root, cache_dir=tmp_path / "cache", val_fraction=0, **SMALL)
     check(dm, layout, labels)
+
+
+def test_a_missing_split_names_its_file(tmp_path: Path) -> None:
+    from brisk.data.base import DatasetNotFoundError
+
+    ucf_official_files(tmp_path / "ucf" / "ucfTrainTestlist")
+    with pytest.raises(DatasetNotFoundError) as err:
+        UCF101DataModule(tmp_path / "ucf", split=2, **SMALL).find_videos()
+    assert str(tmp_path / "ucf" / "ucfTrainTestlist" / "trainlist02.txt") in str(err.value)
+    write(tmp_path / "hmdb" / "testTrainMulti_7030_splits" / "run_test_split1.txt", "a.avi 1\n")
+    with pytest.raises(DatasetNotFoundError, match=r"<class>_test_split3.txt"):
+        HMDB51DataModule(tmp_path / "hmdb", split=3, **SMALL).find_videos()
+
+
+def test_a_malformed_split_line_is_one_line_without_download_advice(tmp_path: Path) -> None:
+    from brisk.errors import UserError
+
+    d = tmp_path / "ucf" / "ucfTrainTestlist"
+    ucf_official_files(d)
+    write(d / "trainlist01.txt", "Jump/v_Jump_g01_c01.avi 1\nnot a line\n")
+    with pytest.raises(UserError) as err:
+        UCF101DataModule(tmp_path / "ucf", **SMALL).find_videos()
+    message = str(err.value)
+    assert f"{d / 'trainlist01.txt'}:2" in message and "\n" not in message
+    assert "download" not in message and "UCF101.rar" not in message

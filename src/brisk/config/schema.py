@@ -133,10 +133,13 @@ class TrainerConfig:
 
 @dataclass
 class PathsConfig:
-    """The ``paths`` group: data is read under ``data_dir``; runs land in ``output_dir``."""
+    """The ``paths`` group: data is read under ``data_dir``; runs land in ``output_dir``; caches
+    built from the data (the video data sets' re-encoded videos and clip arrays) under
+    ``cache_dir``."""
 
     root_dir: str = "."
     data_dir: str = "./data"
+    cache_dir: str = "${paths.data_dir}/cache"  # large and rebuildable: move it to scratch disk
     output_dir: str = "./outputs"  # where runs and sweeps land
 
 

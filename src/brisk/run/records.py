@@ -156,9 +156,17 @@ def read_status(path: Path) -> dict[str, Any]:
     return {}
 
 
+def score_keys(monitor: str) -> tuple[str, str]:
+    """status.json's keys for the best validation and the test figure of ``task.monitor``:
+    ``best_val_acc1``/``test_acc1`` for image tasks, ``best_val_video_acc1``/``test_video_acc1``
+    for video tasks, whose figure is per video, not per clip."""
+    return f"best_val_{monitor}", f"test_{monitor}"
+
+
 def write_status(run_dir: Path, **fields: Any) -> None:
-    """status.json: {"status": "ok"|"failed"|"running"|"interrupted", "best_val_acc1", "test_acc1",
-    "error", ...}; fields are merged into what is there, and "running" starts a fresh record."""
+    """status.json: {"status": "ok"|"failed"|"running"|"interrupted", "monitor",
+    "best_val_<monitor>", "test_<monitor>" (:func:`score_keys`), "error", ...}; fields are merged
+    into what is there, and "running" starts a fresh record."""
     path = run_dir / "status.json"
     current = read_status(path)
     if fields.get("status") == "running":
@@ -169,8 +177,13 @@ def write_status(run_dir: Path, **fields: Any) -> None:
 
 
 def _dump_status(path: Path, record: dict[str, Any]) -> None:
-    record.setdefault("best_val_acc1", None)
-    record.setdefault("test_acc1", None)
+    monitor = str(record.get("monitor", "acc1"))
+    if monitor != "acc1":  # the placeholders of a record begun before the monitor was known
+        for key in score_keys("acc1"):
+            if key in record and record[key] is None:
+                del record[key]
+    for key in score_keys(monitor):
+        record.setdefault(key, None)
     record.setdefault("error", None)
     text = json.dumps(record, indent=2, default=str) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))

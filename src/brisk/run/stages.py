@@ -21,9 +21,10 @@ from brisk.errors import UserError
 from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
-from brisk.run.records import RunRecord, write_status
+from brisk.run.records import RunRecord, score_keys, write_status
 from brisk.run.resume import ResumePlan
 from brisk.teacher.base import NoTeacher, Teacher
+from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.evaluation import format_metrics, monitored
 from brisk.trainer.loop import Trainer, ema_part
 from brisk.whitening.base import NoWhitening, Whitening
@@ -118,7 +119,7 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
             log.info(
                 "this run finished earlier (status ok, test %s %s): nothing left to do",
                 trainer.monitor,
-                record.finished.get("test_acc1"),
+                record.finished.get(score_keys(trainer.monitor)[1]),
             )
             kept = ("status", "error", "last_attempt")
             return {k: v for k, v in record.finished.items() if k not in kept}
@@ -136,10 +137,13 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
     log.info("test (%s): %s", chosen, format_metrics(test))
     test_acc = monitored(test, trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
+    best_key, test_key = score_keys(trainer.monitor)
     result = {
-        "best_val_acc1": fit.best_val,
-        "test_acc1": test_acc,
+        "monitor": trainer.monitor,
+        best_key: fit.best_val,
+        test_key: test_acc,
         "test": test,
+        "inference": trainer.inference,
         "steps": fit.step,
         "epochs": fit.epoch,
     }
@@ -152,7 +156,8 @@ def _ema_figures(trainer: Trainer, test: dict[str, float]) -> dict[str, Any]:
         return {}
     test_ema = monitored(ema_part(test), trainer.monitor)
     log.info("final test %s of the averaged weights (trainer.ema): %.4f", trainer.monitor, test_ema)
-    return {"best_val_ema_acc1": trainer.best_val_ema, "test_ema_acc1": test_ema}
+    best_key, test_key = score_keys(EMA_PREFIX + trainer.monitor)
+    return {best_key: trainer.best_val_ema, test_key: test_ema}
 
 
 def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
@@ -171,10 +176,13 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     if trainer.ema is not None:
         trainer.best_val_ema = monitored(ema_part(results["val"]), trainer.monitor)
+    best_key, test_key = score_keys(trainer.monitor)
     return {
-        "best_val_acc1": monitored(results["val"], trainer.monitor),
-        "test_acc1": test_acc,
+        "monitor": trainer.monitor,
+        best_key: monitored(results["val"], trainer.monitor),
+        test_key: test_acc,
         "test": results["test"],
+        "inference": trainer.inference,
         "evaluated": str(ckpt_path),
         **_ema_figures(trainer, results["test"]),
     }

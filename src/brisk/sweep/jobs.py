@@ -196,7 +196,9 @@ def read_job(job_dir: Path, metric: str | None, seed_key: str = "seed") -> JobRe
     if seed is None and config.get(seed_key) is not None:
         seed = str(config[seed_key])
 
-    status, error, tb, best, test = _read_status(job_dir / "status.json", problems)
+    status, error, tb, best, test = _read_status(
+        job_dir / "status.json", problems, monitor if isinstance(monitor, str) else None
+    )
     record = JobRecord(
         name=job_dir.name,
         path=job_dir,
@@ -245,8 +247,14 @@ def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
 
 
 def _read_status(
-    path: Path, problems: list[str]
+    path: Path, problems: list[str], monitor: str | None = None
 ) -> tuple[str, str | None, str | None, float | None, float | None]:
+    """status, error, traceback, best validation and test figure of the job's ``task.monitor``.
+
+    The figures are under ``best_val_<monitor>``/``test_<monitor>``; runs of brisk before the
+    keys were named for their metric wrote them as ``best_val_acc1``/``test_acc1`` whatever the
+    metric, and are read from there.
+    """
     if not path.is_file():
         return "missing", MISSING_STATUS_ERROR, None, None, None
     try:
@@ -258,12 +266,14 @@ def _read_status(
         problems.append(message)
         return "unreadable", message, None, None, None
     error, tb = data.get("error"), data.get("traceback")
+    metric = str(data.get("monitor") or monitor or DEFAULT_METRIC)
+    best_key, test_key = f"best_val_{metric}", f"test_{metric}"
     return (
         data["status"],
         None if error is None else str(error),
         None if tb is None else str(tb),
-        _number(data.get("best_val_acc1")),
-        _number(data.get("test_acc1")),
+        _number(data.get(best_key, data.get("best_val_acc1"))),
+        _number(data.get(test_key, data.get("test_acc1"))),
     )
 
 

@@ -7,11 +7,18 @@ the argmax of that sum, the protocol of CoViAR and MFCD-Net.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from brisk.run.checkpoint import atomic_write
 from brisk.run.distributed import all_reduce_sum
 from brisk.runtime import is_distributed
 
@@ -53,21 +60,67 @@ class EvalAccumulator:
             torch.tensor([self.loss_sum, self.top1, self.top5, self.count], dtype=torch.float64)
         )
         n = max(sums[3].item(), 1)
-        metrics = {
-            "loss": sums[0].item() / n,
-            "acc1": sums[1].item() / n,
-            "acc5": sums[2].item() / n,
-        }
+        # top-5 of 5 classes or fewer is every class: a constant 1.0, so it is not reported
+        top5 = self.num_classes > 5
+        metrics = {"loss": sums[0].item() / n, "acc1": sums[1].item() / n}
+        if top5:
+            metrics["acc5"] = sums[2].item() / n
         if self.video_scores or _any_rank_has_videos(bool(self.video_scores)):
             scores, labels = self._gather_videos()
             top = scores.topk(min(5, scores.shape[1]), dim=1).indices
             self.confusion = _confusion(top[:, 0], labels, self.num_classes)
             metrics["video_acc1"] = (top[:, 0] == labels).float().mean().item()
-            metrics["video_acc5"] = (top == labels[:, None]).any(1).float().mean().item()
+            if top5:
+                metrics["video_acc5"] = (top == labels[:, None]).any(1).float().mean().item()
+            metrics["video_mean_class_acc1"] = mean_class_accuracy(self.confusion)
             metrics["videos"] = float(len(labels))
         else:
             all_reduce_sum(self.confusion)
+            metrics["mean_class_acc1"] = mean_class_accuracy(self.confusion)
         return metrics
+
+    def per_class(self, names: list[str] | None = None) -> list[dict[str, object]]:
+        """One row per class of the confusion matrix (videos when pooled, else samples): its
+        count, hits, accuracy and the class it is most often mistaken for. Call after
+        :meth:`compute`."""
+        cm = self.confusion
+        rows = []
+        for c in range(self.num_classes):
+            count, hits = int(cm[c].sum()), int(cm[c, c])
+            wrong = cm[c].clone()
+            wrong[c] = 0
+            other = int(wrong.argmax())
+            rows.append(
+                {
+                    "class": c,
+                    "name": names[c] if names else str(c),
+                    "count": count,
+                    "correct": hits,
+                    "accuracy": hits / count if count else float("nan"),
+                    "most_confused_with": (names[other] if names else str(other))
+                    if int(wrong[other])
+                    else "",
+                    "confused_count": int(wrong[other]),
+                }
+            )
+        return rows
+
+    def write_class_results(self, folder: Path, split: str, names: list[str] | None) -> None:
+        """``<split>_per_class.csv`` and ``<split>_confusion.csv`` (rows: true class, columns:
+        predicted, counts), what MMAction2 and CoViAR users look at besides the mean."""
+        rows = self.per_class(names)
+        labels = [str(r["name"]) for r in rows]
+        per_class = io.StringIO(newline="")
+        writer = csv.DictWriter(per_class, list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "accuracy": f"{r['accuracy']:.6g}"} for r in rows)
+        confusion = io.StringIO(newline="")
+        table = csv.writer(confusion)
+        table.writerow(["true \\ predicted", *labels])
+        for label, counts in zip(labels, self.confusion.tolist()):
+            table.writerow([label, *counts])
+        for name, text in (("per_class", per_class), ("confusion", confusion)):
+            atomic_write(folder / f"{split}_{name}.csv", _writer(text.getvalue().encode()))
 
     def _gather_videos(self) -> tuple[Tensor, Tensor]:
         local = {v: (s, self.video_labels[v]) for v, s in self.video_scores.items()}
@@ -98,6 +151,20 @@ class EvalAccumulator:
         ax.set_title("confusion (row-normalised)")
         fig.tight_layout()
         return fig
+
+
+def _writer(data: bytes) -> Callable[[IO[bytes]], object]:
+    return lambda f: f.write(data)
+
+
+def mean_class_accuracy(confusion: Tensor) -> float:
+    """The mean over classes of each class's accuracy (classes with no sample left out): on an
+    unbalanced test set it weighs every class alike, where acc1 weighs every sample alike."""
+    counts = confusion.sum(1)
+    seen = counts > 0
+    if not bool(seen.any()):
+        return float("nan")
+    return (confusion.diagonal()[seen].double() / counts[seen]).mean().item()
 
 
 def _confusion(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:

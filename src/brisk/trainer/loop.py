@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sized
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sized
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -155,6 +155,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best_val: float | None = None
         self.best_val_ema: float | None = None  # the averaged weights' best (trainer.ema)
+        # the speed of the last test pass (_InferenceClock.summary); status.json's "inference"
+        self.inference: dict[str, Any] | None = None
         self.last_saved_step: int | None = None
         self.logger: RunLogger | None = None
         self.progress_stream: IO[str] | None = sys.stderr
@@ -497,18 +499,27 @@ class Trainer:
         )
         network.eval()
         acc = EvalAccumulator(self.datamodule.num_classes)
+        clock = _InferenceClock(self.device)
         for i, batch in enumerate(loader):
             if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
                 break
             batch = self.datamodule.on_device_batch(to_device(as_batch_dict(batch), self.device))
             batch = to_device(batch, self.device, self.memory_format)
-            with self._autocast():
+            with clock.forward(), self._autocast():
                 out = network(batch[self.input_key]).float()
+            clock.count(len(out), batch.get("video"))
             acc.add(out, batch["target"], batch.get("video"))
         self.model.train()
         metrics = acc.compute()
         if split == "test" and model is None:
             self.open_logger().figure("test/confusion_matrix", acc.confusion_figure(), self.step)
+            self.inference = clock.summary(
+                batch_size, str(getattr(self.cfg.precision, "value", self.cfg.precision))
+            )
+            if self.dist.is_main:
+                acc.write_class_results(
+                    self.paths.root, split, getattr(self.datamodule, "classes", None) or None
+                )
         return metrics
 
     def log_metrics(
@@ -536,6 +547,58 @@ def _memory_format(model: nn.Module) -> torch.memory_format:
     """Channels-last for the model's convolutions: NDHWC for 3D networks, NHWC for 2D ones."""
     has_3d = any(isinstance(m, nn.Conv3d) for m in model.modules())
     return torch.channels_last_3d if has_3d else torch.channels_last
+
+
+class _InferenceClock:
+    """Times the model's forward passes of one evaluation, apart from loading and decoding.
+
+    The device is synchronised around each forward, so an accelerator's time is counted in full.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.start = time.perf_counter()
+        self.model_seconds = 0.0
+        self.clips = 0
+        self.videos: set[int] = set()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def forward(self) -> Iterator[None]:
+        """Wrap one forward pass."""
+        self._sync()
+        begin = time.perf_counter()
+        yield
+        self._sync()
+        self.model_seconds += time.perf_counter() - begin
+
+    def count(self, clips: int, video: Tensor | None) -> None:
+        """Add one batch's clips (and the videos they belong to)."""
+        self.clips += clips
+        if video is not None:
+            self.videos.update(video.tolist())
+
+    def summary(self, batch_size: int, precision: str) -> dict[str, Any]:
+        """clips/s and ms per video of the model alone, and end to end (loading included)."""
+        total = time.perf_counter() - self.start
+        videos = len(self.videos) or self.clips  # a sample is its own "video" on image sets
+        return {
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "batch_size": batch_size,
+            "precision": precision,
+            "clips": self.clips,
+            "videos": videos,
+            "clips_per_video": self.clips / max(videos, 1),
+            "model_seconds": round(self.model_seconds, 4),
+            "clips_per_s": self.clips / max(self.model_seconds, 1e-9),
+            "ms_per_video": 1000 * self.model_seconds / max(videos, 1),
+            "end_to_end_seconds": round(total, 4),
+            "end_to_end_ms_per_video": 1000 * total / max(videos, 1),
+        }
 
 
 class _Window:

@@ -16,7 +16,10 @@ Short GOPs are padded to ``T`` frames by repeating the last frame (and its resid
 keeps the real frame count of every GOP. Each video is prepared by one worker and every file is
 written under a temporary name and renamed, so an interrupted preparation resumes where it stopped
 and never reads a half-written file. A failed video gets a record too (keyed by the source's size
-and mtime): it is reported again, not retried, until the source file changes.
+and mtime): it is reported again, not retried, until the source file changes. A record keeps the
+byte size of every file it stands for (``files``): an entry whose file was cut off or removed since
+is prepared again, and one met damaged during training stops the run with
+:class:`DamagedCacheError`, naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -33,13 +36,30 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import numpy.lib.format as npy_format
 
+from brisk.errors import UserError
 from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
 
 log = logging.getLogger("brisk.video")
 
 RECORD_VERSION = 1
+CLIP_KINDS = ("rgb", "res", "mv")
+
+
+class DamagedCacheError(UserError):
+    """A cached file is shorter than its record says, or unreadable: prepare it again.
+
+    A DataLoader worker's exception reaches the main process rebuilt from its formatted traceback;
+    only the original message's line is kept, so the error stays one line there too.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,38 @@ def _load_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def _npy_size_problem(path: Path, size: int) -> str | None:
+    """Whether a ``.npy`` file holds the bytes its header promises (records without sizes)."""
+    try:
+        with path.open("rb") as fh:
+            read = {(1, 0): npy_format.read_array_header_1_0}.get(
+                npy_format.read_magic(fh), npy_format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+            expected = fh.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    except (OSError, ValueError, EOFError) as exc:
+        return f"unreadable header ({exc})"
+    return None if size == expected else f"{size} bytes, its header needs {expected}"
+
+
+def _damage(files: dict[str, Path], sizes: dict[str, int] | None) -> str | None:
+    """What is wrong with a done entry's files, or None: missing, or not the recorded size."""
+    for kind, path in files.items():
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path} is missing"
+        if sizes is None:
+            problem = _npy_size_problem(path, size) if path.suffix == ".npy" else None
+        elif kind in sizes and size != sizes[kind]:
+            problem = f"{size} bytes, {sizes[kind]} when it was written"
+        else:
+            problem = None
+        if problem:
+            return f"{path}: {problem}"
+    return None
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as fh:
@@ -235,13 +287,25 @@ class VideoCache:
             return False
         if record["status"] == "failed":
             return True
-        if not self.video_path(record["rel"]).is_file():
-            return False
         if s.clips and not record.get("has_clips"):
             return False
         if s.clips and record.get("mv_border", "clamp") != s.mv_border:
             return False
-        return not (s.clips and s.motion_vectors and not record.get("has_mv"))
+        if s.clips and s.motion_vectors and not record.get("has_mv"):
+            return False
+        damage = _damage(self._files(record["rel"]), record.get("files"))
+        if damage:
+            log.warning("%s: cache entry damaged (%s): preparing it again", record["rel"], damage)
+        return damage is None
+
+    def _files(self, rel: str) -> dict[str, Path]:
+        """The files a done entry stands for under the current settings, by kind."""
+        s = self.settings
+        files = {"video": self.video_path(rel)}
+        if s.clips:
+            for kind in CLIP_KINDS[: 3 if s.motion_vectors else 2]:
+                files[kind] = self.clip_path(rel, kind)
+        return files
 
     def current_record(self, src: str | Path, rel: str) -> dict | None:
         """The record of a video that needs no work (done, or failed with an unchanged source)."""
@@ -276,6 +340,7 @@ class VideoCache:
             if s.clips:
                 self._extract_clips(rel)
                 record.update(has_clips=True, has_mv=s.motion_vectors, mv_border=s.mv_border)
+            record["files"] = {k: p.stat().st_size for k, p in self._files(rel).items()}
         except Exception as exc:  # noqa: BLE001 - any failure of one video is reported, never fatal
             record.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         record["seconds"] = round(time.perf_counter() - start, 3)
@@ -333,6 +398,19 @@ def _eta(seconds: float) -> str:
     )
 
 
+def _speed(prepared: int, seconds: float, remaining: int, workers: int) -> str:
+    """The progress line's rate and ETA, once they mean something: nothing to prepare is said so
+    (not "0.0 videos/s"), and the first videos (a worker's start-up, one long video) give no ETA."""
+    if prepared == 0:
+        return "all reused" if remaining == 0 else "preparing, ETA after the first videos"
+    rate = prepared / max(seconds, 1e-9)
+    if remaining == 0:
+        return f"{rate:.1f} videos/s, done"
+    if prepared < 2 * workers + 1:
+        return f"{rate:.1f} videos/s, ETA after {2 * workers + 1} videos"
+    return f"{rate:.1f} videos/s, ETA {_eta(remaining / rate)}"
+
+
 def prepare(
     cache: VideoCache,
     jobs: Sequence[tuple[str | Path, str]],
@@ -349,7 +427,7 @@ def prepare(
     report = PrepareReport()
     start = time.perf_counter()
     total = len(jobs)
-    last_log = start
+    last_log = work_start = start
     done = 0
 
     def account(record: dict, reused: bool) -> None:
@@ -368,18 +446,14 @@ def prepare(
         now = time.perf_counter()
         if (not reused and now - last_log >= progress_every) or done == total:
             last_log = now
-            rate = report.prepared / max(now - start, 1e-9)
-            remaining = total - done
-            eta = _eta(remaining / rate) if rate > 0 and remaining else "0m00s"
             log.info(
-                "%s: %d/%d videos (%d reused, %d failed), %.1f videos/s, ETA %s",
+                "%s: %d/%d videos (%d reused, %d failed), %s",
                 name,
                 done,
                 total,
                 report.reused,
                 len(report.failures),
-                rate,
-                eta,
+                _speed(report.prepared, now - work_start, total - done, max(workers, 1)),
             )
 
     todo = []
@@ -389,6 +463,7 @@ def prepare(
             todo.append((src, rel))
         else:
             account(record, True)
+    work_start = time.perf_counter()  # the rate counts the videos prepared now, from here
     if workers <= 0 or len(todo) <= 1:
         for src, rel in todo:
             account(*cache.prepare_one(src, rel))
@@ -466,16 +541,28 @@ class ClipStore:
         """
         s = self.cache.settings
         if s.clips:
-            rgb = self._get(rel + ".rgb", lambda: _load_npy(self.cache.clip_path(rel, "rgb")))
-            res = self._get(rel + ".res", lambda: _load_npy(self.cache.clip_path(rel, "res")))
-            mv = None
-            if s.motion_vectors:
-                mv = self._get(rel + ".mv", lambda: _load_npy(self.cache.clip_path(rel, "mv")))
+            rgb = self._array(rel, "rgb")
+            res = self._array(rel, "res")
+            mv = self._array(rel, "mv") if s.motion_vectors else None
             return ClipArrays(
                 np.array(rgb[gop]), np.array(res[gop]), None if mv is None else np.array(mv[gop])
             )
-        reader = self._get(
-            rel,
-            lambda: clip_reader(self.cache.video_path(rel), s.motion_vectors, s.mv_border, index),
+        path = self.cache.video_path(rel)
+        try:
+            reader = self._get(rel, lambda: clip_reader(path, s.motion_vectors, s.mv_border, index))
+            return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)
+        except (OSError, ValueError, EOFError) as exc:  # PyAV's errors are OSError/ValueError
+            raise self._damaged(path, exc) from exc
+
+    def _array(self, rel: str, kind: str) -> np.ndarray:
+        path = self.cache.clip_path(rel, kind)
+        try:
+            return self._get(f"{rel}.{kind}", lambda: _load_npy(path))
+        except (OSError, ValueError, EOFError) as exc:  # cut off: "mmap length is greater ..."
+            raise self._damaged(path, exc) from exc
+
+    def _damaged(self, path: Path, exc: BaseException) -> DamagedCacheError:
+        return DamagedCacheError(
+            f"the cached file {path} is damaged ({type(exc).__name__}: {exc}); run prepare-video "
+            "with this run's dataset overrides (or train again) to prepare it anew"
         )
-        return gop_to_clip(reader.read_gop(gop), s.gop_size, s.motion_vectors)

@@ -362,13 +362,13 @@ class VideoDataModule(DataModule):
                 seen.add(e.rel)
                 jobs.append((e.path, e.rel))
         log.info(
-            "%s: %s layout, %d classes, %d train / %d test videos; cache %s",
+            "%s: %s layout, %d classes, %d train / %d test videos; cache %s (paths.cache_dir)",
             self.name,
             index.layout,
             self.num_classes,
             len(index.train),
             len(index.test),
-            self.cache.root,
+            self.cache.root.resolve(),
         )
         self.report = prepare(self.cache, jobs, workers=self.num_workers, name=self.name)
         self._index = index

@@ -72,7 +72,7 @@ def _from_mmaction_lists(
         lists = {"train": parse_label_list(train_list), "test": parse_label_list(test_list)}
         classes = classes_from_lists(lists["train"], lists["test"], path=train_list)
     except SplitFileError as exc:
-        raise dm.missing(train_list.parent, f"MMAction2 video lists; {exc}") from exc
+        raise _malformed(dm, exc) from exc
     out: dict[str, list[VideoEntry]] = {}
     for kind, items in lists.items():
         entries, absent = [], 0
@@ -90,6 +90,20 @@ def _from_mmaction_lists(
             video_dirs["train"][0], f"the videos listed in {train_list.name} and {test_list.name}"
         )
     return VideoIndex(classes, out["train"], out["test"], f"mmaction2 lists ({train_list.name})")
+
+
+def _malformed(dm: VideoDataModule, exc: SplitFileError) -> UserError:
+    """A split file that is there but does not parse: the file, the line and the format expected
+    (no download advice: the data set was found)."""
+    return UserError(f"{dm.name}: malformed split file: {exc}")
+
+
+def _missing_split(dm: VideoDataModule, dirs: list[Path], present: str, wanted: str, note: str):
+    """The split-N files are missing beside another split's: name the file that is not there."""
+    d = next((d for d in dirs if d.is_dir() and any(d.glob(present))), None)
+    if d is None:
+        return None
+    return dm.missing(d / wanted, f"dataset.split={dm.split} reads {wanted} here; {note}")
 
 
 def _require_official_split(split: int, dataset: str) -> None:
@@ -132,13 +146,21 @@ class UCF101DataModule(VideoDataModule):
                 return _from_mmaction_lists(
                     self, *lists, {k: self._video_dirs() for k in ("train", "test")}, ucf101_group
                 )
-            raise self.missing(self.root, expected)
+            other = _missing_split(
+                self,
+                [self.root / "ucfTrainTestlist", self.root / "annotations", self.root],
+                "classInd.txt",
+                f"trainlist0{self.split}.txt",
+                "UCF101TrainTestSplits-RecognitionTask.zip holds trainlist0N.txt and "
+                "testlist0N.txt for N = 1, 2 and 3",
+            )
+            raise other or self.missing(self.root, expected)
         if not (split_dir / f"testlist0{self.split}.txt").is_file():
             raise self.missing(split_dir / f"testlist0{self.split}.txt", expected)
         try:
             split = parse_ucf101(split_dir, self.split)
         except SplitFileError as exc:
-            raise self.missing(split_dir, f"{expected}; {exc}") from exc
+            raise _malformed(self, exc) from exc
         first = split.train[0][0] if split.train else split.test[0][0]
         video_dir = _first_dir(self._video_dirs(), lambda d: (d / first.split("/")[0]).is_dir())
         if video_dir is None:
@@ -199,11 +221,19 @@ class HMDB51DataModule(VideoDataModule):
                 return _from_mmaction_lists(
                     self, *lists, {k: self._video_dirs() for k in ("train", "test")}
                 )
-            raise self.missing(self.root, expected)
+            other = _missing_split(
+                self,
+                [self.root / n for n in ("testTrainMulti_7030_splits", "annotations", "splits")]
+                + [self.root],
+                "*_test_split[123].txt",
+                f"<class>_test_split{self.split}.txt",
+                "test_train_splits.rar holds <class>_test_splitN.txt for N = 1, 2 and 3",
+            )
+            raise other or self.missing(self.root, expected)
         try:
             split = parse_hmdb51(split_dir, self.split)
         except SplitFileError as exc:
-            raise self.missing(split_dir, f"{expected}; {exc}") from exc
+            raise _malformed(self, exc) from exc
         video_dir = _first_dir(self._video_dirs(), lambda d: (d / split.classes[0]).is_dir())
         if video_dir is None:
             raise self.missing(self.root / split.classes[0], expected)
@@ -265,7 +295,7 @@ class Kinetics400DataModule(VideoDataModule):
             train_clips = parse_kinetics_csv(ann / "train.csv")
             val_clips = parse_kinetics_csv(val_csv)
         except SplitFileError as exc:
-            raise self.missing(ann, f"{expected}; {exc}") from exc
+            raise _malformed(self, exc) from exc
         if any(c.label is None for c in train_clips + val_clips):
             raise self.missing(ann, f"{expected}; a CSV without a 'label' column")
         classes = sorted({c.label for c in train_clips})

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH  # registers the runner's config schemas
-from brisk.data.base import DatasetNotFoundError
+from brisk.errors import USER_ERROR_EXIT, UserError
 from brisk.video.cache import PrepareReport
 from brisk.video.datamodule import VideoDataModule
 
@@ -26,7 +26,7 @@ def prepare_dataset(dataset_cfg: DictConfig | VideoDataModule) -> PrepareReport:
     """Instantiate the data set (if given its config) and build its cache; returns the report."""
     dm = dataset_cfg if isinstance(dataset_cfg, VideoDataModule) else instantiate(dataset_cfg)
     if not isinstance(dm, VideoDataModule):
-        raise TypeError(
+        raise UserError(
             "prepare-video needs a video data set (dataset=ucf101, hmdb51, kinetics400, "
             f"video_folder or moving_shapes); dataset._target_ builds {type(dm).__name__}"
         )
@@ -49,9 +49,10 @@ def prepare_dataset(dataset_cfg: DictConfig | VideoDataModule) -> PrepareReport:
 def _main(cfg: DictConfig) -> None:
     try:
         prepare_dataset(cfg.dataset)
-    except DatasetNotFoundError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    except UserError as exc:
+        # as ``train`` reports it: one line on stderr, exit status 2, no traceback
+        print(f"brisk: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
 
 
 def main() -> None:

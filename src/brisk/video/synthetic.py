@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brisk.errors import UserError
 from brisk.video.codec import write_video
 
 CLASSES = (
@@ -115,8 +116,11 @@ def generate(
 ) -> Path:
     """Write the data set under ``root/videos/<split>/<class>/`` unless an identical copy exists.
 
-    Returns the videos directory. A marker file holding the generation parameters is written last,
-    so an interrupted generation is redone and a parameter change regenerates.
+    Returns the videos directory. The marker file is written before the first video (saying the
+    generation is under way) and again, with the generation parameters, after the last one, so an
+    interrupted generation is redone and a parameter change regenerates. Only a ``videos`` folder
+    with a marker beside it is ever deleted: a non-empty one without it holds someone else's files,
+    and is refused with a :class:`~brisk.errors.UserError`.
     """
     root = Path(root)
     videos_per_class = dict(videos_per_class or {"train": 16, "test": 6})
@@ -133,13 +137,21 @@ def generate(
     if _read_marker(marker) == params:
         return videos
     if videos.exists():
+        if not marker.is_file() and (not videos.is_dir() or any(videos.iterdir())):
+            raise UserError(
+                f"dataset.root={root}: {videos} holds files that moving_shapes did not generate "
+                f"(no {MARKER} beside it), and brisk deletes only what it wrote; point "
+                "dataset.root (or paths.data_dir) at an empty or new folder"
+            )
         shutil.rmtree(videos)
+    root.mkdir(parents=True, exist_ok=True)
+    # claims the folder before the first video, so an interrupted generation is ours to redo
+    marker.write_text(json.dumps({"generating": params}, indent=1))
     for split_no, (split, count) in enumerate(sorted(videos_per_class.items())):
         for cls, name in enumerate(CLASSES):
             for i in range(count):
                 video_seed = seed * 1_000_003 + split_no * 10_007 + cls * 1009 + i
                 pixels = render_video(cls, video_seed, frames, size)
                 write_video(videos / split / name / f"{name}_{i:03d}.avi", pixels, gop_size=30)
-    root.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(params, indent=1))
     return videos
