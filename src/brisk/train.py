@@ -29,7 +29,7 @@ from brisk.config.validate import check_data, validate_run
 from brisk.models.cost import count_params, log_clip_costs
 from brisk.run.context import RunContext
 from brisk.run.distributed import broadcast_object, cleanup, init_distributed, launch_rank
-from brisk.run.failures import log_failure_to_file, run_command, task_wrapper
+from brisk.run.failures import log_failure_to_file, run_command, task_wrapper, user_error_in
 from brisk.run.hparams import log_hparams
 from brisk.run.records import RunRecord
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
@@ -89,8 +89,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             log.warning("%s", stopped)
             raise
         except Exception as exc:
-            record.failed(exc)
-            log_failure_to_file(exc)
+            reason = user_error_in(exc) or exc  # the user's error, not the library's wrapping
+            record.failed(reason)
+            log_failure_to_file(reason)
             raise
         finally:
             cleanup()

@@ -215,21 +215,27 @@ def read_resume_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """``init_from``: the weights of a brisk checkpoint, or of a bare state dict, into ``model``."""
+def load_weights(model: nn.Module, path: Path | str, key: str = "init_from") -> dict[str, Any]:
+    """The weights of a brisk checkpoint, or of a bare state dict, into ``model``: ``init_from``,
+    and ``eval_only``'s ``ckpt_path``. Every problem is a :class:`UserError` naming ``key``.
+
+    Returns what the file holds when it is a brisk checkpoint (its ``step``, say), else ``{}``.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"init_from={path}: the file does not exist")
+        raise UserError(f"{key}={path}: the file does not exist")
     try:
         state = load_checkpoint(path)
     except RuntimeError as exc:
-        raise UserError(f"init_from={path}: {exc}") from exc
+        raise UserError(f"{key}={path}: {exc}") from exc
+    saved: dict[str, Any] = {}
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a brisk checkpoint
+        saved, state = state, state["model"]  # a brisk checkpoint
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the common {"state_dict": ...} wrapping
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(
-            f"init_from={path}: expected a brisk checkpoint or a state dict of tensors, "
+            f"{key}={path}: expected a brisk checkpoint or a state dict of tensors, "
             f"found a {type(state).__name__}"
         )
     if state and all(k.startswith("module.") for k in state):
@@ -240,7 +246,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         raise UserError(
-            f"init_from={path} does not fit the model: "
+            f"{key}={path} does not fit the model: "
             + "; ".join(
                 f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                 for label, keys in (
@@ -252,7 +258,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
             )
         )
     model.load_state_dict(state)
-    log.info("init_from=%s: weights loaded; optimizer, schedule and step start fresh", path)
+    fresh = "; optimizer, schedule and step start fresh" if key == "init_from" else ""
+    log.info("%s=%s: weights loaded%s", key, path, fresh)
+    return saved
 
 
 def _plain(value: Any) -> Any:

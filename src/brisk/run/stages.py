@@ -22,7 +22,7 @@ from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
 from brisk.run.records import RunRecord, write_status
-from brisk.run.resume import ResumePlan
+from brisk.run.resume import ResumePlan, load_weights
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.evaluation import format_metrics, monitored
 from brisk.trainer.loop import Trainer
@@ -151,9 +151,8 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str | None) -> dict[str, An
         raise UserError(
             "eval_only=true needs ckpt_path=PATH (a checkpoints/best.pt or last.pt of a run)"
         )
-    state = load_checkpoint(ckpt_path)
-    trainer.model.load_state_dict(state["model"])
-    trainer.step, trainer.epoch = state["step"], state["epoch"]
+    state = load_weights(trainer.model, ckpt_path, key="ckpt_path")  # user errors, one line each
+    trainer.step, trainer.epoch = int(state.get("step", 0)), int(state.get("epoch", 0))
     results = {}
     for split in ("val", "test"):
         results[split] = trainer.evaluate(split)
