@@ -22,6 +22,7 @@ schedule (for the new length, from the restored step) then apply, and are logged
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,50 @@ RUNTIME_KEYS = (
 )
 
 
+# A value read from the environment (``${oc.env:NAME}``), anywhere in a config string.
+_READS_ENVIRONMENT = re.compile(r"\$\{\s*oc\.env\s*:")
+# A plain interpolation of another key (``${task.name}``), followed to find what it reads.
+_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
+# Where a run's files and data are may come from the environment: these are never recorded whole.
+_LOCATION_PREFIXES = ("paths.", "hydra.")
+
+
+def refuse_environment_values(cfg: DictConfig) -> None:
+    """Refuse a config whose identity reads the environment: status.json, checkpoints and
+    TensorBoard record the identity resolved, and a value from the environment may be a secret
+    (a token). Locations (``paths.*``) may read it; the keys of the identity may not, directly
+    or through another key."""
+    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    launch = tuple(f"{key}." for key in LAUNCH_KEYS)
+
+    def reads_environment(key: str, seen: frozenset[str]) -> bool:
+        text = str(raw.get(key, ""))
+        if _READS_ENVIRONMENT.search(text):
+            return True
+        return any(
+            ref not in seen
+            and not f"{ref}.".startswith(_LOCATION_PREFIXES)
+            and reads_environment(ref, seen | {ref})
+            for ref in _REFERENCE.findall(text)
+        )
+
+    offending = [
+        f"{key}={raw[key]}"
+        for key in raw
+        if not f"{key}.".startswith(launch) and reads_environment(key, frozenset({key}))
+    ]
+    if offending:
+        raise UserError(
+            f"{', '.join(offending)}: a run does not record values read from the environment "
+            "(status.json, checkpoints and TensorBoard keep the resolved config, and the value "
+            "may be a secret); give the value itself, or read the environment in paths.* only"
+        )
+
+
 def identity_yaml(cfg: DictConfig) -> str:
-    """The config that says what the run is, as sorted YAML (its hash names the run)."""
+    """The config that says what the run is, as sorted YAML (its hash names the run); refused
+    when it reads the environment (:func:`refuse_environment_values`)."""
+    refuse_environment_values(cfg)
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     for key in LAUNCH_KEYS:
