@@ -34,9 +34,6 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-
 from brisk.errors import UserError
 
 log = logging.getLogger("brisk")
@@ -104,19 +101,6 @@ def requeue(job_id: str) -> str | None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     return None
-
-
-def summarize_sweep(config: DictConfig) -> None:
-    """Run the sweep-summary callback of ``config`` (if configured) as at the end of a sweep."""
-    spec = OmegaConf.select(config, "hydra.callbacks.sweep_summary")
-    if spec is None:
-        return
-    try:
-        callback = instantiate(spec)
-    except Exception:
-        log.exception("could not build the sweep-summary callback")
-        return
-    callback.on_multirun_end(config)
 
 
 def submission_problem(exc: BaseException) -> UserError | None:

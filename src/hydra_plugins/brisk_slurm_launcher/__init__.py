@@ -41,7 +41,8 @@ if _SubmititSlurmLauncher is not None:
             final.
             """
             from brisk.run.failures import fail_sweep
-            from brisk.sweep.slurm import submission_problem, summarize_sweep
+            from brisk.sweep.callback import summarize_sweep
+            from brisk.sweep.slurm import submission_problem
 
             try:
                 returns = super().launch(job_overrides, initial_job_idx)
