@@ -12,7 +12,8 @@ from hydra.errors import InstantiationException
 from tests.conftest import run_train
 
 from brisk.errors import UserError
-from brisk.run.failures import user_error_in
+from brisk.run import failures
+from brisk.run.failures import run_command, user_error_in
 
 
 def test_a_user_error_wrapped_by_a_library_is_still_a_user_error() -> None:
@@ -25,6 +26,38 @@ def test_a_user_error_wrapped_by_a_library_is_still_a_user_error() -> None:
         found = user_error_in(wrapped)
     assert isinstance(found, UserError) and "model.checkpoint" in str(found)
     assert user_error_in(RuntimeError("a bug")) is None
+
+
+def _exit_status(
+    monkeypatch: pytest.MonkeyPatch, failed: list[bool], end: BaseException | None
+) -> tuple[object, bool]:
+    """The exit status ``run_command`` gives when Hydra ends with ``end`` after jobs ``failed``."""
+    explained: list[list[str]] = []
+    monkeypatch.setattr(failures, "_failures", list(failed))
+    monkeypatch.setattr(failures, "explain_failure", explained.append)
+
+    def hydra_main() -> None:
+        if end is not None:
+            raise end
+
+    try:
+        run_command(hydra_main, ["optimizer.lrr=1"])
+    except SystemExit as exit_:
+        return exit_.code, bool(explained)
+    except Exception:
+        return 1, bool(explained)
+    return 0, bool(explained)
+
+
+def test_one_exit_status_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _exit_status(monkeypatch, [], None) == (0, False)
+    assert _exit_status(monkeypatch, [True], SystemExit(2)) == (2, False)  # already one line
+    assert _exit_status(monkeypatch, [], SystemExit(143)) == (143, True)
+    # a sweep: Hydra reports the first failed job with exit 1; a user error first makes it 2
+    assert _exit_status(monkeypatch, [True, False], SystemExit(1)) == (2, True)
+    assert _exit_status(monkeypatch, [False, True], SystemExit(1)) == (1, True)
+    # HYDRA_FULL_ERROR=1: the exception itself, explained once
+    assert _exit_status(monkeypatch, [], RuntimeError("bug")) == (1, True)
 
 
 @pytest.mark.slow
