@@ -2,8 +2,9 @@
 
 ``train(cfg)`` is importable and does the work; ``main`` is the thin Hydra wrapper installed as the
 ``train`` console script (also ``python -m brisk.train``, and under ``torchrun``). A run reads top
-to bottom in :func:`train`: where it continues from (``run/resume.py``), the lock on its
-directory, then the stages (``run/stages.py``), with status.json kept by a ``RunRecord``.
+to bottom in :func:`train`: the lock on its directory (before anything is written there), where it
+continues from (``run/resume.py``), then the stages (``run/stages.py``), with status.json kept by a
+``RunRecord``. Exit statuses and sweep stops are ``run/failures.py``'s.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,34 +26,18 @@ from torch import nn
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.validate import check_data, validate_run
-from brisk.errors import USER_ERROR_EXIT, UserError
 from brisk.models.cost import count_params, log_clip_costs
 from brisk.run.context import RunContext
-from brisk.run.distributed import broadcast_object, cleanup, init_distributed
-from brisk.run.failures import (
-    SweepStopped,
-    exit_if_sweep_stopped,
-    explain_failure,
-    first_failure_was_user_error,
-    note_other_failure,
-    report_user_error,
-)
+from brisk.run.distributed import broadcast_object, cleanup, init_distributed, launch_rank
+from brisk.run.failures import log_failure_to_file, run_command, task_wrapper, user_error_in
 from brisk.run.hparams import log_hparams
 from brisk.run.log_file import follow_run
 from brisk.run.loggers import RunLoggers, check_extras, open_loggers
 from brisk.run.records import RunRecord, score_keys
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
-from brisk.run.run_dir import RunPaths, lock_run_dir
+from brisk.run.run_dir import RunLock, RunPaths, lock_run_dir, write_hydra_files
 from brisk.run.setup import seed_everything, select_device, setup_data
-from brisk.run.signals import (
-    RunInterrupted,
-    StopSignals,
-    guard_idle_worker,
-    in_sweep_worker,
-    request_sweep_stop,
-    signal_name,
-    sweep_stop_signal,
-)
+from brisk.run.signals import RunInterrupted, StopSignals, signal_name
 from brisk.run.stages import TeacherStage, build_trainer, evaluate_checkpoint, fit_student
 from brisk.teacher.base import Teacher, TeacherContext
 
@@ -59,30 +45,38 @@ log = logging.getLogger("brisk")
 
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
-    """Run the configured experiment; returns the best validation metric (NaN without one)."""
-    started_in = run_dir is None  # in the folder Hydra made for this invocation
-    run_dir = Path(run_dir) if run_dir is not None else Path(HydraConfig.get().runtime.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    validate_run(cfg)
-    check_extras(cfg.get("logger"))
-    device = select_device(cfg.trainer.device)
-    dist = init_distributed(device, cfg.trainer.backend)
-    if device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    identity = identity_yaml(cfg)
-    plan = ResumePlan(run_dir) if cfg.eval_only else plan_resume(cfg, run_dir, identity)
-    plan.run_dir = Path(str(broadcast_object(str(plan.run_dir))))
-    paths = RunPaths(plan.run_dir)
-    record = RunRecord(paths.root, enabled=dist.is_main)
-    loggers = RunLoggers()
-    outcome = "failed"
-    try:
-        with lock_run_dir(paths, dist), StopSignals() as stop:
-            if started_in:  # resume=auto continues another run: its log goes there too
-                follow_run(run_dir, paths.root)
-            record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
-            try:
+    """Run the configured experiment; returns the best validation metric (NaN without one).
+
+    Raises :class:`~brisk.run.signals.RunInterrupted` once a stop signal's state is saved and
+    recorded, and whatever else ended the run once status.json and the log hold it.
+    """
+    from_hydra = run_dir is None
+    run_dir = Path(HydraConfig.get().runtime.output_dir) if run_dir is None else Path(run_dir)
+    main = launch_rank() == 0
+    with RunLock(RunPaths(run_dir), enabled=main), ExitStack() as held:
+        if from_hydra and main:
+            write_hydra_files(run_dir, cfg)
+        record = RunRecord(run_dir, enabled=main)
+        loggers, outcome = RunLoggers(), "failed"
+        try:
+            validate_run(cfg)
+            check_extras(cfg.get("logger"))
+            device = select_device(cfg.trainer.device)
+            dist = init_distributed(device, cfg.trainer.backend)
+            if device.type == "cuda":
+                device = torch.device("cuda", dist.local_rank)
+                torch.cuda.set_device(device)
+            identity = identity_yaml(cfg)
+            plan = ResumePlan(run_dir) if cfg.eval_only else plan_resume(cfg, run_dir, identity)
+            plan.run_dir = Path(str(broadcast_object(str(plan.run_dir))))
+            paths = RunPaths(plan.run_dir)
+            if paths.root.resolve() != run_dir.resolve():  # resume=auto continues another directory
+                held.enter_context(lock_run_dir(paths, dist))
+                record = RunRecord(paths.root, enabled=dist.is_main)
+                if from_hydra:  # its log goes there too; the folder Hydra made goes
+                    follow_run(run_dir, paths.root)
+            with StopSignals() as stop:
+                record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
                 loggers = open_loggers(
                     cfg.get("logger"),
                     paths.root,
@@ -100,27 +94,27 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                     data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop, loggers
                 )
                 result = _run(cfg, ctx, plan, record)
-            except RunInterrupted as stopped:
-                outcome = "interrupted"
-                record.interrupted(signal_name(stopped.signum), stopped.step, str(stopped))
-                log.warning("%s", stopped)
-                request_sweep_stop(stopped.signum)  # the other jobs of a parallel sweep too
-                if in_sweep_worker():  # return the worker to its pool, which an exit would break
-                    raise SweepStopped(str(stopped)) from None
-                raise SystemExit(stopped.exit_code) from None
-            except Exception as exc:
-                record.failed(exc)
-                raise
             record.ok(**result)
             loggers.summary(result)
             outcome = "ok"
             if dist.is_main and loggers.tensorboard:
                 keys = score_keys(str(result.get("monitor", cfg.task.monitor)))
-                scores = {k: result.get(k) for k in keys}
-                log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
-    finally:
-        loggers.close(outcome)
-        cleanup()
+                log_hparams(
+                    paths.tensorboard, yaml.safe_load(identity), {k: result.get(k) for k in keys}
+                )
+        except RunInterrupted as stopped:
+            outcome = "interrupted"
+            record.interrupted(signal_name(stopped.signum), stopped.step, str(stopped))
+            log.warning("%s", stopped)
+            raise
+        except Exception as exc:
+            reason = user_error_in(exc) or exc  # the user's error, not the library's wrapping
+            record.failed(reason)
+            log_failure_to_file(reason)
+            raise
+        finally:
+            loggers.close(outcome)
+            cleanup()
     best = result.get(score_keys(str(result.get("monitor", cfg.task.monitor)))[0])
     return float("nan") if best is None else float(best)
 
@@ -165,45 +159,18 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     return fit_student(trainer, plan, record)
 
 
+_task = task_wrapper(train)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def _hydra_main(cfg: DictConfig) -> float:
-    guard_idle_worker()
-    stopped_by = sweep_stop_signal()
-    if stopped_by is not None:  # a parallel sweep being stopped: this job stays for the next run
-        log.info("not started: the sweep was stopped by %s", signal_name(stopped_by))
-        return float("nan")
-    try:
-        return train(cfg)
-    except SweepStopped:
-        # saved and recorded as interrupted; returning keeps Hydra from reporting it as a failed
-        # job with its error banner, and `main` ends the sweep with one line and 128 + n
-        return float("nan")
-    except UserError as err:
-        report_user_error(err)  # one line on stderr; exits 2, or fails the job of a sweep
-    except Exception:
-        note_other_failure()
-        raise
+    return _task(cfg)
 
 
 def main() -> None:
     """The ``train`` command: exit status 0, 2 for a user error, 128 + n for a run or parallel
-    sweep stopped by signal n, 1 for anything else."""
-    try:
-        _hydra_main()
-        exit_if_sweep_stopped()
-    except SystemExit as exit_:
-        exit_if_sweep_stopped()
-        if exit_.code == USER_ERROR_EXIT:
-            raise
-        if exit_.code not in (0, None):
-            explain_failure(sys.argv[1:])
-            if first_failure_was_user_error():  # the sweep failure Hydra reported
-                raise SystemExit(USER_ERROR_EXIT) from None
-        raise
-    except Exception:  # HYDRA_FULL_ERROR=1 lets the exception through instead of exiting
-        exit_if_sweep_stopped()
-        explain_failure(sys.argv[1:])
-        raise
+    sweep stopped by signal n, 1 for anything else (``brisk.run.failures``)."""
+    run_command(_hydra_main, sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ def test_different_config_is_refused_listing_every_key(cfg_digits, tmp_path: Pat
     message = str(refused.value)
     assert "optimizer.lr: 0.05 -> 0.5" in message and "trainer.epochs: 1 -> 2" in message
     assert "resume_strict=false" in message
-    assert not (tmp_path / "b" / "status.json").exists()  # refused before any work
+    # refused before any work, and recorded as the command line records it
+    assert not (tmp_path / "b" / "checkpoints").exists()
+    assert not (tmp_path / "b" / "metrics.csv").exists()
+    assert _status(tmp_path / "b")["status"] == "failed"
 
 
 def test_resume_strict_false_applies_the_new_lr_and_schedule_length(
@@ -184,3 +187,27 @@ def test_resume_auto_continues_a_run_stopped_in_its_teacher_stage(
     torch.save({"config_fingerprint": config_fingerprint(identity)}, stage / "last.pt")
     plan = plan_resume(cfg, runs / "new", identity)
     assert plan.run_dir == runs / "stopped" and plan.checkpoint is None
+
+
+def test_values_from_the_environment_are_refused_in_what_a_run_records(
+    cfg_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``name=${oc.env:SECRET_TOKEN}`` would put the token in status.json, last.pt, best.pt and
+    TensorBoard: refused in one message naming the key, and the value is written nowhere."""
+    from brisk.run.resume import identity_yaml
+
+    monkeypatch.setenv("SECRET_TOKEN", "tok-5ecr3t-value")
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"name=\$\{oc.env:SECRET_TOKEN\}.*environment"):
+        train(cfg_digits(*FAST, "name=${oc.env:SECRET_TOKEN}"), run)
+    assert not (run / "checkpoints").exists() and not (run / "tensorboard").exists()
+    for path in run.rglob("*"):
+        assert not path.is_file() or b"tok-5ecr3t-value" not in path.read_bytes(), path
+    assert _status(run)["status"] == "failed"
+    # through another key too; a location read from the environment is not recorded: allowed,
+    # and the run's identity (what resume=auto and the resume checks compare) is unchanged
+    with pytest.raises(UserError, match="name="):
+        identity_yaml(cfg_digits("ckpt_path=${oc.env:SECRET_TOKEN}", "name=${ckpt_path}"))
+    monkeypatch.setenv("BRISK_TEST_OUT", str(tmp_path / "outputs"))
+    from_env = identity_yaml(cfg_digits("paths.output_dir=${oc.env:BRISK_TEST_OUT}"))
+    assert from_env == identity_yaml(cfg_digits()) and "tok-5ecr3t" not in from_env

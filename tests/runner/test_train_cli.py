@@ -30,6 +30,8 @@ def test_digits_debug_run_writes_the_run_directory(tmp_path: Path) -> None:
         "status.json",
         "train.log",
         ".hydra/config.yaml",
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
         "checkpoints/last.pt",
         "checkpoints/best.pt",
     ):

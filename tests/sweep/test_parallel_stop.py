@@ -117,3 +117,34 @@ def test_a_job_signalled_alone_stops_the_sweep_and_the_same_command_continues_it
         with (sweep / job / "metrics.csv").open() as f:
             steps = [int(r["step"]) for r in csv.DictReader(f) if r["split"] == "train"]
         assert steps == list(range(1, 37)), job  # resumed at step 6, nothing repeated or lost
+
+
+def test_a_killed_job_is_recorded_as_failed_and_the_other_jobs_finish(tmp_path: Path) -> None:
+    """``kill -9`` of one job's process: joblib's pool used to break, killing the healthy job
+    mid-run and leaving every status ``running`` and no summary."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = _sweep(sweep, "trainer.epochs=2", "trainer.checkpoint_every=1")  # 36 steps a job
+    try:
+        deadline = time.monotonic() + 300
+        while min(_trained_steps(sweep / "0"), _trained_steps(sweep / "1")) < 3:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the two jobs did not start training"
+            time.sleep(0.2)
+        victim = int((sweep / "0" / ".lock").read_text())  # the job's process holds its lock
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]  # a failed job, reported last in one line
+    assert "job #0" in err and "killed by SIGKILL" in err and "Traceback" not in err, err[-3000:]
+    dead = json.loads((sweep / "0" / "status.json").read_text())
+    assert dead["status"] == "failed" and dead["signal"] == "SIGKILL", dead
+    assert "killed by SIGKILL" in dead["error"]
+    assert torch.load(sweep / "0" / "checkpoints" / "last.pt", weights_only=True)["step"] >= 3
+    for job in ("1", "2"):  # the running one finished, the waiting one started and finished
+        status = json.loads((sweep / job / "status.json").read_text())
+        assert status["status"] == "ok" and _trained_steps(sweep / job) == 36, (job, status)
+    summary = (sweep / "summary.md").read_text()
+    assert "3 jobs: 1 failed, 2 ok." in summary and "killed by SIGKILL" in summary, summary

@@ -93,6 +93,13 @@ def slurm_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return env
 
 
+def launch_rank(environ: Mapping[str, str] = os.environ) -> int:
+    """This process's rank as torchrun or ``srun`` set it, before any group is joined (0 alone):
+    what decides, before anything else, which process writes the run's files."""
+    env = {**environ, **slurm_env(environ)}
+    return int(env.get("RANK", "0"))
+
+
 def _first_host(nodelist: str) -> str:
     """``node[03-05,07],gpu1`` -> ``node03``: the first host of a SLURM node list."""
     head = re.match(r"[^,\[]+(\[[^\]]*\])?", nodelist)

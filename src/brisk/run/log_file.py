@@ -16,8 +16,10 @@ from pathlib import Path
 
 log = logging.getLogger("brisk")
 
-# What Hydra writes into a job's folder before the task runs (besides the log file).
+# What an attempt writes into the folder Hydra made before it knows where the run lives (besides
+# the log file): the Hydra record, and the lock it takes before writing that record.
 _HYDRA_RECORD = ".hydra"
+_LOCK = ".lock"
 
 
 def follow_run(started_in: Path, run_dir: Path) -> None:
@@ -34,6 +36,7 @@ def follow_run(started_in: Path, run_dir: Path) -> None:
         _reopen(handler, run_dir / Path(handler.baseFilename).name)
     if moved and _only_hydra_record(started_in):
         shutil.rmtree(started_in / _HYDRA_RECORD, ignore_errors=True)
+        (started_in / _LOCK).unlink(missing_ok=True)  # held until exit: its inode outlives the name
         try:
             started_in.rmdir()
         except OSError:  # another rank's log is still there, or something appeared meanwhile
@@ -82,7 +85,7 @@ def _reopen(handler: logging.FileHandler, target: Path) -> None:
 
 
 def _only_hydra_record(folder: Path) -> bool:
-    entries = list(folder.iterdir())
+    entries = [e for e in folder.iterdir() if not (e.name == _LOCK and e.is_file())]
     return all(e.name == _HYDRA_RECORD and e.is_dir() for e in entries) and all(
         f.suffix == ".yaml" for e in entries for f in e.iterdir()
     )

@@ -200,10 +200,12 @@ class RunRecord:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path, self.enabled = run_dir / "status.json", enabled
         self.finished: dict[str, Any] | None = None
+        self._begun = False
 
     def begin(self, **fields: Any) -> None:
         """Start an attempt; every rank learns whether the run had finished before
         (``finished``)."""
+        self._begun = True
         if self.enabled:
             previous = read_status(self.path)
             if previous.get("status") == "ok":
@@ -232,17 +234,29 @@ class RunRecord:
             _dump_status(self.path, record)
 
     def failed(self, exc: BaseException) -> None:
-        """Best effort: on a full disk this write may fail too; the original error matters more."""
+        """The attempt failed (before :meth:`begin` too: a refused config); the traceback is kept.
+
+        Best effort: on a full disk this write may fail too; the original error matters more.
+        """
         self._end("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
 
     def interrupted(self, signal: str, step: int, message: str) -> None:
         """A stop signal ended the attempt at ``step``; ``resume=auto`` continues it from there."""
         self._end("interrupted", signal=signal, step=step, error=message)
 
+    def killed(self, signal: str, message: str) -> None:
+        """The attempt's process died (SIGKILL, the OOM killer) without a word: another process
+        records it, holding the run directory's lock. ``last.pt`` holds its last saved step."""
+        self._end("failed", signal=signal, error=message)
+
     def _end(self, status: str, **fields: Any) -> None:
         if not self.enabled:
             return
         try:
+            if self.finished is None and not self._begun:
+                previous = read_status(self.path)
+                if previous.get("status") == "ok":
+                    self.finished = previous
             if self.finished is not None:
                 record = read_status(self.path) or dict(self.finished)
                 record["last_attempt"] = {"status": status, "ended": _now(), **fields}

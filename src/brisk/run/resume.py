@@ -26,6 +26,7 @@ with none, is refused with one line naming the file, the reason and what to do.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,50 @@ RUNTIME_KEYS = (
 )
 
 
+# A value read from the environment (``${oc.env:NAME}``), anywhere in a config string.
+_READS_ENVIRONMENT = re.compile(r"\$\{\s*oc\.env\s*:")
+# A plain interpolation of another key (``${task.name}``), followed to find what it reads.
+_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
+# Where a run's files and data are may come from the environment: these are never recorded whole.
+_LOCATION_PREFIXES = ("paths.", "hydra.")
+
+
+def refuse_environment_values(cfg: DictConfig) -> None:
+    """Refuse a config whose identity reads the environment: status.json, checkpoints and
+    TensorBoard record the identity resolved, and a value from the environment may be a secret
+    (a token). Locations (``paths.*``) may read it; the keys of the identity may not, directly
+    or through another key."""
+    raw = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    launch = tuple(f"{key}." for key in LAUNCH_KEYS)
+
+    def reads_environment(key: str, seen: frozenset[str]) -> bool:
+        text = str(raw.get(key, ""))
+        if _READS_ENVIRONMENT.search(text):
+            return True
+        return any(
+            ref not in seen
+            and not f"{ref}.".startswith(_LOCATION_PREFIXES)
+            and reads_environment(ref, seen | {ref})
+            for ref in _REFERENCE.findall(text)
+        )
+
+    offending = [
+        f"{key}={raw[key]}"
+        for key in raw
+        if not f"{key}.".startswith(launch) and reads_environment(key, frozenset({key}))
+    ]
+    if offending:
+        raise UserError(
+            f"{', '.join(offending)}: a run does not record values read from the environment "
+            "(status.json, checkpoints and TensorBoard keep the resolved config, and the value "
+            "may be a secret); give the value itself, or read the environment in paths.* only"
+        )
+
+
 def identity_yaml(cfg: DictConfig) -> str:
-    """The config that says what the run is, as sorted YAML (its hash names the run)."""
+    """The config that says what the run is, as sorted YAML (its hash names the run); refused
+    when it reads the environment (:func:`refuse_environment_values`)."""
+    refuse_environment_values(cfg)
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert isinstance(container, dict)
     for key in LAUNCH_KEYS:
@@ -287,21 +330,27 @@ def read_resume_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """``init_from``: the weights of a brisk checkpoint, or of a bare state dict, into ``model``."""
+def load_weights(model: nn.Module, path: Path | str, key: str = "init_from") -> dict[str, Any]:
+    """The weights of a brisk checkpoint, or of a bare state dict, into ``model``: ``init_from``,
+    and ``eval_only``'s ``ckpt_path``. Every problem is a :class:`UserError` naming ``key``.
+
+    Returns what the file holds when it is a brisk checkpoint (its ``step``, say), else ``{}``.
+    """
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"init_from={path}: the file does not exist")
+        raise UserError(f"{key}={path}: the file does not exist")
     try:
         state = read_checkpoint(path)
     except CheckpointError as exc:
-        raise UserError(f"init_from={path}: {exc}") from exc
+        raise UserError(f"{key}={path}: {exc}") from exc
+    saved: dict[str, Any] = {}
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a brisk checkpoint
+        saved, state = state, state["model"]  # a brisk checkpoint
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # the common {"state_dict": ...} wrapping
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(
-            f"init_from={path}: expected a brisk checkpoint or a state dict of tensors, "
+            f"{key}={path}: expected a brisk checkpoint or a state dict of tensors, "
             f"found a {type(state).__name__}"
         )
     if state and all(k.startswith("module.") for k in state):
@@ -312,7 +361,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
         raise UserError(
-            f"init_from={path} does not fit the model: "
+            f"{key}={path} does not fit the model: "
             + "; ".join(
                 f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                 for label, keys in (
@@ -324,7 +373,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
             )
         )
     model.load_state_dict(state)
-    log.info("init_from=%s: weights loaded; optimizer, schedule and step start fresh", path)
+    fresh = "; optimizer, schedule and step start fresh" if key == "init_from" else ""
+    log.info("%s=%s: weights loaded%s", key, path, fresh)
+    return saved
 
 
 def _plain(value: Any) -> Any:

@@ -6,17 +6,28 @@ the same checkpoints and append to the same ``metrics.csv``. :class:`RunLock` ta
 SIGKILL), so a stale lock never blocks a later resume. A second process refuses with the holder's
 PID. The process that takes the lock removes the temporary files that killed writers left in the
 directory (:mod:`brisk.tempfiles`): no other live process writes there.
+
+The lock is the first thing a run takes: nothing is written into a run directory by a process that
+does not hold it. Hydra would write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``
+before the task function runs, so ``conf/hydra/default.yaml`` sets ``hydra.output_subdir: null``
+and :func:`write_hydra_files` writes the same files once the lock is held; a refused second
+process leaves the live run's record (which sweep summaries read) as it was.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
 from brisk.errors import UserError
+from brisk.run.checkpoint import atomic_write
 from brisk.run.distributed import DistInfo, broadcast_object
 from brisk.tempfiles import RUN_TEMPORARY, remove_stale
 
@@ -148,3 +159,28 @@ class lock_run_dir:  # noqa: N801 - used as a context manager, like a function
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
+
+
+HYDRA_SUBDIR = ".hydra"
+
+
+def write_hydra_files(root: Path, task_cfg: object) -> None:
+    """``.hydra/config.yaml`` (the task config), ``hydra.yaml`` and ``overrides.yaml``, as Hydra
+    writes them: unresolved, so an interpolation (``${oc.env:...}``) is kept, not its value.
+
+    Call it holding the run directory's lock, in a process that Hydra started.
+    """
+    folder = root / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "config.yaml": task_cfg,
+        "hydra.yaml": HydraConfig.instance().cfg,  # {"hydra": ...}
+        "overrides.yaml": HydraConfig.get().overrides.task,
+    }
+    for name, cfg in files.items():
+        data = OmegaConf.to_yaml(cfg).encode()
+        atomic_write(folder / name, functools.partial(_write_bytes, data))
+
+
+def _write_bytes(data: bytes, file: IO[bytes]) -> None:
+    file.write(data)

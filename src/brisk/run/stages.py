@@ -22,7 +22,7 @@ from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
 from brisk.run.records import RunRecord, score_keys, write_status
-from brisk.run.resume import ResumePlan
+from brisk.run.resume import ResumePlan, load_weights
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.evaluation import format_metrics, monitored
@@ -163,9 +163,10 @@ def _ema_figures(trainer: Trainer, test: dict[str, float]) -> dict[str, Any]:
 def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
     """``eval_only=true``: val and test metrics of ``ckpt_path``'s weights, no training
     (``validate_run`` has made sure there is a ``ckpt_path``)."""
-    state = load_checkpoint(ckpt_path)
-    trainer.load_weights(state)
-    trainer.step, trainer.epoch = state["step"], state["epoch"]
+    saved = load_weights(trainer.model, ckpt_path, key="ckpt_path")  # user errors, one line each
+    if saved:  # a brisk checkpoint: with trainer.ema, its averaged weights too
+        trainer.load_weights(saved)
+    trainer.step, trainer.epoch = int(saved.get("step", 0)), int(saved.get("epoch", 0))
     results = {}
     for split in ("val", "test"):
         results[split] = trainer.evaluate_all(split)

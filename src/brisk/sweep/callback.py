@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from brisk.sweep.summary import DEFAULT_BASELINES, summarize
@@ -78,3 +79,16 @@ class SweepSummary(Callback):
 def _is_multirun(config: DictConfig) -> bool:
     mode = OmegaConf.select(config, "hydra.mode")
     return mode is not None and str(getattr(mode, "name", mode)) == "MULTIRUN"
+
+
+def summarize_sweep(config: DictConfig) -> None:
+    """Run the sweep-summary callback of ``config`` (if configured) as at the end of a sweep."""
+    spec = OmegaConf.select(config, "hydra.callbacks.sweep_summary")
+    if spec is None:
+        return
+    try:
+        callback = instantiate(spec)
+    except Exception:
+        log.exception("could not build the sweep-summary callback")
+        return
+    callback.on_multirun_end(config)

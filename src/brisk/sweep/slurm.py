@@ -18,6 +18,9 @@ job in the same run directory, and ``train`` continues from that directory's ``l
 When the requeue fails (the job was cancelled, say), the job ends with an error that the sweep
 reports, rather than with no result at all: submitit waits for a result file that an exit without
 one never writes.
+
+A submission that ``sbatch`` refuses for a reason the config can fix (:func:`submission_problem`)
+ends the sweep with one line naming the key to set, and exit status 2.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from brisk.errors import UserError
 
 log = logging.getLogger("brisk")
+
+# sbatch's answer, on a cluster without GPUs, to the launcher's default --gpus-per-node=1
+GRES_REFUSED = "Invalid generic resource (gres) specification"
 
 # Exit codes of a run that saved its state after a scheduler's signal: requeue those.
 REQUEUE_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -98,14 +103,15 @@ def requeue(job_id: str) -> str | None:
     return None
 
 
-def summarize_sweep(config: DictConfig) -> None:
-    """Run the sweep-summary callback of ``config`` (if configured) as at the end of a sweep."""
-    spec = OmegaConf.select(config, "hydra.callbacks.sweep_summary")
-    if spec is None:
-        return
-    try:
-        callback = instantiate(spec)
-    except Exception:
-        log.exception("could not build the sweep-summary callback")
-        return
-    callback.on_multirun_end(config)
+def submission_problem(exc: BaseException) -> UserError | None:
+    """What to change when ``sbatch`` refused the sweep's jobs for a reason the config can fix,
+    or None. submitit raises its ``FailedJobError`` with sbatch's stderr as the message.
+    """
+    text = str(exc)
+    if GRES_REFUSED in text:
+        return UserError(
+            f"sbatch refused the jobs: '{GRES_REFUSED}': this cluster (or partition "
+            "hydra.launcher.partition) has no GPUs as the launcher asks for "
+            "(hydra.launcher.gpus_per_node=1); for CPU jobs set hydra.launcher.gpus_per_node=null"
+        )
+    return None

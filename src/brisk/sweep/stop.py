@@ -37,6 +37,8 @@ from brisk.run.signals import (
 log = logging.getLogger("brisk")
 
 STOP_FILE = ".stop"
+# launchers whose jobs run in worker processes of this one (hydra/launcher=parallel)
+PARALLEL_LAUNCHERS = ("joblib", "brisk_parallel_launcher")
 
 
 class SweepStop(Callback):
@@ -48,7 +50,8 @@ class SweepStop(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Name the stop file for the workers (they inherit the environment) and handle signals."""
-        if "joblib" not in str(config.hydra.launcher.get("_target_", "")):
+        target = str(config.hydra.launcher.get("_target_", ""))
+        if not any(name in target for name in PARALLEL_LAUNCHERS):
             return
         path = Path(str(config.hydra.sweep.dir)).resolve() / STOP_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

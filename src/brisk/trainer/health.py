@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from brisk.errors import UserError
+
 # How many times the chance-level loss ln(C) a logged training loss may reach before we warn.
 DIVERGENCE_FACTOR = 1000.0
 
@@ -26,10 +28,15 @@ def divergence_warning(loss: float, step: int, num_classes: int) -> str | None:
     )
 
 
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite: a setting to change (the learning rate, the
+    whitening eps), reported in one line naming the step and the last good checkpoint."""
+
+
 def nonfinite_loss_message(loss: float, step: int, last_checkpoint: Path) -> str:
     """The error for a NaN/inf loss; names the last good checkpoint only when there is one."""
     where = (
-        f"last good checkpoint: {last_checkpoint}"
+        f"last good checkpoint: {last_checkpoint}; init_from={last_checkpoint} starts from it"
         if last_checkpoint.is_file()
         else "no checkpoint was written before it"
     )

@@ -53,7 +53,11 @@ from brisk.trainer.data_loading import (
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.ema import ModelEMA
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
-from brisk.trainer.health import divergence_warning, nonfinite_loss_message
+from brisk.trainer.health import (
+    NonFiniteLossError,
+    divergence_warning,
+    nonfinite_loss_message,
+)
 from brisk.trainer.optimizers.build import build_optimizer
 from brisk.trainer.progress import EpochProgress
 from brisk.whitening.base import NoWhitening, Whitening
@@ -398,7 +402,7 @@ class Trainer:
         if bad_step is None:
             return
         # checkpoints are never written after a non-finite step: last.pt, if any, is a good one
-        raise FloatingPointError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
+        raise NonFiniteLossError(nonfinite_loss_message(bad_value, bad_step, self.paths.last))
 
     def _log_train(self) -> float:
         """Write a train row and a log line; returns the window's mean loss (for the bar)."""

@@ -33,15 +33,24 @@ if _SubmititSlurmLauncher is not None:
             )
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-            """Submit, wait, then summarise the sweep once more from the submitting side.
+            """Submit, wait, then summarise the sweep once more from the submitting side; a
+            submission refused for a reason the config can fix is one line (brisk.sweep.slurm).
 
             Jobs of an array that end together each rewrite the summary from their node; the one
             written last may predate another's final status. After the batch, all statuses are
             final.
             """
-            from brisk.sweep.slurm import summarize_sweep
+            from brisk.run.failures import fail_sweep
+            from brisk.sweep.callback import summarize_sweep
+            from brisk.sweep.slurm import submission_problem
 
-            returns = super().launch(job_overrides, initial_job_idx)
+            try:
+                returns = super().launch(job_overrides, initial_job_idx)
+            except Exception as exc:
+                problem = submission_problem(exc)
+                if problem is None:
+                    raise
+                fail_sweep(problem)  # one line naming the key to set, exit status 2
             if self.config is not None:
                 summarize_sweep(self.config)
             return returns
