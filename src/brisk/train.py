@@ -16,13 +16,13 @@ from typing import Any
 
 import hydra
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH
+from brisk.config.diagnose import exit_on_composition_error
 from brisk.config.validate import check_data, validate_run
 from brisk.errors import USER_ERROR_EXIT, UserError
 from brisk.models.cost import count_params, log_clip_costs
@@ -36,7 +36,6 @@ from brisk.run.failures import (
     note_other_failure,
     report_user_error,
 )
-from brisk.run.hparams import log_hparams
 from brisk.run.records import RunRecord
 from brisk.run.resume import ResumePlan, identity_yaml, load_weights, plan_resume
 from brisk.run.run_dir import RunPaths, lock_run_dir
@@ -95,9 +94,6 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                 record.failed(exc)
                 raise
             record.ok(**result)
-            if dist.is_main:
-                scores = {k: result.get(k) for k in ("best_val_acc1", "test_acc1")}
-                log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
     finally:
         cleanup()
     best = result.get("best_val_acc1")
@@ -157,6 +153,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """The ``train`` command: exit status 0, 2 for a user error, 128 + n for a run or parallel
     sweep stopped by signal n, 1 for anything else."""
+    exit_on_composition_error(sys.argv[1:])  # brisk's one line and 2, before Hydra's message
     try:
         _hydra_main()
         exit_if_sweep_stopped()

@@ -5,6 +5,7 @@ import os
 
 from omegaconf import OmegaConf
 
+from brisk.config.diagnose import help_config
 from brisk.config.schema import PRECISIONS, RunConfig, register_schemas
 
 CONFIG_PATH = "pkg://brisk.conf"
@@ -18,6 +19,8 @@ def _rank_suffix() -> str:
 
 
 OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
+# `train --help` shows the config without the keys a user never sets (conf/hydra/default.yaml)
+OmegaConf.register_new_resolver("brisk_help_config", help_config, replace=True)
 register_schemas()
 
 __all__ = ["CONFIG_NAME", "CONFIG_PATH", "PRECISIONS", "RunConfig", "register_schemas"]

@@ -120,6 +120,15 @@ class RunLogger:
             assert self.tb is not None
             self.tb.add_text(tag, text)
 
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float | None]) -> None:
+        """The run's TensorBoard HParams record (its config and final figures), in the same event
+        file as its scalars; nothing when logging is off."""
+        if self.enabled:
+            from brisk.run.hparams import log_hparams
+
+            assert self.tb is not None
+            log_hparams(self.tb, config, metrics)
+
     def close(self) -> None:
         """Flush and close the TensorBoard writer (the CSV is written row by row)."""
         if self.tb is not None:
