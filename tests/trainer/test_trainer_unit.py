@@ -130,6 +130,7 @@ def test_progress_bar_on_a_terminal_only(
         outputs[name] = stream.getvalue()
     assert "epoch 1/1" in outputs["tty"] and "img/s" in outputs["tty"]
     assert "loss=" in outputs["tty"]
+    assert "val: " in outputs["tty"] and "2/2" in outputs["tty"]  # validation's bar, in batches
     assert outputs["file"] == ""
     assert caplog.text.count("epoch 1/1 step") == 8  # the log lines are the same in both modes
 
@@ -142,3 +143,17 @@ def test_teacher_base_declares_what_the_runner_reads() -> None:
     assert (none.model, none.whitening, none.input_key, none.epochs) == (None, None, "input", None)
     i3d = RGBI3DTeacher(width_mult=0.25, epochs=3)  # served from its config, not shadowed
     assert (i3d.input_key, i3d.epochs) == ("rgb", 3)
+
+
+def test_evaluation_bar_on_rank_zero_only(
+    cfg_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _trainer(cfg_digits("debug=fast"), tmp_path)
+    trainer.progress_stream = stream = _StringTTY()
+    trainer.evaluate("test")
+    assert "test: " in stream.getvalue() and "batch" in stream.getvalue()
+    monkeypatch.setenv("RANK", "1")
+    trainer.progress_stream = stream = _StringTTY()
+    trainer.evaluate("test")
+    assert stream.getvalue() == ""
+    trainer.close()

@@ -51,7 +51,7 @@ from brisk.trainer.data_loading import (
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.optimizers.build import build_optimizer
-from brisk.trainer.progress import EpochProgress
+from brisk.trainer.progress import EpochProgress, TaskProgress
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")
@@ -443,14 +443,18 @@ class Trainer:
         )
         self.model.eval()
         acc = EvalAccumulator(self.datamodule.num_classes)
-        for i, batch in enumerate(loader):
-            if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
+        limit = self.cfg.limit_eval_batches
+        total = min(len(loader), limit) if limit else len(loader)
+        bar = TaskProgress(total, split, "batch", self.progress_stream, self.dist.is_main)
+        for i, batch in enumerate(bar.iterate(loader)):
+            if limit and i >= limit:
                 break
             batch = self.datamodule.on_device_batch(to_device(as_batch_dict(batch), self.device))
             batch = to_device(batch, self.device, self.memory_format)
             with self._autocast():
                 out = self.model(batch[self.input_key]).float()
             acc.add(out, batch["target"], batch.get("video"))
+        bar.close()
         self.model.train()
         metrics = acc.compute()
         if split == "test":
