@@ -48,6 +48,7 @@ from brisk.trainer.data_loading import (
     make_loader,
     to_device,
 )
+from brisk.trainer.estimate import DurationEstimate
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import divergence_warning, nonfinite_loss_message
 from brisk.trainer.optimizers.build import build_optimizer
@@ -152,6 +153,7 @@ class Trainer:
         self.progress_stream: IO[str] | None = sys.stderr
         self._window: _Window | None = None
         self._session = _Session()
+        self._estimate: DurationEstimate | None = None
         self.whitening.attach(self.model)
 
     @property
@@ -262,6 +264,9 @@ class Trainer:
         self.open_logger()
         self._window = _Window(self.device)
         self._session = _Session()
+        self._estimate = DurationEstimate(
+            self.total_steps, self.steps_per_epoch, self.cfg.epochs, self.step, self._sync
+        )
         progress = EpochProgress(self.progress_stream, enabled=self.dist.is_main)
         if not self.finished and self.stop.agreed():  # the signal came while the run was set up
             self._interrupted()
@@ -287,6 +292,9 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             self._session.steps += 1
+            estimate = self._estimate.step_done() if self._estimate is not None else None
+            if estimate and self.dist.is_main:
+                log.info("%s", estimate)
             progress.advance(cfg.batch_size)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 progress.show_loss(self._log_train())
@@ -308,6 +316,11 @@ class Trainer:
         self.save("last.pt")
         if not self.finished and self.stop.agreed():
             self._interrupted()
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA runs steps asynchronously): for timing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _interrupted(self) -> None:
         assert self.stop.signum is not None
