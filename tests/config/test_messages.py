@@ -103,6 +103,7 @@ def test_a_command_that_does_not_compose_gets_one_line(argv: list[str], expected
         [],
         ["task=cifar", "optimizer.lr=0.2", "whitening=recursive"],
         ["-m", "seed=0,1", "teacher=none,rgb_i3d"],
+        ["-m", "model=glob(resnet2*)", "seed=range(0,3)"],
         ["sweep=whitening_cifar10", "seed=0,1"],  # the preset makes it a multirun
         ["hydra.run.dir=/tmp/x", "--cfg", "job"],
     ],

@@ -75,8 +75,14 @@ def _without_hidden(value: Any) -> Any:
 
 def exit_on_composition_error(argv: Sequence[str]) -> None:
     """``train``'s first step: if the command line does not compose, print ``brisk: error: ...``
-    (after the composition error's traceback with ``HYDRA_FULL_ERROR=1``) and exit with 2."""
-    found = _check(argv)
+    (after the composition error's traceback with ``HYDRA_FULL_ERROR=1``) and exit with 2.
+
+    Should the check itself fail on something unforeseen, Hydra gets the command line as it is.
+    """
+    try:
+        found = _check(argv)
+    except Exception:  # noqa: BLE001 - never stop a run that Hydra may well accept
+        return
     if found is None:
         return
     message, error = found
@@ -102,13 +108,13 @@ def _check(argv: Sequence[str]) -> tuple[str, BaseException | None] | None:
     args = get_args_parser().parse_args(list(argv))
     if not args.overrides or any(getattr(args, flag, None) for flag in _NOT_CHECKED):
         return None
-    try:
-        parsed = OverridesParser.create().parse_overrides(args.overrides)
-    except OverrideParseException as err:  # a grammar error: Hydra's text, in one line
-        return f"cannot parse '{err.override}': {_one_line(err)}", err
-    first_job, swept_options = _first_job(parsed)
     with _hydra() as hydra:
         loader = hydra.config_loader
+        try:
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(args.overrides)
+        except OverrideParseException as err:  # a grammar error: Hydra's text, in one line
+            return f"cannot parse '{err.override}': {_one_line(err)}", err
+        first_job, swept_options = _first_job(parsed)
         try:
             # RUN mode even for -m: a multirun composition skips missing options
             cfg = hydra.compose_config(
@@ -156,7 +162,10 @@ def _first_job(parsed: list[Override]) -> tuple[list[str], list[tuple[str, str, 
         if not p.is_discrete_sweep():
             continue
         key = p.get_key_element()
-        values = list(p.sweep_string_iterator())
+        try:
+            values = list(p.sweep_string_iterator())
+        except Exception:  # noqa: BLE001 - a sweep only its sweeper expands: left to it
+            continue
         if values:
             job.append(f"{key}={values[0]}")
         if "." not in p.key_or_group and not p.is_hydra_override():
