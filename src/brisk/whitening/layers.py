@@ -216,7 +216,7 @@ class LayerWhitening(Whitening):
     def __str__(self) -> str:
         """``print(whitening)``: the start-up summary and selection table, which a plain script
         without logging configured never sees."""
-        if not self.candidates:
+        if not self.candidates and not self._handles:
             return f"whitening '{self.name}': not attached to a model"
         whitened = sum(c.skip_reason is None for c in self.candidates)
         return (
