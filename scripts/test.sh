@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up brisk on first use, lint, then run the tests not marked slow (about 5 minutes on 2 cores):
+# Set up brisk on first use with the test extras (ruff, mypy, pytest, the plugins the tests run), lint,
+# then run the tests not marked slow (about 5 minutes on 2 cores):
 #   scripts/test.sh [pytest args...]      e.g. -m slow (only the slow ones), -m "" (all), -k resume
+BRISK_EXTRAS=test
 source "$(dirname "${BASH_SOURCE[0]}")/_bootstrap.sh"
 cd "$BRISK_ROOT"
 ruff check src tests scripts

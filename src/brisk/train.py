@@ -18,19 +18,18 @@ from typing import Any, cast
 
 import hydra
 import torch
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH
+from brisk.config.diagnose import exit_on_composition_error
 from brisk.config.validate import check_data, validate_run
 from brisk.models.cost import count_params, log_clip_costs
 from brisk.run.context import RunContext
 from brisk.run.distributed import broadcast_object, cleanup, init_distributed, launch_rank
 from brisk.run.failures import log_failure_to_file, run_command, task_wrapper, user_error_in
-from brisk.run.hparams import log_hparams
 from brisk.run.log_file import follow_run
 from brisk.run.loggers import RunLoggers, check_extras, open_loggers
 from brisk.run.records import RunRecord, score_keys
@@ -97,11 +96,6 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             record.ok(**result)
             loggers.summary(result)
             outcome = "ok"
-            if dist.is_main and loggers.tensorboard:
-                keys = score_keys(str(result.get("monitor", cfg.task.monitor)))
-                log_hparams(
-                    paths.tensorboard, yaml.safe_load(identity), {k: result.get(k) for k in keys}
-                )
         except RunInterrupted as stopped:
             outcome = "interrupted"
             record.interrupted(signal_name(stopped.signum), stopped.step, str(stopped))
@@ -170,6 +164,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 def main() -> None:
     """The ``train`` command: exit status 0, 2 for a user error, 128 + n for a run or parallel
     sweep stopped by signal n, 1 for anything else (``brisk.run.failures``)."""
+    exit_on_composition_error(sys.argv[1:])  # brisk's one line and 2, before Hydra's message
     run_command(_hydra_main, sys.argv[1:])
 
 

@@ -68,3 +68,12 @@ def test_labels_out_of_range_are_rejected(tmp_path: Path) -> None:
         pickle.dump({b"data": [[0] * 3072], b"labels": [10]}, f)
     with pytest.raises(DatasetNotFoundError, match=r"labels in \[0, 10\)"):
         CifarDataModule(str(root)).setup()
+
+
+def test_a_missing_data_set_is_named_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFoundError) as err:
+        CifarDataModule(root="data").setup()
+    assert f"no usable data set at '{tmp_path / 'data'}" in str(err.value)

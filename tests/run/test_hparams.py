@@ -75,3 +75,15 @@ def test_already_prefixed_metrics_are_not_prefixed_twice(tmp_path: Path) -> None
     _, acc = hparams_records(tmp_path)
     assert "hparam/val_acc1" in acc.Tags()["scalars"]
     assert "hparam/hparam/val_acc1" not in acc.Tags()["scalars"]
+
+
+def test_a_run_keeps_one_event_file_with_its_scalars_and_hparams(tmp_path: Path) -> None:
+    from tests.conftest import run_train
+
+    run_train("debug=fast", "trainer.threads=1", f"hydra.run.dir={tmp_path}")
+    files = sorted((tmp_path / "tensorboard").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("events.out.tfevents"), files
+    content, acc = hparams_records(tmp_path / "tensorboard")
+    assert hparams_metadata.SESSION_START_INFO_TAG in content
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/acc1", "test/acc1", "hparam/test_acc1"} <= scalars

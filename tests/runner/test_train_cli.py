@@ -190,7 +190,7 @@ def test_imagenet_task_smoke_on_tiny_class_folders(tmp_path: Path) -> None:
 
 def test_typo_fails_before_any_work(tmp_path: Path) -> None:
     proc = run_train("optimizer.lrr=0.1", f"hydra.run.dir={tmp_path}", check=False)
-    assert proc.returncode != 0 and "lrr" in proc.stderr
+    assert proc.returncode == 2 and "lrr" in proc.stderr
     assert (
         "Did you mean 'optimizer.lr'?" in proc.stderr and "momentum" in proc.stderr
     )  # the valid keys

@@ -130,6 +130,7 @@ def test_progress_bar_on_a_terminal_only(
         outputs[name] = stream.getvalue()
     assert "epoch 1/1" in outputs["tty"] and "img/s" in outputs["tty"]
     assert "loss=" in outputs["tty"]
+    assert "val: " in outputs["tty"] and "2/2" in outputs["tty"]  # validation's bar, in batches
     assert outputs["file"] == ""
     assert caplog.text.count("epoch 1/1 step") == 8  # the log lines are the same in both modes
 
@@ -160,3 +161,36 @@ def test_acc5_is_left_out_with_five_classes_or_fewer_and_classes_weigh_alike() -
     many = EvalAccumulator(6)
     many.add(torch.nn.functional.pad(logits, (0, 2)), target)
     assert "acc5" in many.compute()
+
+
+def test_evaluation_bar_on_rank_zero_only(
+    cfg_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = _trainer(cfg_digits("debug=fast"), tmp_path)
+    trainer.progress_stream = stream = _StringTTY()
+    trainer.evaluate("test")
+    assert "test: " in stream.getvalue() and "batch" in stream.getvalue()
+    monkeypatch.setenv("RANK", "1")
+    trainer.progress_stream = stream = _StringTTY()
+    trainer.evaluate("test")
+    assert stream.getvalue() == ""
+    trainer.close()
+
+
+def test_the_run_says_what_it_costs_after_its_first_steps(
+    cfg_digits, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="brisk")
+    cfg = cfg_digits("trainer.epochs=2", "trainer.log_every=100", "trainer.limit_eval_batches=1")
+    trainer = _trainer(cfg, tmp_path)
+    trainer.fit()
+    trainer.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("this run:")]
+    assert len(lines) == 1, caplog.text  # once, after the first steps
+    spe = trainer.steps_per_epoch
+    assert lines[0].startswith(f"this run: {2 * spe} steps (2 epochs x {spe} steps) at ")
+    assert "s/step (steps 2-6), about " in lines[0] and "ends around " in lines[0]
+    # logged before the run's sixth step ended: the estimate comes first, not at the end
+    messages = [r.getMessage() for r in caplog.records]
+    first_validation = next(m for m in messages if m.startswith("validation after epoch"))
+    assert messages.index(lines[0]) < messages.index(first_validation)

@@ -272,3 +272,16 @@ def test_transformer_layers_feed_every_whitened_layer() -> None:
         model(torch.randn(4, 5, 32)).sum().backward()
         whitening.step()
     assert whitening.unfed_layers() == []
+
+
+def test_print_shows_the_selection_table_without_logging(capsys: pytest.CaptureFixture) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 10)
+    )
+    whitening = RecursiveWhitening(model)
+    print(whitening)
+    shown = capsys.readouterr().out
+    assert shown.startswith("whitening 'recursive': 2 of 2 candidate modules whitened\n")
+    assert whitening.selection_table() in shown and "Conv2d  27" in shown
+    assert "not attached" in str(RecursiveWhitening())
+    assert "print(whitening)" in _snippet(ROOT / "README.md")  # the README says so

@@ -6,6 +6,7 @@ import re
 
 from omegaconf import OmegaConf
 
+from brisk.config.diagnose import help_config
 from brisk.config.schema import PRECISIONS, RunConfig, register_schemas
 
 CONFIG_PATH = "pkg://brisk.conf"
@@ -47,6 +48,8 @@ def safe_folder_name(text: str) -> str:
 
 OmegaConf.register_new_resolver("rank_suffix", _rank_suffix, replace=True)
 OmegaConf.register_new_resolver("torchrun_id", torchrun_id, replace=True)
+# `train --help` shows the config without the keys a user never sets (conf/hydra/default.yaml)
+OmegaConf.register_new_resolver("brisk_help_config", help_config, replace=True)
 register_schemas()
 
 __all__ = [

@@ -305,14 +305,16 @@ def _choice(key: str, value: Any, choices: Any) -> str:
 def register_schemas() -> None:
     """Put the structured schemas in Hydra's ConfigStore, so YAML that misspells a key or gives a
     wrong type fails at compose time instead of deep inside a run.
+
+    They are stored outside the config groups (``schema_<group>_<option>``, pulled in by each
+    option's YAML as ``/schema_...@_here_``), so ``train --help`` and Hydra's list of options show
+    only what a user can pick. ``trainer`` and ``paths`` are typed by :class:`RunConfig` itself.
     """
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="paths", name="base_paths", node=PathsConfig)
-    cs.store(group="optimizer", name="base_sgd", node=SGDConfig)
-    cs.store(group="optimizer", name="base_adamw", node=AdamWConfig)
-    cs.store(group="optimizer", name="base_muon", node=MuonConfig)
-    cs.store(group="scheduler", name="base_cosine", node=CosineConfig)
-    cs.store(group="scheduler", name="base_multistep", node=MultiStepConfig)
+    cs.store(name="schema_optimizer_sgd", node=SGDConfig)
+    cs.store(name="schema_optimizer_adamw", node=AdamWConfig)
+    cs.store(name="schema_optimizer_muon", node=MuonConfig)
+    cs.store(name="schema_scheduler_cosine", node=CosineConfig)
+    cs.store(name="schema_scheduler_multistep", node=MultiStepConfig)
     register_whitening_schemas(cs)

@@ -21,11 +21,11 @@ _NODES = {
 
 
 def register_whitening_schemas(cs: ConfigStore) -> None:
-    """Store ``whitening/base_<algorithm>``: the settings dataclass plus its ``_target_``."""
+    """Store ``schema_whitening_<algorithm>``: the settings dataclass plus its ``_target_``."""
     for name, (target, settings) in _NODES.items():
         node = make_dataclass(
             f"{settings.__name__}Node",
             [("_target_", str, field(default=target))],
             bases=(settings,),
         )
-        cs.store(group="whitening", name=f"base_{name}", node=node)
+        cs.store(name=f"schema_whitening_{name}", node=node)

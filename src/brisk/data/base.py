@@ -25,8 +25,9 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
     def __init__(self, name: str, path: Path | str, expected: str, how_to_get: str) -> None:
         self._fields = (name, path, expected, how_to_get)
+        # absolute: the user may not know which directory the run started in
         super().__init__(
-            f"{name}: no usable data set at '{path}'.\n"
+            f"{name}: no usable data set at '{Path(path).expanduser().absolute()}'.\n"
             f"  expected: {expected}\n"
             f"  how to get it: {how_to_get}\n"
             f"  (set paths.data_dir=... to point brisk elsewhere; nothing is ever downloaded)"

@@ -1,9 +1,10 @@
 """One TensorBoard HParams record per run, so TensorBoard pointed at a sweep directory lists every
 job with its settings and final metrics side by side.
 
-Written through ``SummaryWriter.add_hparams`` with the fixes its defaults need:
-``run_name="."`` keeps the record in the run's own event directory (the default, a new
-``str(time.time())`` sub-directory, shows up as a separate run); values that TensorBoard rejects
+Written as ``SummaryWriter.add_hparams`` writes it, with the fixes its defaults need: the record
+goes through the run's own open writer, so a run keeps one event file (``add_hparams`` opens a
+second writer, and a new ``str(time.time())`` sub-directory by default, which shows up as a
+separate run); values that TensorBoard rejects
 (lists, None, enums) become strings while numbers stay numbers so the dashboard can still sort
 and range-filter by them; booleans become "True"/"False" (torch would store them as 1/0); metric
 tags get an ``hparam/`` prefix so they cannot collide with the training curves' scalar tags.
@@ -15,9 +16,12 @@ import enum
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 METRIC_PREFIX = "hparam/"
 
@@ -58,25 +62,38 @@ def hparam_value(value: Any) -> int | float | str:
 
 
 def log_hparams(
-    run_dir: str | os.PathLike[str],
+    target: SummaryWriter | str | os.PathLike[str],
     flat_cfg: Mapping[str, Any],
     metrics: Mapping[str, float | None],
     step: int | None = None,
 ) -> None:
-    """Record ``flat_cfg`` and final ``metrics`` in the TensorBoard event directory ``run_dir``.
+    """Record ``flat_cfg`` and final ``metrics`` through ``target``: the run's open writer (its
+    scalars and this record then share one event file), or an event directory.
 
-    Call once, at the end of a run, with the same directory the run's scalars go to. A metric the
-    run did not produce (``None``, e.g. no test set) is written as NaN so the run still appears in
-    the table with every column.
+    Call once, at the end of a run. A metric the run did not produce (``None``, e.g. no test set)
+    is written as NaN so the run still appears in the table with every column.
     """
     from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
 
-    hparams = {key: hparam_value(value) for key, value in flatten_config(flat_cfg).items()}
+    hparam_values = {k: hparam_value(v) for k, v in flatten_config(flat_cfg).items()}
     metric_dict = {
         (k if k.startswith(METRIC_PREFIX) else METRIC_PREFIX + k): (
             math.nan if v is None else float(v)
         )
         for k, v in metrics.items()
     }
-    with SummaryWriter(log_dir=os.fspath(run_dir)) as writer:
-        writer.add_hparams(hparams, metric_dict, run_name=".", global_step=step)
+    experiment, session_start, session_end = hparams(hparam_values, metric_dict)
+
+    def write(writer: SummaryWriter) -> None:
+        for summary in (experiment, session_start, session_end):
+            writer._get_file_writer().add_summary(summary, step)
+        for key, value in metric_dict.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+
+    if isinstance(target, SummaryWriter):
+        write(target)
+    else:
+        with SummaryWriter(log_dir=os.fspath(target)) as writer:
+            write(writer)

@@ -130,6 +130,14 @@ class RunLogger:
         if self.tb is not None:
             self.tb.add_text(tag, text)
 
+    def hparams(self, config: dict[str, Any], metrics: dict[str, float | None]) -> None:
+        """The run's TensorBoard HParams record (its config and final figures), in the same event
+        file as its scalars; nothing when logging or TensorBoard (``logger``) is off."""
+        if self.enabled and self.tb is not None:
+            from brisk.run.hparams import log_hparams
+
+            log_hparams(self.tb, config, metrics)
+
     def close(self) -> None:
         """Flush and close the TensorBoard writer (the CSV is written row by row)."""
         if self.tb is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -133,9 +134,10 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
         chosen = "last checkpoint: no validation ran"
     test = trainer.evaluate_all("test")
     trainer.log_metrics("test", test)
+    test_acc = monitored(test, trainer.monitor)
+    log_final_hparams(trainer, fit.best_val, test_acc)
     trainer.close()
     log.info("test (%s): %s", chosen, format_metrics(test))
-    test_acc = monitored(test, trainer.monitor)
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     best_key, test_key = score_keys(trainer.monitor)
     result = {
@@ -172,21 +174,31 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
         results[split] = trainer.evaluate_all(split)
         trainer.log_metrics(split, results[split])
         log.info("%s: %s", split, format_metrics(results[split]))
-    trainer.close()
     test_acc = monitored(results["test"], trainer.monitor)
+    val_acc = monitored(results["val"], trainer.monitor)
+    log_final_hparams(trainer, val_acc, test_acc)
+    trainer.close()
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     if trainer.ema is not None:
         trainer.best_val_ema = monitored(ema_part(results["val"]), trainer.monitor)
     best_key, test_key = score_keys(trainer.monitor)
     return {
         "monitor": trainer.monitor,
-        best_key: monitored(results["val"], trainer.monitor),
+        best_key: val_acc,
         test_key: test_acc,
         "test": results["test"],
         "inference": trainer.inference,
         "evaluated": str(ckpt_path),
         **_ema_figures(trainer, results["test"]),
     }
+
+
+def log_final_hparams(trainer: Trainer, best_val: float | None, test_acc: float) -> None:
+    """TensorBoard's HParams record of the run (its identity config and final figures), written
+    before the trainer closes its writer so the run keeps one event file."""
+    config = yaml.safe_load(trainer.config_yaml) or {}
+    best_key, test_key = score_keys(trainer.monitor)
+    trainer.open_logger().hparams(config, {best_key: best_val, test_key: test_acc})
 
 
 def selected_on(datamodule: DataModule) -> str:

@@ -52,6 +52,7 @@ from brisk.trainer.data_loading import (
 )
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.ema import ModelEMA
+from brisk.trainer.estimate import DurationEstimate
 from brisk.trainer.evaluation import EvalAccumulator, format_metrics, monitored
 from brisk.trainer.health import (
     NonFiniteLossError,
@@ -59,7 +60,7 @@ from brisk.trainer.health import (
     nonfinite_loss_message,
 )
 from brisk.trainer.optimizers.build import build_optimizer
-from brisk.trainer.progress import EpochProgress
+from brisk.trainer.progress import EpochProgress, TaskProgress
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")
@@ -166,6 +167,7 @@ class Trainer:
         self.progress_stream: IO[str] | None = sys.stderr
         self._window: _Window | None = None
         self._session = _Session()
+        self._estimate: DurationEstimate | None = None
         self.whitening.attach(self.model)
 
     @property
@@ -301,6 +303,9 @@ class Trainer:
         self.open_logger()
         self._window = _Window(self.device)
         self._session = _Session()
+        self._estimate = DurationEstimate(
+            self.total_steps, self.steps_per_epoch, self.cfg.epochs, self.step, self._sync
+        )
         progress = EpochProgress(self.progress_stream, enabled=self.dist.is_main)
         if not self.finished and self.stop.agreed():  # the signal came while the run was set up
             self._interrupted()
@@ -326,6 +331,9 @@ class Trainer:
             self.step += 1
             self.batch_in_epoch += 1
             self._session.steps += 1
+            estimate = self._estimate.step_done() if self._estimate is not None else None
+            if estimate and self.dist.is_main:
+                log.info("%s", estimate)
             progress.advance(cfg.batch_size)
             if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                 progress.show_loss(self._log_train())
@@ -348,6 +356,11 @@ class Trainer:
         self.save("last.pt", also_best=improved)
         if not self.finished and self.stop.agreed():
             self._interrupted()
+
+    def _sync(self) -> None:
+        """Wait for the device's queued work (CUDA runs steps asynchronously): for timing."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _interrupted(self) -> None:
         assert self.stop.signum is not None
@@ -504,8 +517,11 @@ class Trainer:
         network.eval()
         acc = EvalAccumulator(self.datamodule.num_classes)
         clock = _InferenceClock(self.device)
-        for i, batch in enumerate(loader):
-            if self.cfg.limit_eval_batches and i >= self.cfg.limit_eval_batches:
+        limit = self.cfg.limit_eval_batches
+        total = min(len(loader), limit) if limit else len(loader)
+        bar = TaskProgress(total, split, "batch", self.progress_stream, self.dist.is_main)
+        for i, batch in enumerate(bar.iterate(loader)):
+            if limit and i >= limit:
                 break
             batch = self.datamodule.on_device_batch(to_device(as_batch_dict(batch), self.device))
             batch = to_device(batch, self.device, self.memory_format)
@@ -513,6 +529,7 @@ class Trainer:
                 out = network(batch[self.input_key]).float()
             clock.count(len(out), batch.get("video"))
             acc.add(out, batch["target"], batch.get("video"))
+        bar.close()
         self.model.train()
         metrics = acc.compute()
         if split == "test" and model is None:

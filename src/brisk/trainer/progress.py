@@ -1,16 +1,18 @@
-"""A live per-epoch progress bar for a person at a terminal; nothing at all anywhere else.
+"""Live progress bars for a person at a terminal; nothing at all anywhere else.
 
 On a TTY, rank 0 shows one tqdm bar per epoch (images/s, the loss of the last logged window and the
-epoch's ETA) and the log lines print above it. Without a TTY (CI, SLURM, a file) the bar is off and
-the output is the log lines alone, exactly as before.
+epoch's ETA) and the log lines print above it; evaluation, data preparation and video generation
+get a :class:`TaskProgress` bar by the same rules. Without a TTY (CI, SLURM, a file) the bars are
+off and the output is the log lines alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
-from typing import IO
+import os
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -22,6 +24,58 @@ def is_terminal(stream: IO[str] | None) -> bool:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):  # a closed or unusual stream
         return False
+
+
+def is_rank_zero() -> bool:
+    """Whether this is rank 0 of torchrun or srun, or a single process: the one that draws bars."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+_T = TypeVar("_T")
+
+
+class TaskProgress:
+    """A bar for one bounded piece of work beside training: evaluation batches, videos prepared
+    or generated. Off unless ``stream`` is a terminal on rank 0 (every call is then a no-op);
+    while on, log lines print above it. It disappears when closed."""
+
+    def __init__(
+        self, total: int | None, desc: str, unit: str, stream: IO[str] | None, enabled: bool = True
+    ) -> None:
+        self.bar: tqdm | None = None
+        self._redirect: contextlib.ExitStack | None = None
+        if enabled and is_rank_zero() and is_terminal(stream):
+            self._redirect = contextlib.ExitStack()
+            self._redirect.enter_context(logging_redirect_tqdm(loggers=[logging.getLogger()]))
+            self.bar = tqdm(
+                total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, leave=False
+            )
+
+    def __enter__(self) -> TaskProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more units done."""
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def iterate(self, items: Iterable[_T]) -> Iterator[_T]:
+        """Yield ``items``, counting one unit as each is finished with (when the next is asked)."""
+        for item in items:
+            yield item
+            self.update()
+
+    def close(self) -> None:
+        """Remove the bar and stop routing log lines through it; safe to call twice."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self._redirect is not None:
+            self._redirect.close()
+            self._redirect = None
 
 
 class EpochProgress:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,6 +40,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from brisk.errors import UserError
+from brisk.trainer.progress import TaskProgress
 from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
 
@@ -429,6 +431,7 @@ def prepare(
     total = len(jobs)
     last_log = work_start = start
     done = 0
+    bar = TaskProgress(total, f"{name}: preparing", "video", sys.stderr)
 
     def account(record: dict, reused: bool) -> None:
         nonlocal done, last_log
@@ -443,6 +446,7 @@ def prepare(
             report.reused += 1
         else:
             report.prepared += 1
+        bar.update()
         now = time.perf_counter()
         if (not reused and now - last_log >= progress_every) or done == total:
             last_log = now
@@ -488,6 +492,7 @@ def prepare(
                         {"rel": rel, "source": str(src), "status": "failed", "reason": reason},
                         False,
                     )
+    bar.close()
     report.seconds = time.perf_counter() - start
     report.failures.sort(key=lambda f: f["rel"])
     cache.write_manifest(report, name)

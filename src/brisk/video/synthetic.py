@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from brisk.errors import UserError
+from brisk.trainer.progress import TaskProgress
 from brisk.video.codec import write_video
 
 CLASSES = (
@@ -147,11 +149,15 @@ def generate(
     root.mkdir(parents=True, exist_ok=True)
     # claims the folder before the first video, so an interrupted generation is ours to redo
     marker.write_text(json.dumps({"generating": params}, indent=1))
-    for split_no, (split, count) in enumerate(sorted(videos_per_class.items())):
-        for cls, name in enumerate(CLASSES):
-            for i in range(count):
-                video_seed = seed * 1_000_003 + split_no * 10_007 + cls * 1009 + i
-                pixels = render_video(cls, video_seed, frames, size)
-                write_video(videos / split / name / f"{name}_{i:03d}.avi", pixels, gop_size=30)
+    total = sum(videos_per_class.values()) * len(CLASSES)
+    with TaskProgress(total, "generating videos", "video", sys.stderr) as bar:
+        for split_no, (split, count) in enumerate(sorted(videos_per_class.items())):
+            for cls, name in enumerate(CLASSES):
+                for i in range(count):
+                    video_seed = seed * 1_000_003 + split_no * 10_007 + cls * 1009 + i
+                    pixels = render_video(cls, video_seed, frames, size)
+                    path = videos / split / name / f"{name}_{i:03d}.avi"
+                    write_video(path, pixels, gop_size=30)
+                    bar.update()
     marker.write_text(json.dumps(params, indent=1))
     return videos

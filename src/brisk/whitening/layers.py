@@ -213,6 +213,17 @@ class LayerWhitening(Whitening):
         """Every candidate module with its M, groups and blocks, and why it is not whitened."""
         return selection_table(self.candidates)
 
+    def __str__(self) -> str:
+        """``print(whitening)``: the start-up summary and selection table, which a plain script
+        without logging configured never sees."""
+        if not self.candidates and not self._handles:
+            return f"whitening '{self.name}': not attached to a model"
+        whitened = sum(c.skip_reason is None for c in self.candidates)
+        return (
+            f"whitening '{self.name}': {whitened} of {len(self.candidates)} candidate modules "
+            f"whitened\n{self.selection_table()}"
+        )
+
     def _register_hooks(self) -> None:
         for layer in self.layers:
             for _, _, adapter in layer.modules:
