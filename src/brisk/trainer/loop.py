@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from brisk.config.validate import batch_too_large
+from brisk.progress import EpochProgress, TaskProgress
 from brisk.run.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
@@ -60,7 +61,6 @@ from brisk.trainer.health import (
     nonfinite_loss_message,
 )
 from brisk.trainer.optimizers.build import build_optimizer
-from brisk.trainer.progress import EpochProgress, TaskProgress
 from brisk.whitening.base import NoWhitening, Whitening
 
 log = logging.getLogger("brisk")

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from brisk.errors import UserError
-from brisk.trainer.progress import TaskProgress
+from brisk.progress import TaskProgress
 from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
 

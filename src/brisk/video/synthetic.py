@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from brisk.errors import UserError
-from brisk.trainer.progress import TaskProgress
+from brisk.progress import TaskProgress
 from brisk.video.codec import write_video
 
 CLASSES = (
