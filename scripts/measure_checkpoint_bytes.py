@@ -2,11 +2,13 @@
 
 Runs ``train`` in-process in a fresh directory and counts every byte ``torch.save`` writes into the
 run's checkpoint files, the number of saves, and the disk space the checkpoints folder holds at the
-end (a file with two names, ``best.pt`` linked to ``last.pt``, counted once). Example, a whitened
-ResNet-20 debug run (3 epochs, so ``best.pt`` and ``last.pt`` share steps):
+end (a file with two names, ``best.pt`` linked to ``last.pt``, counted once). The figures in
+docs/runs.md come from a whitened ResNet-20 on a small CIFAR-shaped set (``write_fake_cifar`` of
+tests/conftest.py, 40 images per class, into DATA):
 
-    python scripts/measure_checkpoint_bytes.py model=resnet20 whitening=evd debug=fast \\
-        trainer.epochs=3 trainer.threads=1
+    python scripts/measure_checkpoint_bytes.py task=cifar paths.data_dir=DATA \\
+        dataset.val_size=50 whitening=recursive debug=fast trainer.epochs=3 \\
+        trainer.batch_size=32 trainer.threads=1
 """
 
 from __future__ import annotations

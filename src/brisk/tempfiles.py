@@ -5,7 +5,8 @@ writing process's id: ``.tmp-<name>.<pid>.<random>`` for a run's files (checkpoi
 metrics.csv) and ``.<name>.part<pid>[.ext]`` for a video cache's. A process killed while writing
 (SIGKILL, a node lost) leaves its temporary behind; checkpoint-sized ones add up. When a run or a
 cache preparation starts, :func:`remove_stale` deletes the temporaries of its folder whose writer
-is no longer alive, and never one of a live process.
+is no longer alive, and never one of a live process (in a video cache, which machines may share,
+only those untouched for an hour as well).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,12 +40,21 @@ def writer_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(folders: Iterable[Path], pattern: re.Pattern[str], recursive: bool = False) -> int:
+def remove_stale(
+    folders: Iterable[Path],
+    pattern: re.Pattern[str],
+    recursive: bool = False,
+    min_age_s: float = 0.0,
+) -> int:
     """Delete the temporaries named like ``pattern`` in ``folders`` whose writer is gone.
 
+    ``min_age_s``: also only files untouched for that long. A folder that processes on other
+    machines may write into (a video cache on a shared file system) needs it, since a process id
+    says nothing about another machine's processes; a run directory, held by its lock, does not.
     Returns the number removed; each removal is logged with its size. A file that vanishes
     meanwhile (its writer renamed it into place) is not an error.
     """
+    now = time.time()
     removed = 0
     for folder in folders:
         if not folder.is_dir():
@@ -54,7 +65,10 @@ def remove_stale(folders: Iterable[Path], pattern: re.Pattern[str], recursive: b
             if match is None or writer_alive(int(match["pid"])) or not path.is_file():
                 continue
             try:
-                size = path.stat().st_size
+                stat = path.stat()
+                if now - stat.st_mtime < min_age_s:
+                    continue
+                size = stat.st_size
                 path.unlink()
             except FileNotFoundError:
                 continue

@@ -65,6 +65,11 @@ RESIZES = ("keep_aspect", "squash")
 
 log = logging.getLogger("brisk.video")
 
+# A cache temporary is stale when its writer is gone and it was not touched for this long: one
+# video's arrays or re-encode take seconds to minutes, and a process id cannot tell whether a writer
+# on another machine sharing the cache is alive.
+STALE_PART_S = 3600.0
+
 
 @dataclass(frozen=True)
 class VideoEntry:
@@ -349,10 +354,11 @@ class VideoDataModule(DataModule):
     def prepare(self) -> PrepareReport:
         """Build (or complete) the cache of every video of the chosen split, reporting failures.
 
-        Temporary files that a killed preparation left in the cache are removed first (only those
-        whose writing process is gone: another live preparation keeps its own).
+        Temporary files that a killed preparation left in the cache are removed first: those whose
+        writing process is gone and that were not touched for an hour (a live preparation, here
+        or on another machine sharing the cache, keeps its own).
         """
-        remove_stale([self.cache.root], PART_TEMPORARY, recursive=True)
+        remove_stale([self.cache.root], PART_TEMPORARY, recursive=True, min_age_s=STALE_PART_S)
         index = self.find_videos()
         self.classes = list(index.classes)
         self.num_classes = len(self.classes)
