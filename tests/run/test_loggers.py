@@ -219,3 +219,13 @@ def test_wandb_and_mlflow_receive_the_run_and_continue_it_after_preemption(
             ), (split, column, step)
         assert wb["history"][f"{split}/{column}"].keys() == expected.keys()
     assert OmegaConf.create(wb["config"]).trainer.epochs == 3
+
+
+def test_only_rank_0_opens_the_external_loggers(tmp_path: Path) -> None:
+    """Another rank gets TensorBoard's flag and nothing else: no W&B or MLflow run, no ids file."""
+    from brisk.run.loggers import open_loggers
+
+    cfg = compose_config("logger=many")
+    loggers = open_loggers(cfg.logger, tmp_path, "seed: 0\n", "digits", [], [], enabled=False)
+    assert loggers.tensorboard and loggers.external == []
+    assert not (tmp_path / "loggers.json").exists()
