@@ -111,8 +111,11 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
             loggers.summary(result)
             outcome = "ok"
             if dist.is_main and loggers.tensorboard:
-                scores = {k: result.get(k) for k in ("best_val_acc1", "test_acc1")}
-                log_hparams(paths.tensorboard, yaml.safe_load(identity), scores)
+                names = ["best_val_acc1", "test_acc1"]
+                names += [k for k in ("best_val_ema_acc1", "test_ema_acc1") if k in result]
+                scores = {k: result.get(k) for k in names}
+                hparams = {**yaml.safe_load(identity), "brisk": {"group": loggers.group}}
+                log_hparams(paths.tensorboard, hparams, scores)
     finally:
         loggers.close(outcome)
         cleanup()
