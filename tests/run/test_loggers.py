@@ -219,3 +219,51 @@ def test_wandb_and_mlflow_receive_the_run_and_continue_it_after_preemption(
             ), (split, column, step)
         assert wb["history"][f"{split}/{column}"].keys() == expected.keys()
     assert OmegaConf.create(wb["config"]).trainer.epochs == 3
+
+
+def test_only_rank_0_opens_the_external_loggers(tmp_path: Path) -> None:
+    """Another rank gets TensorBoard's flag and nothing else: no W&B or MLflow run, no ids file."""
+    from brisk.run.loggers import open_loggers
+
+    cfg = compose_config("logger=many")
+    loggers = open_loggers(cfg.logger, tmp_path, "seed: 0\n", "digits", [], [], enabled=False)
+    assert loggers.tensorboard and loggers.external == []
+    assert not (tmp_path / "loggers.json").exists()
+
+
+def test_group_is_the_sweeps_key_without_seed_and_launch_keys(tmp_path: Path) -> None:
+    from brisk.run.loggers import open_loggers
+
+    overrides = [
+        "whitening=recursive",
+        "seed=2",
+        "optimizer.lr=0.2",
+        "resume=auto",
+        "trainer.threads=1",
+        "logger=[tensorboard,wandb]",
+        "paths.data_dir=/data",
+        "trainer.epochs=4",
+    ]
+    cfg = compose_config("logger=csv")
+    loggers = open_loggers(cfg.logger, tmp_path, "", "cifar", overrides, ["trainer.epochs"], False)
+    assert loggers.group == "optimizer.lr=0.2 whitening=recursive"
+    assert not loggers.tensorboard
+    alone = open_loggers(cfg.logger, tmp_path, "", "cifar", ["seed=1"], [], False)
+    assert alone.group == "(no overrides)"
+
+
+def test_tensorboard_hparams_carry_the_group_and_the_ema_figures(cfg_digits, tmp_path) -> None:
+    from tensorboard.plugins.hparams import metadata
+    from tests.run.test_hparams import hparams_records
+
+    train(cfg_digits(*FAST, "trainer.ema.enabled=true"), tmp_path)
+    content, _ = hparams_records(tmp_path / "tensorboard")
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["brisk.group"].string_value == "(no overrides)"  # not under Hydra
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "hparam/best_val_acc1",
+        "hparam/test_acc1",
+        "hparam/best_val_ema_acc1",
+        "hparam/test_ema_acc1",
+    }

@@ -113,6 +113,7 @@ class RunLoggers:
 
     tensorboard: bool = True
     external: list[ExternalLogger] = field(default_factory=list)
+    group: str = ""  # the sweep's grouping key of this run (TensorBoard's HParams get it too)
 
     def for_stage(self) -> RunLoggers:
         """A stage of the run keeps TensorBoard in its own folder and tells no external logger."""
@@ -167,20 +168,21 @@ def open_loggers(
     from brisk.sweep.jobs import group_key, override_key
 
     names = selected(logger_cfg)
-    loggers = RunLoggers(tensorboard="tensorboard" in names)
+    overrides = list(overrides)
+    what = [o for o in overrides if override_key(o).split(".")[0].split("/")[0] not in LAUNCH_KEYS]
+    key = group_key(what, {"seed", *RUNTIME_KEYS, *group_ignore})
+    group = " ".join(key) or "(no overrides)"
+    loggers = RunLoggers(tensorboard="tensorboard" in names, group=group)
     if not enabled:
         return loggers
     import yaml
 
-    overrides = list(overrides)
-    what = [o for o in overrides if override_key(o).split(".")[0].split("/")[0] not in LAUNCH_KEYS]
-    key = group_key(what, {"seed", *RUNTIME_KEYS, *group_ignore})
     identity = RunIdentity(
         run_dir=run_dir,
         name=name,
         config=yaml.safe_load(identity_yaml_text) or {},
         overrides=overrides,
-        group=" ".join(key) or "(no overrides)",
+        group=loggers.group,
     )
     ids_path = run_dir / IDS_FILE
     ids = _read_ids(ids_path)

@@ -135,8 +135,6 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
     test = trainer.evaluate_all("test")
     trainer.log_metrics("test", test)
     test_acc = monitored(test, trainer.monitor)
-    log_final_hparams(trainer, fit.best_val, test_acc)
-    trainer.close()
     log.info("test (%s): %s", chosen, format_metrics(test))
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     best_key, test_key = score_keys(trainer.monitor)
@@ -148,8 +146,11 @@ def fit_student(trainer: Trainer, plan: ResumePlan, record: RunRecord) -> dict[s
         "inference": trainer.inference,
         "steps": fit.step,
         "epochs": fit.epoch,
+        **_ema_figures(trainer, test),
     }
-    return {**result, **_ema_figures(trainer, test)}
+    log_final_hparams(trainer, result)
+    trainer.close()
+    return result
 
 
 def _ema_figures(trainer: Trainer, test: dict[str, float]) -> dict[str, Any]:
@@ -175,30 +176,33 @@ def evaluate_checkpoint(trainer: Trainer, ckpt_path: str) -> dict[str, Any]:
         trainer.log_metrics(split, results[split])
         log.info("%s: %s", split, format_metrics(results[split]))
     test_acc = monitored(results["test"], trainer.monitor)
-    val_acc = monitored(results["val"], trainer.monitor)
-    log_final_hparams(trainer, val_acc, test_acc)
-    trainer.close()
     log.info("final test %s: %.4f", trainer.monitor, test_acc)
     if trainer.ema is not None:
         trainer.best_val_ema = monitored(ema_part(results["val"]), trainer.monitor)
     best_key, test_key = score_keys(trainer.monitor)
-    return {
+    result = {
         "monitor": trainer.monitor,
-        best_key: val_acc,
+        best_key: monitored(results["val"], trainer.monitor),
         test_key: test_acc,
         "test": results["test"],
         "inference": trainer.inference,
         "evaluated": str(ckpt_path),
         **_ema_figures(trainer, results["test"]),
     }
+    log_final_hparams(trainer, result)
+    trainer.close()
+    return result
 
 
-def log_final_hparams(trainer: Trainer, best_val: float | None, test_acc: float) -> None:
-    """TensorBoard's HParams record of the run (its identity config and final figures), written
-    before the trainer closes its writer so the run keeps one event file."""
+def log_final_hparams(trainer: Trainer, result: dict[str, Any]) -> None:
+    """TensorBoard's HParams record of the run: its identity config with the sweep group the
+    loggers put it in (``brisk.group``), and its final figures (the averaged weights' too, with
+    ``trainer.ema``); written before the trainer closes its writer so the run keeps one event
+    file."""
     config = yaml.safe_load(trainer.config_yaml) or {}
-    best_key, test_key = score_keys(trainer.monitor)
-    trainer.open_logger().hparams(config, {best_key: best_val, test_key: test_acc})
+    config["brisk"] = {"group": trainer.ctx.loggers.group}
+    keys = (*score_keys(trainer.monitor), *score_keys(EMA_PREFIX + trainer.monitor))
+    trainer.open_logger().hparams(config, {k: result[k] for k in keys if k in result})
 
 
 def selected_on(datamodule: DataModule) -> str:
