@@ -65,7 +65,8 @@ CASES = [
         JOBLIB,
         "hydra/launcher/joblib",
         lambda c: (
-            c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.n_jobs == 2
+            c.hydra.launcher._target_.endswith("BriskParallelLauncher")
+            and c.hydra.launcher.n_jobs == 2
         ),
     ),
     (
