@@ -106,9 +106,7 @@ def uniform_positions(count: int, n: int | None) -> list[int]:
     return [int((i + 0.5) * count / n) for i in range(n)]
 
 
-def _frame_box(
-    height: int, width: int, resize: str, draw: Callable[[int, int], CropBox]
-) -> CropBox:
+def frame_box(height: int, width: int, resize: str, draw: Callable[[int, int], CropBox]) -> CropBox:
     """Draw a box on the frame as the model should see it (``squash``: the frame squashed to a
     square of its short side) and return it in the cached frame's coordinates."""
     if resize == "squash":
@@ -134,7 +132,7 @@ class _ClipDataset(Dataset):
     def _item(self, video: int, gop: int, box_fn: Callable[[int, int], CropBox]) -> dict:
         v = self.videos[video]
         arrays = self.store.load(v.rel, gop, v.keyframes)
-        box = _frame_box(*arrays.rgb.shape[1:3], self.resize, box_fn)
+        box = frame_box(*arrays.rgb.shape[1:3], self.resize, box_fn)
         clip, rgb = make_clip_u8(arrays, box, self.with_rgb)
         item = {"input": clip, "target": v.label, "video": video, "gop": gop}
         if rgb is not None:
@@ -449,6 +447,8 @@ class VideoDataModule(DataModule):
             "test_protocol": test_set.describe(),
             "test_clips_evaluated": len(test_set),
             "mv_border": self.settings.mv_border,
+            # the label of each output of the network, for classify-video and exported models
+            "classes": list(self.classes),
         }
         log.info(
             "%s: %d train videos; validation %s%s; test %s",
