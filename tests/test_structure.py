@@ -84,7 +84,20 @@ def test_brisk_has_no_module_level_import_cycle() -> None:
 
 def test_pretrained_weights_know_no_network() -> None:
     # anywhere in the file, functions included: each network declares its checkpoint layout
-    tree = ast.parse((SRC / "brisk" / "models" / "pretrained.py").read_text())
-    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported = all_imports(SRC / "brisk" / "models" / "pretrained.py")
     assert not {m for m in imported if m.startswith("brisk.models")}, imported
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module ``path`` names in an import, at any level (functions included)."""
+    tree = ast.parse(path.read_text())
+    found = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    return found | {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+
+def test_config_imports_nothing_from_the_video_package() -> None:
+    # the config package sits below the feature packages: the video data sets' schema and checks
+    # live in brisk.video.settings, registered by the config tree (brisk.conf)
+    for path in (SRC / "brisk" / "config").rglob("*.py"):
+        video = {m for m in all_imports(path) if m.startswith("brisk.video")}
+        assert not video, (path.name, video)

@@ -145,6 +145,8 @@ RULES: dict[str, dict[str, Range]] = {
         "num_frames": POSITIVE_INT,
         "in_channels": POSITIVE_INT,
     },
+    # the image data sets' keys; the video data sets check theirs in their settings dataclass
+    # (brisk.video.settings), when the data module is built
     "dataset": {
         "image_size": POSITIVE_INT,
         "resize_size": POSITIVE_INT,
@@ -152,18 +154,6 @@ RULES: dict[str, dict[str, Range]] = {
         "test_fraction": OPEN_FRACTION,
         "val_size": NONNEGATIVE_INT,
         "train_subset": OPTIONAL_POSITIVE_INT,
-        "split": Range(1, 3, integer=True),
-        "resolution[]": Range(2, integer=True),
-        "crop_size": POSITIVE_INT,
-        "gop_size": Range(2, integer=True),
-        "scales[]": Range(0, 1, low_open=True),
-        "num_workers": NONNEGATIVE_INT,
-        "qscale": Range(1, 31, integer=True),
-        "val_clips": POSITIVE_INT,
-        "train_per_class": POSITIVE_INT,
-        "test_per_class": POSITIVE_INT,
-        "frames": POSITIVE_INT,
-        "size": Range(8, integer=True),
     },
 }
 # the teacher's own preconditioner (stage 1) has the whitening keys
@@ -212,12 +202,6 @@ def _choices(cfg: DictConfig) -> Iterator[str]:
     methods = multiprocessing.get_all_start_methods()
     if method is not None and method not in methods:
         yield f"trainer.worker_start_method={_show(method)} (expected null or one of {methods})"
-    norm = OmegaConf.select(cfg, "dataset.normalization", default=None)
-    if norm is not None:
-        from brisk.video.clips import NORMALIZATIONS
-
-        if norm not in NORMALIZATIONS:
-            yield f"dataset.normalization={_show(norm)} (expected one of {list(NORMALIZATIONS)})"
     model = cfg.get("model")
     if isinstance(model, DictConfig) and model.get("_target_") == "brisk.models.create_model":
         from brisk.models.registry import list_models
@@ -258,13 +242,6 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"dataset.resize_size={resize} is smaller than dataset.image_size={size} "
                 "(the centre crop is taken from the resized image)"
-            )
-        crop, res = data.get("crop_size"), data.get("resolution")
-        numbers = isinstance(res, ListConfig) and len(res) and all(_is_number(r) for r in res)
-        if _is_number(crop) and numbers and crop > min(res):
-            problems.append(
-                f"dataset.crop_size={crop} is larger than the frames of dataset.resolution="
-                f"{list(res)}"
             )
     return problems
 

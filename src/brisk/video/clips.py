@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from brisk.video.cache import ClipArrays
+from brisk.video.settings import DEFAULT_SCALES, EVAL_CROPS, NORMALIZATIONS
 
 MFNET_MEAN = (124.0, 117.0, 104.0)
 MFNET_SCALE = 0.0167
-NORMALIZATIONS = ("mfnet", "centered")
-DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,6 @@ def centre_crop(height: int, width: int, out: int) -> CropBox:
     """An ``out`` x ``out`` centre crop; smaller frames give the largest centred square."""
     side = min(out, height, width)
     return CropBox((height - side) // 2, (width - side) // 2, side, side, out, flip=False)
-
-
-EVAL_CROPS = (1, 3, 10)
 
 
 def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropBox]:
