@@ -22,7 +22,8 @@ from brisk.models.cost import (
     log_run_costs,
     measure_cost,
 )
-from brisk.models.i3d import load_i3d_checkpoint, same_padding
+from brisk.models.i3d import same_padding
+from brisk.models.pretrained import file_sha256, load_checkpoint_into, read_state_dict
 
 
 def n_params(model: nn.Module) -> int:
@@ -164,24 +165,28 @@ def test_i3d_has_the_published_parameter_count_and_key_set() -> None:
 def test_i3d_loads_a_2018_kinetics_file_unchanged(tmp_path) -> None:
     state = pytorch_i3d_state_dict(400)  # no num_batches_tracked, as in the 2018 files
     torch.save(state, tmp_path / "rgb_imagenet.pt")
-    model = create_model("i3d", num_classes=400)
-    report = load_i3d_checkpoint(model, tmp_path / "rgb_imagenet.pt")
-    assert not report["replaced_classifier"] and len(report["sha256"]) == 64
+    # model.checkpoint=PATH: how published weights start a run
+    model = create_model("i3d", num_classes=400, checkpoint=str(tmp_path / "rgb_imagenet.pt"))
     own = model.state_dict()
     for key, value in state.items():
         assert torch.equal(own[key], value), key
+    assert len(file_sha256(tmp_path / "rgb_imagenet.pt")) == 64
 
 
 def test_i3d_loader_replaces_a_classifier_of_another_class_count(tmp_path) -> None:
     state = pytorch_i3d_state_dict(157)  # Charades
     torch.save(state, tmp_path / "rgb_charades.pt")
-    model = create_model("i3d", num_classes=51)
-    fresh_logits = model.logits.conv3d.weight.clone()
-    report = load_i3d_checkpoint(model, tmp_path / "rgb_charades.pt")
-    assert report["replaced_classifier"] and report["checkpoint_classes"] == 157
+    torch.manual_seed(0)
+    fresh_logits = create_model("i3d", num_classes=51).logits.conv3d.weight.clone()
+    torch.manual_seed(0)
+    model = create_model("i3d", num_classes=51, checkpoint=str(tmp_path / "rgb_charades.pt"))
     assert torch.equal(model.Mixed_5c.b2b.conv3d.weight, state["Mixed_5c.b2b.conv3d.weight"])
     assert torch.equal(model.logits.conv3d.weight, fresh_logits)
     assert model.logits.conv3d.weight.shape == (51, 1024, 1, 1, 1)
+    report = load_checkpoint_into(
+        create_model("i3d", num_classes=51), read_state_dict(tmp_path / "rgb_charades.pt"), "f"
+    )
+    assert report.replaced_classifier and report.checkpoint_classes == 157
 
 
 def test_i3d_loader_names_missing_and_unexpected_keys(tmp_path) -> None:
@@ -189,12 +194,19 @@ def test_i3d_loader_names_missing_and_unexpected_keys(tmp_path) -> None:
     del state["Mixed_4d.b1b.bn.running_var"]
     state["Mixed_4d.b9.conv3d.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "broken.pt")
+    path = tmp_path / "broken.pt"
+    # strict, as a teacher's checkpoint is loaded: refused, naming both keys
     with pytest.raises(
         UserError, match=r"broken\.pt.*Mixed_4d\.b1b\.bn\.running_var.*Mixed_4d\.b9"
     ):
-        load_i3d_checkpoint(create_model("i3d", num_classes=400), tmp_path / "broken.pt")
+        load_checkpoint_into(
+            create_model("i3d", num_classes=400), read_state_dict(path), str(path), strict=True
+        )
+    # model.checkpoint: the missing tensor keeps its initialisation, the extra one is ignored
+    model = create_model("i3d", num_classes=400, checkpoint=str(path))
+    assert torch.equal(model.Mixed_4d.b1b.conv3d.weight, state["Mixed_4d.b1b.conv3d.weight"])
     with pytest.raises(UserError, match="nowhere.pt"):
-        load_i3d_checkpoint(create_model("i3d", num_classes=400), tmp_path / "nowhere.pt")
+        create_model("i3d", num_classes=400, checkpoint=str(tmp_path / "nowhere.pt"))
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,15 @@ def test_wheel_install_composes_configs_from_any_directory(tmp_path: Path) -> No
     )
     assert proc.returncode == 0, proc.stderr
     assert "name: resnet20" in proc.stdout and "CifarDataModule" in proc.stdout
+
+
+def test_every_console_script_points_at_a_documented_callable() -> None:
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"train", "prepare-video", "classify-video", "export-video-model"} <= set(scripts)
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        entry = getattr(importlib.import_module(module), attr)
+        assert callable(entry) and entry.__doc__, name

@@ -10,11 +10,24 @@ from brisk.video.cache import ClipArrays
 from brisk.video.clips import (
     CropBox,
     centre_crop,
-    make_clip,
     make_clip_u8,
-    quantise_motion,
+    normalise_clip,
     random_crop,
+    rgb_unit,
 )
+
+
+def make_clip(a: ClipArrays, box: CropBox, normalization: str = "mfnet"):
+    """The clip as the network gets it: built in the loader, finished on the device."""
+    clip, rgb = make_clip_u8(a, box)
+    assert rgb is not None
+    return normalise_clip(clip, normalization), rgb_unit(rgb)
+
+
+def coviar_motion(mv: float) -> float:
+    """CoViAR's quantisation of a motion value, normalised: clip(floor(mv * 6.375 + 128)) / 255 -
+    0.5."""
+    return float(np.clip(np.floor(mv * 127.5 / 20 + 128), 0, 255)) / 255 - 0.5
 
 
 def arrays(h=20, w=30, t=12, motion=True, seed=0) -> ClipArrays:
@@ -64,18 +77,17 @@ def test_resize_scales_motion_with_the_crop():
     a.motion[...] = 0
     a.motion[..., 0] = 4  # 4 px right everywhere
     clip, _ = make_clip(a, CropBox(0, 0, 10, 10, 20))  # upscaled 2x
-    expected = quantise_motion(torch.tensor(8.0))
-    torch.testing.assert_close(clip[3, 1:], torch.full_like(clip[3, 1:], float(expected)))
+    torch.testing.assert_close(clip[3, 1:], torch.full_like(clip[3, 1:], coviar_motion(8.0)))
     # The I-frame slot carries zero motion.
-    torch.testing.assert_close(
-        clip[3, 0], torch.full_like(clip[3, 0], float(quantise_motion(torch.tensor(0.0))))
-    )
+    torch.testing.assert_close(clip[3, 0], torch.full_like(clip[3, 0], coviar_motion(0.0)))
 
 
-def test_quantise_motion_matches_coviar():
-    mv = torch.tensor([-100.0, -20.0, 0.0, 20.0, 100.0])
-    u8 = np.clip(np.floor(mv.numpy() * 127.5 / 20 + 128), 0, 255)
-    torch.testing.assert_close(quantise_motion(mv), torch.from_numpy(u8 / 255 - 0.5).float())
+@pytest.mark.parametrize("mv", [-100, -20, -1, 0, 3, 20, 100])
+def test_motion_channels_are_coviars_quantisation(mv: int) -> None:
+    a = arrays(motion=True)
+    a.motion[...] = max(-127, min(127, mv))
+    clip, _ = make_clip(a, CropBox(0, 0, 20, 20, 20))  # no resize: the values pass unscaled
+    torch.testing.assert_close(clip[3:, 1:], torch.full_like(clip[3:, 1:], coviar_motion(mv)))
 
 
 def test_random_crop_is_reproducible_and_inside_the_frame():

@@ -251,3 +251,32 @@ def test_the_clip_cache_goes_under_paths_cache_dir(dataset: str) -> None:
     assert default.dataset.cache_dir == f"/d/cache/{dataset}"
     moved = compose_config("task=video", f"dataset={dataset}", "paths.cache_dir=/scratch/c")
     assert moved.dataset.cache_dir == f"/scratch/c/{dataset}"
+
+
+def test_video_keys_are_checked_by_one_dataclass_in_python_and_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import run_train
+
+    from brisk.errors import ConfigValueError
+    from brisk.video.settings import MovingShapesSettings
+
+    with pytest.raises(ConfigValueError, match=r"dataset.crop_size=100.*dataset.qscale=0"):
+        MovingShapesDataModule(tmp_path, crop_size=100, qscale=0)
+    with pytest.raises(ConfigValueError, match=r"dataset.split=4"):
+        UCF101DataModule(tmp_path, split=4)
+    assert MovingShapesSettings(root="r").flip is False  # the schema holds the defaults
+    proc = run_train(
+        "task=video",
+        "dataset.crop_size=100",
+        "dataset.test_crops=4",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        env={"HYDRA_FULL_ERROR": "0"},
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("brisk: error:")]
+    assert len(errors) == 1 and "dataset.crop_size=100" in errors[0]
+    assert "dataset.test_crops=4" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "data" / "moving_shapes").exists()  # refused before any work

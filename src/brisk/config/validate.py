@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from brisk.config.ranges import (
     MOMENTUM,
@@ -71,6 +71,8 @@ RULES: dict[str, dict[str, Range]] = {
         "num_frames": POSITIVE_INT,
         "in_channels": POSITIVE_INT,
     },
+    # the image data sets' keys; the video data sets check theirs in their settings dataclass
+    # (brisk.video.settings), when the data module is built
     "dataset": {
         "image_size": POSITIVE_INT,
         "resize_size": POSITIVE_INT,
@@ -78,18 +80,6 @@ RULES: dict[str, dict[str, Range]] = {
         "test_fraction": OPEN_FRACTION,
         "val_size": NONNEGATIVE_INT,
         "train_subset": OPTIONAL_POSITIVE_INT,
-        "split": Range(1, 3, integer=True),
-        "resolution[]": Range(2, integer=True),
-        "crop_size": POSITIVE_INT,
-        "gop_size": Range(2, integer=True),
-        "scales[]": Range(0, 1, low_open=True),
-        "num_workers": NONNEGATIVE_INT,
-        "qscale": Range(1, 31, integer=True),
-        "val_clips": POSITIVE_INT,
-        "train_per_class": POSITIVE_INT,
-        "test_per_class": POSITIVE_INT,
-        "frames": POSITIVE_INT,
-        "size": Range(8, integer=True),
     },
 }
 # the teacher's own preconditioner (stage 1) has the whitening keys
@@ -130,12 +120,6 @@ def _schema_problems(cfg: DictConfig) -> list[str]:
 
 def _choices(cfg: DictConfig) -> Iterator[str]:
     """Keys whose value is one of a few names."""
-    norm = OmegaConf.select(cfg, "dataset.normalization", default=None)
-    if norm is not None:
-        from brisk.video.clips import NORMALIZATIONS
-
-        if norm not in NORMALIZATIONS:
-            yield f"dataset.normalization={_show(norm)} (expected one of {list(NORMALIZATIONS)})"
     model = cfg.get("model")
     if isinstance(model, DictConfig) and model.get("_target_") == "brisk.models.create_model":
         from brisk.models.registry import list_models
@@ -164,13 +148,6 @@ def _cross_checks(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"dataset.resize_size={resize} is smaller than dataset.image_size={size} "
                 "(the centre crop is taken from the resized image)"
-            )
-        crop, res = data.get("crop_size"), data.get("resolution")
-        numbers = isinstance(res, ListConfig) and len(res) and all(_is_number(r) for r in res)
-        if _is_number(crop) and numbers and crop > min(res):
-            problems.append(
-                f"dataset.crop_size={crop} is larger than the frames of dataset.resolution="
-                f"{list(res)}"
             )
     return problems
 

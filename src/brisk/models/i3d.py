@@ -15,17 +15,14 @@ network's.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brisk.models.pretrained import file_sha256, load_checkpoint_into, read_state_dict
+from brisk.models.pretrained import Layout
 from brisk.models.registry import register_model
 
-__all__ = ["InceptionI3d", "file_sha256", "load_i3d_checkpoint", "read_state_dict", "same_padding"]
+__all__ = ["InceptionI3d", "same_padding"]
 
 _Triple = tuple[int, int, int]
 
@@ -123,6 +120,9 @@ class InceptionI3d(nn.Module):
     weights). ``feature_channels`` lists the end points that feature mimicking may hook.
     """
 
+    #: the tensors a published checkpoint (pytorch-i3d) may not fit: the classifier, the first conv
+    checkpoint_layout = Layout("logits.", "Conv3d_1a_7x7.conv3d.weight")
+
     def __init__(
         self,
         num_classes: int = 400,
@@ -192,13 +192,6 @@ class InceptionI3d(nn.Module):
         h = F.avg_pool3d(h, kernel, stride=1)
         return self.logits(self.dropout(h)).mean(dim=(2, 3, 4))
 
-    def replace_logits(self, num_classes: int) -> None:
-        """A fresh classifier for another label set (e.g. Kinetics-400 weights on HMDB51)."""
-        self.logits = Unit3D(
-            self.logits.conv3d.in_channels, num_classes, batch_norm=False, relu=False, bias=True
-        )
-        self.num_classes = num_classes
-
 
 @register_model
 def i3d(
@@ -211,19 +204,3 @@ def i3d(
 ) -> InceptionI3d:
     """Inception-v1 I3D; inputs in [-1, 1]. ``num_frames`` only sets the cost reports' clip."""
     return InceptionI3d(num_classes, in_channels, num_frames, width_mult, dropout, keep_time)
-
-
-def load_i3d_checkpoint(model: InceptionI3d, path: str | Path) -> dict[str, Any]:
-    """Load pytorch-i3d weights (e.g. ``rgb_imagenet.pt``, ``rgb_charades.pt``) into ``model``.
-
-    When the file's classifier has another class count than ``model`` (Charades' 157 or Kinetics'
-    400 against the data set's), the file's ``logits.*`` are dropped and ``model`` keeps a fresh
-    classifier.
-    """
-    loaded = load_checkpoint_into(model, read_state_dict(path), str(path), strict=True)
-    return {
-        "replaced_classifier": loaded.replaced_classifier,
-        "checkpoint_classes": loaded.checkpoint_classes,
-        "path": str(path),
-        "sha256": file_sha256(path),
-    }

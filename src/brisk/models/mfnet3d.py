@@ -19,6 +19,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from brisk.models.pretrained import Layout
 from brisk.models.registry import register_model
 
 # (units, mid and output width) of conv2..conv5; the first unit of each stage changes the shape.
@@ -119,6 +120,9 @@ class MFNet3D(nn.Module):
     mimicking may hook) with their channel counts.
     """
 
+    #: the tensors a published checkpoint (cypw/PyTorch-MFNet) may not fit: classifier, first conv
+    checkpoint_layout = Layout("classifier.", "conv1.conv.weight")
+
     def __init__(
         self,
         num_classes: int,
@@ -216,13 +220,6 @@ class MFNet3D(nn.Module):
         """Clips (B, C, T, H, W) -> logits (B, num_classes); any T, H, W (adaptive pooling)."""
         return self.head(self.forward_features(x)["conv5"])
 
-    def replace_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for another label set (fine-tuning a checkpoint trained elsewhere)."""
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-        nn.init.normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
-        self.num_classes = num_classes
-
 
 class NormalizedInput(nn.Module):
     """Maps [0, 1] RGB clips to what a network was trained on, so callers can feed raw frames.
@@ -230,6 +227,9 @@ class NormalizedInput(nn.Module):
     The constants are non-persistent buffers: checkpoints keep only the wrapped network's weights
     (under ``net.``) and the constants cannot go stale in a saved file.
     """
+
+    #: checkpoints hold the wrapped network's tensors (``pretrained.weights_module``)
+    weights_in = "net"
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()

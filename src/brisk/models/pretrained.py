@@ -34,7 +34,11 @@ log = logging.getLogger("brisk")
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a network keeps its classifier and first conv: the tensors a checkpoint may not fit."""
+    """Where a network keeps its classifier and first conv: the tensors a checkpoint may not fit.
+
+    A network that takes published weights declares it as the class attribute
+    ``checkpoint_layout``, so this module needs to know no network.
+    """
 
     head_prefix: str
     stem_weight: str
@@ -111,18 +115,23 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def layout_of(model: nn.Module) -> Layout:
-    """The classifier prefix and first-conv weight of the networks that take published weights."""
-    from brisk.models.i3d import InceptionI3d
-    from brisk.models.mfnet3d import MFNet3D
+    """The classifier prefix and first-conv weight that the network declares as its class's
+    ``checkpoint_layout``; networks without one do not take published weights."""
+    # read on the class: a wrapper's instance would forward the lookup to the network it wraps
+    layout = getattr(type(model), "checkpoint_layout", None)
+    if not isinstance(layout, Layout):
+        raise UserError(
+            f"model.checkpoint: {type(model).__name__} does not take published weights; "
+            "use model=mfcd_net, mfnet_rgb or i3d"
+        )
+    return layout
 
-    if isinstance(model, MFNet3D):
-        return Layout("classifier.", "conv1.conv.weight")
-    if isinstance(model, InceptionI3d):
-        return Layout("logits.", "Conv3d_1a_7x7.conv3d.weight")
-    raise UserError(
-        f"model.checkpoint: {type(model).__name__} does not take published weights; "
-        "use model=mfcd_net, mfnet_rgb or i3d"
-    )
+
+def weights_module(model: nn.Module) -> nn.Module:
+    """The module a checkpoint's tensors belong to: a wrapper (the teachers' input normalisation)
+    names the network it wraps in its class's ``weights_in``; any other model is its own."""
+    inner = getattr(type(model), "weights_in", None)
+    return getattr(model, inner) if inner else model
 
 
 def inflate_stem(weight: Tensor, in_channels: int) -> Tensor:
@@ -149,9 +158,7 @@ def load_checkpoint_into(
     are ignored, both logged. Shape mismatches other than the classifier and a 3 -> more channel
     stem are refused in both modes.
     """
-    from brisk.models.mfnet3d import NormalizedInput
-
-    net = model.net if isinstance(model, NormalizedInput) else model
+    net = weights_module(model)
     layout = layout_of(net)
     own = net.state_dict()
     report = LoadReport(source)

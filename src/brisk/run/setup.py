@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brisk.data.base import DataModule
-from brisk.errors import ConfigValueError
+from brisk.errors import ConfigValueError, UserError
 from brisk.run.distributed import DistInfo, barrier
 
 
@@ -41,9 +42,21 @@ def seed_everything(seed: int, deterministic: bool, threads: int | None) -> None
         torch.backends.cudnn.benchmark = False
 
 
+def instantiate_checked(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a :class:`~brisk.errors.UserError` raised by the
+    constructor (a settings dataclass's checks) through as itself: Hydra wraps every error of a
+    target in an ``InstantiationException``, which would print as a traceback."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
+
+
 def setup_data(dataset_cfg: DictConfig, dist: DistInfo) -> DataModule:
     """Rank 0 prepares first (caches, generated data), then the others read what it wrote."""
-    datamodule: DataModule = instantiate(dataset_cfg)
+    datamodule: DataModule = instantiate_checked(dataset_cfg)
     if dist.is_main:
         datamodule.setup()
     barrier()

@@ -26,11 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from brisk.video.cache import ClipArrays
+from brisk.video.settings import DEFAULT_SCALES, EVAL_CROPS, NORMALIZATIONS
 
 MFNET_MEAN = (124.0, 117.0, 104.0)
 MFNET_SCALE = 0.0167
-NORMALIZATIONS = ("mfnet", "centered")
-DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
 @dataclass(frozen=True)
@@ -74,9 +73,6 @@ def centre_crop(height: int, width: int, out: int) -> CropBox:
     """An ``out`` x ``out`` centre crop; smaller frames give the largest centred square."""
     side = min(out, height, width)
     return CropBox((height - side) // 2, (width - side) // 2, side, side, out, flip=False)
-
-
-EVAL_CROPS = (1, 3, 10)
 
 
 def eval_crop_boxes(height: int, width: int, out: int, crops: int) -> list[CropBox]:
@@ -162,17 +158,6 @@ def _resize_u8(a: np.ndarray, out: int, flip: bool = False) -> torch.Tensor:
     return t.flip(2) if flip else t
 
 
-def normalise_rgb(x: torch.Tensor) -> torch.Tensor:
-    """MFNet normalisation of a ``(3, ...)`` tensor of 0..255 values."""
-    mean = torch.tensor(MFNET_MEAN).view(3, *([1] * (x.dim() - 1)))
-    return (x - mean) * MFNET_SCALE
-
-
-def quantise_motion(mv: torch.Tensor) -> torch.Tensor:
-    """CoViAR's motion quantisation, returned already normalised to about [-0.5, 0.5]."""
-    return motion_u8(mv) / 255.0 - 0.5
-
-
 def motion_u8(mv: torch.Tensor) -> torch.Tensor:
     """CoViAR's motion quantisation ``clip(floor(mv * 127.5 / 20 + 128), 0, 255)``, as uint8."""
     return torch.clamp(torch.floor(mv * (127.5 / 20.0) + 128.0), 0, 255).to(torch.uint8)
@@ -238,17 +223,3 @@ def normalise_clip(clip: torch.Tensor, normalization: str = "mfnet") -> torch.Te
 def rgb_unit(rgb: torch.Tensor) -> torch.Tensor:
     """uint8 RGB -> float32 in [0, 1], what the teachers take."""
     return rgb.float().div_(255.0)
-
-
-def make_clip(
-    arrays: ClipArrays, box: CropBox, normalization: str = "mfnet"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build ``(input (C, T, out, out), rgb (3, T, out, out) in [0, 1])`` from one GOP's arrays.
-
-    The float form of :func:`make_clip_u8` + :func:`normalise_clip`, computed on the CPU.
-    """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization={normalization!r}: expected one of {NORMALIZATIONS}")
-    clip, rgb = make_clip_u8(arrays, box)
-    assert rgb is not None
-    return normalise_clip(clip, normalization).contiguous(), rgb_unit(rgb).contiguous()

@@ -35,7 +35,6 @@ import torch
 from torch.utils.data import Dataset
 
 from brisk.data.base import DataModule, DatasetNotFoundError
-from brisk.errors import UserError
 from brisk.tempfiles import PART_TEMPORARY, remove_stale
 from brisk.video.cache import (
     CacheSettings,
@@ -47,8 +46,6 @@ from brisk.video.cache import (
 )
 from brisk.video.clips import (
     DEFAULT_SCALES,
-    EVAL_CROPS,
-    NORMALIZATIONS,
     CropBox,
     eval_crop_boxes,
     make_clip_u8,
@@ -58,10 +55,8 @@ from brisk.video.clips import (
     squash_box,
 )
 from brisk.video.codec import KeyframeIndex
-from brisk.video.motion import MV_BORDERS
+from brisk.video.settings import VideoDatasetSettings, settings_from
 from brisk.video.splits import carve_validation
-
-RESIZES = ("keep_aspect", "squash")
 
 log = logging.getLogger("brisk.video")
 
@@ -112,9 +107,7 @@ def uniform_positions(count: int, n: int | None) -> list[int]:
     return [int((i + 0.5) * count / n) for i in range(n)]
 
 
-def _frame_box(
-    height: int, width: int, resize: str, draw: Callable[[int, int], CropBox]
-) -> CropBox:
+def frame_box(height: int, width: int, resize: str, draw: Callable[[int, int], CropBox]) -> CropBox:
     """Draw a box on the frame as the model should see it (``squash``: the frame squashed to a
     square of its short side) and return it in the cached frame's coordinates."""
     if resize == "squash":
@@ -140,7 +133,7 @@ class _ClipDataset(Dataset):
     def _item(self, video: int, gop: int, box_fn: Callable[[int, int], CropBox]) -> dict:
         v = self.videos[video]
         arrays = self.store.load(v.rel, gop, v.keyframes)
-        box = _frame_box(*arrays.rgb.shape[1:3], self.resize, box_fn)
+        box = frame_box(*arrays.rgb.shape[1:3], self.resize, box_fn)
         clip, rgb = make_clip_u8(arrays, box, self.with_rgb)
         item = {"input": clip, "target": v.label, "video": video, "gop": gop}
         if rgb is not None:
@@ -226,120 +219,49 @@ class EvalClips(_ClipDataset):
 class VideoDataModule(DataModule):
     """Base of the video data sets; see the module docstring for what the items hold.
 
-    Knobs: ``root`` (the data set as users have it on disk), ``split`` (official split number),
-    ``resolution`` ([width, height] of the re-encode, CoViAR's 340x256), ``crop_size``,
-    ``gop_size``, ``mv_channels`` (append the 2 accumulated-motion channels), ``normalization``
-    ("mfnet" or "centered"), ``scales`` (scale-jitter crop sides, fractions of the short side),
-    ``flip`` (random horizontal flips in training; off for data sets where left/right is the label),
-    ``cache_dir`` (default ``<root>/../cache/<name>``), ``cache_clips`` (store per-GOP arrays: fast,
-    ~0.5 MB per frame at 340x256; false: keep only re-encoded files and extract clips on the fly),
-    ``num_workers`` (preparation processes, 0 = in-process), ``qscale`` (encoder quantiser, 1 =
-    best), ``seed``. Protocol: ``val_fraction`` / ``val_seed`` (validation held out of the training
-    list), ``val_clips`` (GOPs per validation video), ``test_clips`` (``"all"`` or N per test
-    video), ``test_crops`` (1, 3 or 10), ``resize`` (``keep_aspect`` or ``squash`` to a square
-    before cropping), ``mv_border`` (``skip`` or ``clamp``, :mod:`brisk.video.motion`).
+    Its keys, their defaults and their checks are :attr:`settings_class`
+    (:mod:`brisk.video.settings`); ``config`` holds them.
     """
 
     name = "video"
     how_to_get = "put the videos under root"
+    #: the schema of this data set's keys (``dataset=`` YAML and Python arguments alike)
+    settings_class: type[VideoDatasetSettings] = VideoDatasetSettings
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: int = 1,
-        resolution: tuple[int, int] | list[int] = (340, 256),
-        crop_size: int = 224,
-        gop_size: int = 12,
-        mv_channels: bool = False,
-        normalization: str = "mfnet",
-        scales: tuple[float, ...] | list[float] = DEFAULT_SCALES,
-        flip: bool = True,
-        cache_dir: str | Path | None = None,
-        cache_clips: bool = True,
-        num_workers: int = 2,
-        qscale: int = 1,
-        seed: int = 0,
-        val_fraction: float = 0.1,
-        val_seed: int = 0,
-        val_clips: int = 3,
-        test_clips: int | str = "all",
-        test_crops: int = 1,
-        resize: str = "keep_aspect",
-        mv_border: str = "skip",
-        teacher_input: str | None = "rgb",
-    ) -> None:
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"dataset.normalization={normalization!r}: expected one of {NORMALIZATIONS}"
-            )
-        if len(resolution) != 2 or any(int(r) <= 0 or int(r) % 2 for r in resolution):
-            raise ValueError(
-                f"dataset.resolution={list(resolution)}: expected [width, height], even"
-            )
-        if crop_size > min(resolution):
-            raise ValueError(
-                f"dataset.crop_size={crop_size} exceeds the frame size {list(resolution)}"
-            )
-        self._check_protocol(val_fraction, val_clips, test_clips, test_crops, resize, mv_border)
-        self.val_fraction, self.val_seed = float(val_fraction), int(val_seed)
-        self.val_clips = int(val_clips)
-        self.test_clips = None if str(test_clips) == "all" else int(test_clips)
-        self.test_crops, self.resize = int(test_crops), resize
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        # every check of every key: VideoDatasetSettings.__post_init__ (one user error naming them)
+        config = settings_from(self.settings_class, root=str(root), **options)
+        self.config = config
+        self.val_fraction, self.val_seed = float(config.val_fraction), int(config.val_seed)
+        self.val_clips = int(config.val_clips)
+        self.test_clips = None if str(config.test_clips) == "all" else int(config.test_clips)
+        self.test_crops, self.resize = int(config.test_crops), config.resize
         self.root = Path(root)
-        self.split = int(split)
-        self.crop_size, self.gop_size = int(crop_size), int(gop_size)
-        self.mv_channels, self.normalization = bool(mv_channels), normalization
-        self.scales = tuple(float(s) for s in scales)
-        self.flip = bool(flip)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root.parent / "cache" / self.name
-        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.split = int(getattr(config, "split", 1))  # the data sets with official splits
+        self.crop_size, self.gop_size = int(config.crop_size), int(config.gop_size)
+        self.mv_channels, self.normalization = bool(config.mv_channels), config.normalization
+        self.scales = tuple(float(s) for s in config.scales)
+        self.flip = bool(config.flip)
+        self.cache_dir = (
+            Path(config.cache_dir) if config.cache_dir else self.root.parent / "cache" / self.name
+        )
+        self.num_workers, self.seed = int(config.num_workers), int(config.seed)
         self.settings = CacheSettings(
-            size=(int(resolution[0]), int(resolution[1])),
+            size=(int(config.resolution[0]), int(config.resolution[1])),
             gop_size=self.gop_size,
-            qscale=int(qscale),
+            qscale=int(config.qscale),
             motion_vectors=self.mv_channels,
-            clips=bool(cache_clips),
-            mv_border=mv_border,
+            clips=bool(config.cache_clips),
+            mv_border=config.mv_border,
         )
         self.cache = VideoCache(self.cache_dir, self.settings)
         # The decoded frames are built only for a teacher that reads them (task/video.yaml passes
         # the teacher's input_key): 9 of a clip's 15-23 ms and half its bytes otherwise.
-        if teacher_input not in (None, "rgb"):
-            raise UserError(
-                f"dataset.teacher_input={teacher_input!r}: expected rgb or null (no teacher)"
-            )
-        self.with_rgb = teacher_input == "rgb"
+        self.with_rgb = config.teacher_input == "rgb"
         self.classes: list[str] = []
         self.report: PrepareReport | None = None
         self._splits: dict[str, Dataset] = {}
         self._summary: dict[str, Any] = {}
-
-    @staticmethod
-    def _check_protocol(
-        val_fraction: float,
-        val_clips: int,
-        test_clips: int | str,
-        test_crops: int,
-        resize: str,
-        mv_border: str,
-    ) -> None:
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise UserError(f"dataset.val_fraction={val_fraction}: expected 0 <= val_fraction < 1")
-        if int(val_clips) < 1:
-            raise UserError(f"dataset.val_clips={val_clips}: expected a number of GOPs >= 1")
-        if str(test_clips) != "all" and not (str(test_clips).isdigit() and int(test_clips) >= 1):
-            raise UserError(f"dataset.test_clips={test_clips}: expected 'all' or a number >= 1")
-        if int(test_crops) not in EVAL_CROPS:
-            raise UserError(f"dataset.test_crops={test_crops}: expected one of {EVAL_CROPS}")
-        if resize not in RESIZES:
-            raise UserError(f"dataset.resize={resize!r}: expected one of {RESIZES}")
-        if resize == "squash" and int(test_crops) == 3:
-            raise UserError(
-                "dataset.test_crops=3 with dataset.resize=squash: the three short-side squares of "
-                "a squashed (square) frame are the same crop; use test_crops 1 or 10"
-            )
-        if mv_border not in MV_BORDERS:
-            raise UserError(f"dataset.mv_border={mv_border!r}: expected one of {MV_BORDERS}")
 
     # -- to implement per data set -------------------------------------------------------------
     def find_videos(self) -> VideoIndex:
@@ -461,6 +383,8 @@ class VideoDataModule(DataModule):
             "test_protocol": test_set.describe(),
             "test_clips_evaluated": len(test_set),
             "mv_border": self.settings.mv_border,
+            # the label of each output of the network, for classify-video and exported models
+            "classes": list(self.classes),
         }
         log.info(
             "%s: %d train videos; validation %s%s; test %s",

@@ -13,6 +13,7 @@ from brisk.errors import UserError
 from brisk.video import synthetic
 from brisk.video.cache import VideoCache, source_folder_key
 from brisk.video.datamodule import VideoDataModule, VideoEntry, VideoIndex
+from brisk.video.settings import MovingShapesSettings, OfficialSplitSettings, VideoFolderSettings
 from brisk.video.splits import (
     SplitFileError,
     classes_from_lists,
@@ -119,6 +120,7 @@ class UCF101DataModule(VideoDataModule):
     """
 
     name = "ucf101"
+    settings_class = OfficialSplitSettings
     how_to_get = (
         "download UCF101.rar and UCF101TrainTestSplits-RecognitionTask.zip from "
         "https://www.crcv.ucf.edu/data/UCF101.php and unpack both into root"
@@ -188,6 +190,7 @@ class HMDB51DataModule(VideoDataModule):
     """
 
     name = "hmdb51"
+    settings_class = OfficialSplitSettings
     how_to_get = (
         "download hmdb51_org.rar and test_train_splits.rar from "
         "https://serre-lab.clps.brown.edu/resource/hmdb-a-large-human-motion-database/, unpack the "
@@ -342,9 +345,12 @@ class VideoFolderDataModule(VideoDataModule):
     name = "video_folder"
     how_to_get = "arrange your videos as root/<class name>/<video file>"
 
-    def __init__(self, root, test_fraction: float = 0.3, split_seed: int = 0, **kwargs) -> None:
-        super().__init__(root, **kwargs)
-        self.test_fraction, self.split_seed = float(test_fraction), int(split_seed)
+    settings_class = VideoFolderSettings
+
+    def __init__(self, root, **options) -> None:
+        super().__init__(root, **options)
+        assert isinstance(self.config, VideoFolderSettings)
+        self.test_fraction, self.split_seed = self.config.test_fraction, self.config.split_seed
         # any folder can be the source: key the cache by it, not only by the encoding settings
         self.cache = VideoCache(self.cache_dir / source_folder_key(self.root), self.settings)
 
@@ -369,23 +375,15 @@ class MovingShapesDataModule(VideoDataModule):
     name = "moving_shapes"
     how_to_get = "nothing to get: it is generated on first use"
 
-    def __init__(
-        self,
-        root,
-        train_per_class: int = 48,
-        test_per_class: int = 6,
-        frames: int = 36,
-        size: int = 64,
-        generator_seed: int = 0,
-        **kwargs,
-    ) -> None:
-        kwargs.setdefault("resolution", (size, size))
-        kwargs.setdefault("crop_size", 56)
-        # Mirroring turns "move right" into "move left" and clockwise into anticlockwise.
-        kwargs.setdefault("flip", False)
-        super().__init__(root, **kwargs)
-        self.counts = {"train": int(train_per_class), "test": int(test_per_class)}
-        self.frames, self.size, self.generator_seed = int(frames), int(size), int(generator_seed)
+    settings_class = MovingShapesSettings
+
+    def __init__(self, root, **options) -> None:
+        super().__init__(root, **options)
+        config = self.config
+        assert isinstance(config, MovingShapesSettings)
+        self.counts = {"train": int(config.train_per_class), "test": int(config.test_per_class)}
+        self.frames, self.size = int(config.frames), int(config.size)
+        self.generator_seed = int(config.generator_seed)
 
     def find_videos(self) -> VideoIndex:
         """Generate the videos if needed (unchanged parameters reuse them) and list both splits."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from brisk.video.settings import MV_BORDERS
+
 #: FFmpeg ``AVMotionVector`` fields kept, in order (``flags`` is always 0 and is dropped).
 MV_FIELDS = (
     "source",
@@ -107,9 +109,6 @@ def _rasterise_uniform(fwd: np.ndarray, hc: int, wc: int, cell: int) -> np.ndarr
     if k > 1:
         grid = grid.repeat(k, axis=1).repeat(k, axis=2)
     return np.ascontiguousarray(grid[:, :hc, :wc])
-
-
-MV_BORDERS = ("skip", "clamp")
 
 
 class MotionCompensator:

@@ -11,11 +11,11 @@ import logging
 import sys
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brisk.config import CONFIG_NAME, CONFIG_PATH  # registers the runner's config schemas
 from brisk.errors import USER_ERROR_EXIT, UserError
+from brisk.run.setup import instantiate_checked
 from brisk.video.cache import PrepareReport
 from brisk.video.datamodule import VideoDataModule
 
@@ -24,7 +24,11 @@ log = logging.getLogger("brisk.video")
 
 def prepare_dataset(dataset_cfg: DictConfig | VideoDataModule) -> PrepareReport:
     """Instantiate the data set (if given its config) and build its cache; returns the report."""
-    dm = dataset_cfg if isinstance(dataset_cfg, VideoDataModule) else instantiate(dataset_cfg)
+    dm = (
+        dataset_cfg
+        if isinstance(dataset_cfg, VideoDataModule)
+        else instantiate_checked(dataset_cfg)
+    )
     if not isinstance(dm, VideoDataModule):
         raise UserError(
             "prepare-video needs a video data set (dataset=ucf101, hmdb51, kinetics400, "
