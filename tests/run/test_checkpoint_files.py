@@ -151,7 +151,7 @@ def test_the_run_directory_continues_from_best_when_its_last_is_empty(
 def test_the_cli_refuses_an_empty_last_checkpoint_with_one_line_and_exit_2(
     cfg_digits, tmp_path: Path
 ) -> None:
-    from conftest import run_train
+    from tests.conftest import run_train
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import run_train
+from tests.conftest import run_train
 
 FAST = ("debug=fast", "trainer.limit_train_batches=3", "trainer.threads=1")
 

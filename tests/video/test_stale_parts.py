@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import tiny_shapes
+from tests.video.conftest import tiny_shapes
 
 
 def test_preparation_removes_part_files_of_dead_writers_only(tmp_path: Path) -> None:
