@@ -103,7 +103,7 @@ def test_an_added_item_in_the_step_is_caught(monkeypatch) -> None:
 
     def reading_fold(self) -> None:
         fold(self)
-        if int(self.buffers["rejected"].sum()):  # a "harmless" check
+        if int(self.buffers["updates"].min()) < 0:  # a "harmless" check
             raise AssertionError
 
     monkeypatch.setattr(CovarianceGroup, "fold", reading_fold)

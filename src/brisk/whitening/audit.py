@@ -155,6 +155,13 @@ _NOT_COMPUTE = frozenset(
         "aten::new_empty_strided",
         "aten::new_zeros",
         "aten::_has_compatible_shallow_copy_type",
+        "aten::numpy_T",
+        "aten::mT",
+        "aten::adjoint",
+        "aten::as_strided_",
+        "aten::resolve_conj",  # real tensors: metadata only
+        "aten::resolve_neg",
+        "aten::scalar_tensor",  # a Python number wrapped for an operator: no kernel
         "aten::is_same_size",
     }
 )
@@ -163,8 +170,8 @@ _NOT_COMPUTE = frozenset(
 def count_compute_ops(fn: Callable[[], None]) -> Counter[str]:
     """Run ``fn`` under the CPU profiler; return the leaf compute operators it ran, by name.
 
-    A leaf is an ``aten`` event with no ``aten`` event inside it (composite operators count as
-    what they run); ``_foreach_*`` operators count once, whatever they run inside.
+    A leaf is an ``aten`` event with no computing ``aten`` event inside it (composite operators
+    count as what they run); ``_foreach_*`` operators count once, whatever they run inside.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -173,26 +180,25 @@ def count_compute_ops(fn: Callable[[], None]) -> Counter[str]:
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     counts: Counter[str] = Counter()
 
-    def visit(event: Any, inside_foreach: bool) -> None:
+    def visit(event: Any) -> int:
+        """Count ``event``'s compute leaves; an operator whose inner operators are all views or
+        allocations counts as one itself (a ``bmm`` that only resolves conjugation views)."""
         name = event.name
-        if inside_foreach:
-            return
         if name.startswith("aten::_foreach_"):
             counts[name] += 1
-            return
-        aten_children = [c for c in event.cpu_children if c.name.startswith("aten::")]
-        if aten_children:
-            for child in aten_children:
-                visit(child, False)
-        elif name not in _NOT_COMPUTE:
+            return 1
+        inner = sum(visit(c) for c in event.cpu_children if c.name.startswith("aten::"))
+        if inner == 0 and name not in _NOT_COMPUTE:
             counts[name] += 1
+            return 1
+        return inner
 
     for event in events:
         parent = event.cpu_parent
         while parent is not None and not parent.name.startswith("aten::"):
             parent = parent.cpu_parent
         if parent is None:  # a top-level aten event
-            visit(event, False)
+            visit(event)
     return counts
 
 

@@ -8,8 +8,9 @@ per layer); the fold that centres the sums and moves the running average is one 
 group, so its cost does not grow with the number of layers.
 
 No decision in here reads a value on the host.  A batch whose covariance or mean is not finite is
-rejected by a device mask (``torch.where``) that keeps the previous average; the update and
-rejection counts are device tensors, read only when they are logged.  Rows are summed about a
+rejected by a device mask (``torch.where``) that keeps the previous average; the update counts
+are device tensors, read only when they are logged (the rejections are the folds a layer took
+part in, which the host counts, minus its updates).  Rows are summed about a
 reference point (the running mean, or the first batch's own mean before any update): ``sum x x^T
 / n - mu mu^T`` cancels catastrophically in float32 when the mean is large, as it is after a ReLU,
 and the lost digits are exactly the small eigenvalues that whitening amplifies most.
@@ -60,6 +61,7 @@ class CovarianceGroup:
         self._one_slab_each = all(n == 1 for n in self.slabs)
         self.pending = [False] * len(self.slabs)  # rows added since the last fold (host)
         self.fed = [False] * len(self.slabs)  # rows ever added (host): the forward hook ran
+        self._fed_folds = [0] * len(self.slabs)  # folds with rows (host): updates + rejections
         self.buffers: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------------------ buffers
@@ -85,7 +87,6 @@ class CovarianceGroup:
             "shift": zeros(n, m),
             # per member, counted on the device
             "updates": torch.zeros(len(self.slabs), dtype=torch.int64, device=device),
-            "rejected": torch.zeros(len(self.slabs), dtype=torch.int64, device=device),
             "slab_member": torch.tensor(self._slab_member, dtype=torch.int64, device=device),
         }
 
@@ -119,16 +120,22 @@ class CovarianceGroup:
         shift = b["shift"][lo:hi]
         if not self.pending[index]:
             self.pending[index] = True
+            if not self.fed[index]:
+                # reference point before any fold: this batch's own mean (zero with several
+                # ranks, which must agree on it without communicating); afterwards the running
+                # mean, which the fold copies into ``shift``
+                shift.copy_(torch.zeros_like(rows[0]) if is_distributed() else rows.mean(0))
             self.fed[index] = True
-            # reference point: the running mean once there is one, else this batch's own mean
-            # (zero with several ranks, which must agree on it without communicating)
-            first = torch.zeros_like(rows[0]) if is_distributed() else rows.mean(0)
-            shift.copy_(torch.where(b["updates"][index] > 0, b["mean"][lo:hi], first))
-        centred = (rows - shift).transpose(0, 1)  # (G, N, M)
         # forward hooks run inside autocast, which would turn this product into a bf16/fp16 one
         with torch.autocast(rows.device.type, enabled=False):
-            b["sxx"][lo:hi].baddbmm_(centred.transpose(1, 2), centred)
-        b["sx"][lo:hi].add_(centred.sum(1))
+            if hi - lo == 1:  # one covariance: a plain matrix product, no batched copies
+                centred = rows[:, 0] - shift[0]
+                b["sxx"][lo].addmm_(centred.T, centred)
+                b["sx"][lo].add_(centred.sum(0))
+            else:
+                by_group = (rows - shift).transpose(0, 1)  # (G, N, M)
+                b["sxx"][lo:hi].baddbmm_(by_group.transpose(1, 2), by_group)
+                b["sx"][lo:hi].add_(by_group.sum(1))
         b["rows"][lo:hi].add_(rows.shape[0])
 
     @property
@@ -169,30 +176,31 @@ class CovarianceGroup:
             new_mean = torch.zeros_like(new_mean)
         new_cov = 0.5 * (new_cov + new_cov.transpose(1, 2))
         # one finite sum per slab is finite exactly when every entry is (or it overflows: reject)
-        finite = torch.isfinite(new_cov.sum((1, 2)) + new_mean.sum(1))
-        updates, rejected = b["updates"], b["rejected"]
+        total = new_cov.sum((1, 2)) + new_mean.sum(1)
+        finite = (total - total) == 0  # inf - inf and nan are nan
+        updates = b["updates"]
         if self._one_slab_each:
-            member_fed, member_ok = fed, finite & fed
+            member_ok = finite & fed
+            ok, seen = member_ok, updates
         else:
             member = b["slab_member"]
-            zeros = torch.zeros_like(updates)
-            member_fed = zeros.index_add(0, member, fed.long()) > 0
-            bad = zeros.index_add(0, member, (fed & ~finite).long())
-            member_ok = member_fed & (bad == 0)
-        ok = member_ok if self._one_slab_each else member_ok[b["slab_member"]]
-        seen = updates if self._one_slab_each else updates[b["slab_member"]]
+            bad = torch.zeros_like(updates).index_add(0, member, (fed & ~finite).long())
+            member_ok = (updates.index_add(0, member, fed.long()) > updates) & (bad == 0)
+            ok, seen = member_ok[member], updates[member]
         # the first accepted batch is the average; later ones move it by 1 - momentum
-        one = torch.ones_like(trace)
-        weight = torch.where(ok, torch.where(seen > 0, one * (1.0 - self.momentum), one), 0.0)
+        weight = torch.where(seen > 0, 1.0 - self.momentum, 1.0).to(trace.dtype) * ok
         new_cov = torch.where(ok[:, None, None], new_cov, cov)
         new_mean = torch.where(ok[:, None], new_mean, mean)
         new_trace = torch.where(ok, new_trace, trace)
         cov.lerp_(new_cov, weight[:, None, None])
         mean.lerp_(new_mean, weight[:, None])
         trace.lerp_(new_trace, weight)
-        updates.add_(member_ok.long())
-        rejected.add_((member_fed & ~member_ok).long())
+        updates.add_(member_ok)
+        # the next step's reference point is the running mean; the sums start again at zero
+        torch._foreach_copy_([shift], [mean])
         torch._foreach_zero_([sxx, sx, n_rows])
+        for i, pending in enumerate(self.pending):
+            self._fed_folds[i] += pending
         self.pending = [False] * len(self.slabs)
 
     # ------------------------------------------------------------------------ checkpoints
@@ -201,7 +209,7 @@ class CovarianceGroup:
         exactly symmetric), the mean, the trace and the counts; pending sums are never saved (a
         checkpoint is taken between steps, after the fold)."""
         if not self.buffers:
-            return {"cov": None, "mean": None, "trace": None, "updates": 0, "rejected": 0}
+            return {"cov": None, "mean": None, "trace": None, "updates": 0, "folds": 0}
         lo, hi = self.offsets[index], self.offsets[index + 1]
         rows, cols = torch.triu_indices(self.dim, self.dim, device=self.buffers["cov"].device)
         return {
@@ -209,7 +217,7 @@ class CovarianceGroup:
             "mean": self.buffers["mean"][lo:hi].clone(),
             "trace": self.buffers["trace"][lo:hi].clone(),
             "updates": self.buffers["updates"][index].clone(),
-            "rejected": self.buffers["rejected"][index].clone(),
+            "folds": self._fed_folds[index],
         }
 
     def load_state_dict(self, index: int, state: dict[str, Any]) -> None:
@@ -230,7 +238,7 @@ class CovarianceGroup:
         b["mean"][lo:hi].copy_(state["mean"])
         b["trace"][lo:hi].copy_(state["trace"])
         b["updates"][index].copy_(torch.as_tensor(state["updates"]))
-        b["rejected"][index].copy_(torch.as_tensor(state["rejected"]))
+        self._fed_folds[index] = int(state["folds"])
         b["sxx"].zero_()
         b["sx"].zero_()
         b["rows"].zero_()
@@ -277,10 +285,8 @@ class LayerStatistics:
 
     @property
     def rejected(self) -> Tensor:
-        """Rejected (non-finite) statistics updates (a device tensor)."""
-        if not self.group.buffers:
-            return torch.zeros((), dtype=torch.int64)
-        return self.group.buffers["rejected"][self.index].clone()
+        """Rejected (non-finite) statistics updates: folds with rows minus accepted updates."""
+        return self.group._fed_folds[self.index] - self.updates
 
     @property
     def pending(self) -> bool:

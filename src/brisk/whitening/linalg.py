@@ -65,6 +65,13 @@ def damped_cholesky(cov: Tensor, damping: Tensor) -> Tensor | None:
     return None
 
 
+def all_finite(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Per item: whether every entry over ``dims`` is finite (its sum is, unless it overflows,
+    which is as unusable), as a device mask in two cheap operators."""
+    total = x.sum(dims)
+    return (total - total) == 0  # inf - inf and nan are nan
+
+
 def damped_inverse(cov: Tensor, damping: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``c (R + damping I)^-1`` for a stack ``(N, M, M)``, with no host synchronisation.
 
@@ -79,14 +86,14 @@ def damped_inverse(cov: Tensor, damping: Tensor, normalize: bool) -> tuple[Tenso
     m = cov.shape[-1]
     damped = cov.clone()
     damped.diagonal(dim1=-2, dim2=-1).add_(damping.to(cov.dtype)[:, None])
+    # the statistics are finite (non-finite batches are rejected), so info == 0 is a usable factor
     factor, info = torch.linalg.cholesky_ex(damped)
-    first = (info == 0) & torch.isfinite(factor.sum((-2, -1)))
+    first = info == 0
     ok = first
     if cov.dtype != torch.float64:
         wide, info64 = torch.linalg.cholesky_ex(damped.double())
-        retry = (info64 == 0) & torch.isfinite(wide.sum((-2, -1)))
         factor = torch.where(first[:, None, None], factor, wide.to(cov.dtype))
-        ok = first | retry
+        ok = first | (info64 == 0)
     eye = torch.eye(m, dtype=cov.dtype, device=cov.device).expand_as(cov)
     factor = torch.where(ok[:, None, None], factor, eye)
     l_inv = torch.linalg.solve_triangular(factor, eye, upper=False)
@@ -95,5 +102,5 @@ def damped_inverse(cov: Tensor, damping: Tensor, normalize: bool) -> tuple[Tenso
         mean = (cov.diagonal(dim1=-2, dim2=-1).sum(-1) + m * damping.to(cov.dtype)) / m
         q = q * mean[:, None, None]
     q = 0.5 * (q + q.transpose(-1, -2))  # exactly symmetric: stored as a triangle
-    ok = ok & torch.isfinite(q.sum((-2, -1)))
+    ok = ok & all_finite(q, (-2, -1))
     return q, first, ok

@@ -496,7 +496,7 @@ class LayerWhitening(Whitening):
         out["whiten/fallbacks"] = float(sum(f for _, f in failures.values()))
         out["whiten/float64_retries"] = float(sum(r for r, _ in failures.values()))
         out["whiten/rejected_stats"] = float(
-            sum(int(g.buffers["rejected"].sum()) for g in self.groups if g.ready)
+            sum(int(layer.stats.rejected) for layer in self.layers if layer.group.ready)
         )
         out["whiten/layers"] = float(len(self.layers))
         out["whiten/skipped_layers"] = float(len(self.skipped))

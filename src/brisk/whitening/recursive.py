@@ -35,7 +35,7 @@ from torch import Tensor
 
 from brisk.whitening.covariance import CovarianceGroup
 from brisk.whitening.gradient import GradientWhitening
-from brisk.whitening.linalg import condition_number
+from brisk.whitening.linalg import all_finite, condition_number
 from brisk.whitening.settings import RecursiveSettings
 from brisk.whitening.state import RecursiveState
 
@@ -98,7 +98,7 @@ class RecursiveWhitening(GradientWhitening):
         a, c = normalised(b["cov"], damping)
         current = b["q"] if self.normalize else b["iterate"]
         q = newton_schulz(a, current, self.steps)
-        ok = torch.isfinite(q.sum((-2, -1)))
+        ok = all_finite(q, (-2, -1))
         if not self.normalize:
             fed = self._has_statistics(group)
             b["iterate"].copy_(torch.where((ok & fed)[:, None, None], q, b["iterate"]))
