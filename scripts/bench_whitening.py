@@ -1,12 +1,18 @@
 """Cost of the whitening algorithms, measured against the complexity claims of arXiv 2010.01546.
 
-Three tables (printed, and written as JSON with ``--json``):
+Four tables (printed, and written as JSON with ``--json``):
+
+0. ``ops``: compute operators per training step, amortised over one cycle of the shipped cadence,
+   and the host synchronisations of that cycle, for ResNet-20 at batch 128 (the CPU profiler
+   counting leaf ``aten`` operators that compute, ``brisk.whitening.audit``): a stand-in for the
+   kernels a GPU step launches, and the reason a step waits for the host.
 
 1. ``transform``: per layer, classical whitening's sample transform (forward ``X P^T`` and the
    backward product with ``P``: ``2 N M^2``) against the gradient transform ``G Q`` (``S M^2``),
    next to the predicted ratio ``S / (2B)`` (one sample per image, N = B).
-2. ``recursive``: one update of ``recursive`` (``steps`` rank-1 steps, O(M^2) each) against one
-   ``evd`` refresh (damped ``eigh`` and inverse, O(M^3)) for M = 64..2304, next to M.
+2. ``refresh``: one refresh of ``recursive`` (``steps`` Newton-Schulz steps, two ``M^3`` products
+   each) against one ``evd`` refresh (Cholesky factor, float64 retry and triangular solve) and the
+   eigen-decompositions, for M = 144..4608.
 3. ``step``: the training-step overhead of each algorithm with its shipped configuration
    (``conf/whitening/*.yaml``), whitened step / plain SGD step, for ResNet-20 at batch 128 on
    32x32 inputs.  Methods run interleaved in rounds whose length is a multiple of every
@@ -39,10 +45,10 @@ from torch import nn
 import brisk.config  # noqa: F401  (registers the config schemas)
 from brisk.models import create_model
 from brisk.whitening import EVDWhitening, RecursiveWhitening
-from brisk.whitening.evd import clipped_from_eigh, damped_inverse, inverse_from_eigh
-from brisk.whitening.gradient import gradient_state
-from brisk.whitening.linalg import damped_eigh
-from brisk.whitening.recursive import block_size, equalise_block, rescale
+from brisk.whitening.audit import audit_cycle
+from brisk.whitening.evd import clipped_from_eigh, inverse_from_eigh
+from brisk.whitening.linalg import damped_eigh, damped_inverse
+from brisk.whitening.recursive import newton_schulz, normalised
 from brisk.whitening.settings import EVDSettings, RecursiveSettings
 
 
@@ -127,7 +133,6 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
     """Every cost of one refresh cycle, per method and M, at the shipped cadence.
 
     Parts: ``statistics`` (centre ``N = 1024`` rows, accumulate ``X^T X``: one statistics update),
-    ``projection`` (``recursive`` only: the rows through T, paid at every statistics update),
     ``decomposition`` (one refresh: the inverse, or ``steps`` block steps, with the backup copies
     the real refresh makes), ``transform`` (``G Q`` for S = M / 9 outputs, a 3x3 convolution with
     as many outputs as input channels; paid every step) and ``logging`` (the condition numbers,
@@ -144,15 +149,12 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
         s_out = max(16, m // 9)
         g = torch.randn(1, s_out, m, device=device)
         eye = torch.eye(m, device=device)[None]
-        state = {"rt": cov.clone(), "t": eye.clone(), "q": eye.clone(), "tt": eye.clone()}
+        state = {"q": eye.clone()}
 
         def statistics_update(x=x):
             c = x - x.mean(0)
             by_group = c.transpose(0, 1)
             return by_group.transpose(1, 2) @ by_group
-
-        def projection(x=x, state=state):
-            return x.transpose(0, 1) @ state["t"].transpose(1, 2)
 
         def transform(g=g, q=state["q"]):
             return g @ q
@@ -168,27 +170,20 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
             decomposed = damped_eigh(cov, damping, torch.float64)
             return clipped_from_eigh(*decomposed, normalize=True).float()
 
-        k = rec_s.block or block_size(m)
-
-        def recursive(state=state, damping=damping, k=k, m=m):
-            parts = (state["rt"], state["t"], state["q"], state["tt"])
-            [p.clone() for p in parts]  # the refresh keeps a backup in case of non-finite values
-            for _ in range(rec_s.steps):
-                equalise_block(*parts, damping, k, rec_s.power_iters)
-            trace = state["rt"].diagonal(dim1=-2, dim2=-1).sum(-1)
-            rescale(*parts, damping, trace + m * damping)
+        def recursive(state=state, cov=cov, damping=damping):
+            a, _ = normalised(cov, damping)
+            state["q"] = newton_schulz(a, state["q"], rec_s.steps)
 
         def logging_evd(cov=cov):
             return torch.linalg.eigvalsh(cov.double())
 
-        def logging_recursive(state=state):
-            rt, t = state["rt"].double(), state["t"].double()
-            r = torch.linalg.solve(t, torch.linalg.solve(t, rt).transpose(-1, -2))
-            torch.linalg.eigvalsh(rt), torch.linalg.eigvalsh(0.5 * (r + r.transpose(-1, -2)))
+        def logging_recursive(state=state, cov=cov):
+            root = torch.linalg.cholesky(state["q"].double())
+            white = root.transpose(-1, -2) @ cov.double() @ root
+            torch.linalg.eigvalsh(cov.double()), torch.linalg.eigvalsh(white)
 
         reps = repeats if m <= 1152 else max(2, repeats // 10)
         t_stats = _timed(statistics_update, reps, device)
-        t_proj = _timed(projection, reps, device)
         t_tr = _timed(transform, reps, device)
         t_log = _timed(logging_evd, max(1, reps // 4), device)
         decomps = {
@@ -203,13 +198,12 @@ def bench_refresh(dims: list[int], repeats: int, device: str, rows_n: int = 1024
                 "M": m,
                 "method": name,
                 "statistics_s": t_stats,
-                "projection_s": t_proj if name == "recursive" else 0.0,
                 "decomposition_s": _timed(fn, max(1, reps // (4 if "eigh" in name else 1)), device),
                 "transform_s": t_tr,
                 "logging_s": _timed(logging_recursive, 1, device) if name == "recursive" else t_log,
             }
             row["per_step_s"] = (
-                (row["statistics_s"] + row["projection_s"]) / evd_s.stats_every
+                row["statistics_s"] / evd_s.stats_every
                 + row["decomposition_s"] / every
                 + row["transform_s"]
             )
@@ -379,19 +373,17 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
         w._collect = collect  # the statistics hooks run only in training forward passes
         model(x)
         if collect:
-            w._commit(w.layers)
+            w._commit()
 
     def refresh() -> None:
-        w._refresh_all(w.layers)
+        w._refresh_groups([g for g in w.groups if g.ready])
 
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
 
     def transform() -> None:
         with torch.no_grad():
-            for layer in w.layers:
-                if gradient_state(layer).q is not None:
-                    w._transform(layer)
+            w._transform_all()
 
     t_on = _timed(lambda: forward(True), 2, device)
     t_off = _timed(lambda: forward(False), 2, device)
@@ -409,6 +401,35 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
     return parts
 
 
+def bench_ops(methods: list[str], batch: int) -> dict:
+    """Compute operators per step and host synchronisations, ResNet-20 at ``batch``: the table
+    of issue 21, counted by ``brisk.whitening.audit`` (CPU profiler, leaf ``aten`` compute ops,
+    views and allocations excluded; ``_foreach_*`` once) over one cycle of the shipped cadence."""
+    out: dict = {"batch": batch, "methods": {}}
+    period = 1
+    made = {}
+    for name in methods:
+        whitening, cfg = _whitening(name)
+        for key in ("stats_every", "inverse_every"):
+            if key in cfg:
+                period = math.lcm(period, int(cfg[key]))
+        made[name] = whitening
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(10, (batch,), generator=g)
+    for name, whitening in made.items():
+        torch.manual_seed(0)
+        model = create_model("resnet20", num_classes=10)
+        whitening.attach(model)
+        out["methods"][name] = audit_cycle(model, whitening, (x, y), period)
+        print(json.dumps({name: out["methods"][name]}), flush=True)
+    out["period"] = period
+    plain = out["methods"].get("none", {}).get("ops_per_step")
+    for row in out["methods"].values():
+        if plain is not None and row["layers"]:
+            row["added_per_layer"] = (row["ops_per_step"] - plain) / row["layers"]
+    return out
+
+
 def _table(rows: list[dict], keys: list[str]) -> str:
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -424,7 +445,9 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--sections", nargs="+", default=["transform", "refresh", "step", "resnet50"])
+    p.add_argument(
+        "--sections", nargs="+", default=["ops", "transform", "refresh", "step", "resnet50"]
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda (refresh and resnet50 sections)")
     p.add_argument("--dims", nargs="+", type=int, default=[144, 288, 576, 1152, 2304, 4608])
     p.add_argument("--resnet-rounds", type=int, default=3)
@@ -441,6 +464,16 @@ def main() -> None:
     repeats = 3 if args.quick else args.repeats
     results: dict = {"threads": args.threads, "torch": torch.__version__}
 
+    if "ops" in args.sections:
+        results["ops"] = bench_ops(args.methods, 8 if args.quick else 128)
+        ops = results["ops"]
+        print(
+            f"\n## 0. operators per step, ResNet-20, batch {ops['batch']}, amortised over "
+            f"{ops['period']} steps (CPU profiler; syncs over the whole cycle)\n"
+        )
+        rows = [{"method": k, **v} for k, v in ops["methods"].items()]
+        keys = ["method", "layers", "ops_per_step", "added_per_layer", "ops_refresh_step", "syncs"]
+        print(_table(rows, keys))
     if "transform" in args.sections:
         grid = (
             [(144, 16, 32), (576, 64, 128)]
@@ -460,7 +493,7 @@ def main() -> None:
     if "refresh" in args.sections:
         dims = [144, 576] if args.quick else args.dims
         results["refresh"] = bench_refresh(dims, repeats, args.device)
-        keys = ["M", "statistics_s", "projection_s", "decomposition_s", "transform_s"]
+        keys = ["M", "statistics_s", "decomposition_s", "transform_s"]
         keys += ["logging_s", "per_step_s"]
         for method in REFRESH_METHODS:
             print(

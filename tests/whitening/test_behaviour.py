@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import io
+import warnings
 
 import pytest
 import torch
@@ -100,8 +102,38 @@ def test_failed_decomposition_keeps_the_previous_preconditioner(monkeypatch) -> 
     assert all(torch.isfinite(torch.tensor(losses)))
     for layer, q in zip(w.layers, kept):
         torch.testing.assert_close(layer.state.q, q)
-    assert w.fallbacks == 2 * len(w.layers)
-    assert w.metrics()["whiten/fallbacks"] == 2 * len(w.layers)
+    with pytest.warns(RuntimeWarning, match="layer 0's damped covariance") as caught:
+        assert w.metrics()["whiten/fallbacks"] == 2 * len(w.layers)
+    # once per layer, naming it, and not again at the next log line
+    assert sum("layer 2's" in str(c.message) for c in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w.metrics()
+
+
+def test_a_float64_retry_is_counted_and_said(monkeypatch) -> None:
+    """The float32 factor fails, the float64 retry succeeds: whitened as usual, and counted."""
+    model = linear_net().float()
+    reference = EVDWhitening(inverse_every=1)
+    w = EVDWhitening(inverse_every=1)
+    twin = copy.deepcopy(model)
+    reference.attach(twin)
+    w.attach(model)
+    data = [(x.float(), y) for x, y in batches((7,), 4)]
+    train(twin, reference, data, 2)
+    real = torch.linalg.cholesky_ex
+
+    def float32_fails(a, *args, **kwargs):
+        factor, info = real(a, *args, **kwargs)
+        return (factor, torch.ones_like(info)) if a.dtype == torch.float32 else (factor, info)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", float32_fails)
+    train(model, w, data, 2)
+    for a, b in zip(w.layers, reference.layers):
+        torch.testing.assert_close(a.state.q, b.state.q, rtol=1e-4, atol=1e-5)
+    with pytest.warns(RuntimeWarning, match="2 rescued by a float64 retry, 0 not"):
+        m = w.metrics()
+    assert m["whiten/float64_retries"] == 2 * len(w.layers) and m["whiten/fallbacks"] == 0
 
 
 def test_singular_covariance_does_not_crash() -> None:
@@ -113,7 +145,7 @@ def test_singular_covariance_does_not_crash() -> None:
     data = [(x, torch.zeros(8, dtype=torch.long))]
     losses, _ = train(model, w, data, 3)
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert w.fallbacks == 0
+    assert w.metrics()["whiten/fallbacks"] == 0
 
 
 def test_metrics_keys_and_timers_reset() -> None:
@@ -219,3 +251,41 @@ def test_detach_removes_hooks() -> None:
     w.begin_step(0)
     model(batches((7,), 4)[0][0]).sum().backward()
     assert not any(layer.stats.pending for layer in w.layers)
+
+
+@pytest.mark.parametrize("algorithm", [EVDWhitening, RecursiveWhitening])
+def test_inputs_of_magnitude_1e12_are_whitened_without_error(algorithm) -> None:
+    """recursive used to raise from eigh at about 3e10; every algorithm must take it."""
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    w = algorithm(lin)
+    lin(torch.rand(256, 64) * 1e12).sum().backward()
+    raw = lin.weight.grad.clone()
+    w.step()
+    assert torch.isfinite(lin.weight.grad).all() and torch.isfinite(lin.bias.grad).all()
+    assert not torch.allclose(lin.weight.grad, raw)  # whitened, not skipped
+
+
+def test_tiny_inputs_are_whitened_like_large_ones() -> None:
+    """The damping floor is relative: inputs of size 1e-6 get the same normalised Q as the same
+    inputs at size 1 (an absolute floor of 1e-12 left them nearly unwhitened)."""
+    qs = []
+    for scale in (1.0, 1e-6):
+        model = nn.Linear(6, 2).double()
+        w = EVDWhitening(model)
+        data = [(x * scale, y) for x, y in batches((6,), 2, n=1, batch=64)]
+        train(model, w, data, 1)
+        qs.append(w.layers[0].state.q)
+    torch.testing.assert_close(qs[1], qs[0], rtol=1e-6, atol=1e-9)
+
+
+def test_a_layer_whose_statistics_are_always_rejected_is_reported() -> None:
+    model = linear_net()
+    w = EVDWhitening(model, stats_every=1, inverse_every=1)
+    first = w.layers[0]
+    first.adapter.rows = lambda x, *args: torch.full((4, 1, 7), float("nan"), dtype=x.dtype)
+    train(model, w, batches((7,), 4), 3)
+    assert w.unfed_layers() == [first.name]
+    with pytest.warns(RuntimeWarning, match=f"every statistics batch of {first.name} was rejected"):
+        m = w.metrics()
+    assert m["whiten/rejected_stats"] == 3

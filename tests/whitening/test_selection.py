@@ -10,8 +10,8 @@ from tests.whitening.helpers import batches, train
 from torch import nn
 
 from brisk.whitening import EVDWhitening, FeatureWhitening, RecursiveWhitening
+from brisk.whitening.adapters import block_count, make_adapter
 from brisk.whitening.distributed import assign_by_cost
-from brisk.whitening.stats import block_count, make_adapter
 
 
 def _centred_cov(rows: torch.Tensor) -> torch.Tensor:

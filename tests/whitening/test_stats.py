@@ -6,7 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from brisk.whitening.stats import RunningCovariance, commit_all, make_adapter
+from brisk.whitening.adapters import make_adapter
+from brisk.whitening.covariance import CovarianceGroup
+
+
+def _stats(groups: int, dim: int, momentum: float, center: bool = True, dtype=None):
+    """One layer's statistics: a group with a single member."""
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    return CovarianceGroup(dim, [groups], momentum, center, **kwargs).member(0)
+
+
+def commit_all(stats) -> None:
+    for s in stats:
+        s.group.fold()
+
 
 CONVS = [
     nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
@@ -78,7 +91,7 @@ def test_unsupported_layer_is_a_clear_error() -> None:
 def test_running_covariance_is_centred_covariance_then_ema() -> None:
     a = torch.randn(50, 1, 4, dtype=torch.float64) * 2 + 3
     b = torch.randn(30, 1, 4, dtype=torch.float64)
-    stats = RunningCovariance(groups=1, dim=4, momentum=0.75)
+    stats = _stats(groups=1, dim=4, momentum=0.75)
     stats.accumulate(a[:20])
     stats.accumulate(a[20:])  # micro-batches of one step add up
     commit_all([stats])
@@ -93,22 +106,22 @@ def test_running_covariance_is_centred_covariance_then_ema() -> None:
 
 
 def test_non_finite_batch_is_rejected_and_counted() -> None:
-    stats = RunningCovariance(groups=1, dim=3, momentum=0.5)
+    stats = _stats(groups=1, dim=3, momentum=0.5)
     stats.accumulate(torch.randn(10, 1, 3))
     commit_all([stats])
     before = stats.cov.clone()
     bad = torch.randn(10, 1, 3)
     bad[3, 0, 1] = float("nan")
     stats.accumulate(bad)
-    assert commit_all([stats]) == 1
-    assert stats.rejected == 1
+    commit_all([stats])
+    assert stats.rejected == 1 and stats.updates == 1
     torch.testing.assert_close(stats.cov, before)
 
 
 def test_float64_statistics_of_float32_rows_are_exact_in_double() -> None:
     rows = (torch.randn(400, 1, 6) * 0.1 + 5.0).float()  # a large mean: float32 sums lose digits
-    double = RunningCovariance(groups=1, dim=6, momentum=0.5, dtype=torch.float64)
-    single = RunningCovariance(groups=1, dim=6, momentum=0.5)
+    double = _stats(groups=1, dim=6, momentum=0.5, dtype=torch.float64)
+    single = _stats(groups=1, dim=6, momentum=0.5)
     for stats in (double, single):
         stats.accumulate(rows[:150])  # split like two ranks' shares
         stats.accumulate(rows[150:])
@@ -119,30 +132,39 @@ def test_float64_statistics_of_float32_rows_are_exact_in_double() -> None:
 
 
 def test_half_precision_rows_accumulate_in_float32() -> None:
-    stats = RunningCovariance(groups=1, dim=3, momentum=0.5)
+    stats = _stats(groups=1, dim=3, momentum=0.5)
     stats.accumulate(torch.randn(10, 1, 3).to(torch.bfloat16))
     commit_all([stats])
     assert stats.cov.dtype == torch.float32
 
 
-def test_transformed_statistics_track_t_r_t() -> None:
-    rows = torch.randn(40, 2, 3, dtype=torch.float64) + 1
-    t = torch.randn(2, 3, 3, dtype=torch.float64)
-    stats = RunningCovariance(groups=2, dim=3, momentum=0.5)
-    stats.transform = t
-    stats.accumulate(rows)
-    commit_all([stats])
+def test_a_group_folds_its_members_independently() -> None:
+    """Two layers of one size in one stacked buffer: each folds its own rows, a non-finite batch
+    of one is rejected without touching the other, and a member without rows is left alone."""
+    group = CovarianceGroup(3, [1, 2], momentum=0.5, dtype=torch.float64)
+    a, b = group.member(0), group.member(1)
+    xa = torch.randn(20, 1, 3, dtype=torch.float64)
+    xb = torch.randn(30, 2, 3, dtype=torch.float64) + 1
+    a.accumulate(xa)
+    b.accumulate(xb)
+    group.fold()
+    torch.testing.assert_close(a.cov[0], torch.cov(xa[:, 0].T, correction=0))
     for g in range(2):
-        r = torch.cov(rows[:, g].T, correction=0)
-        torch.testing.assert_close(stats.cov[g], t[g] @ r @ t[g].T)
-        torch.testing.assert_close(stats.trace[g], r.trace())
+        torch.testing.assert_close(b.cov[g], torch.cov(xb[:, g].T, correction=0))
+    kept = b.cov.clone()
+    bad = xb.clone()
+    bad[0, 1, 0] = float("inf")  # one group of member b: the whole layer's batch is rejected
+    b.accumulate(bad)
+    group.fold()
+    torch.testing.assert_close(b.cov, kept)
+    assert (int(a.updates), int(a.rejected), int(b.updates), int(b.rejected)) == (1, 0, 1, 1)
 
 
 def test_float32_covariance_survives_a_large_mean() -> None:
     """Post-ReLU-like inputs: mean 100x the spread; the shifted sums keep the small eigenvalues."""
     g = torch.Generator().manual_seed(0)
     x64 = torch.randn(400, 1, 6, generator=g, dtype=torch.float64) * torch.logspace(0, -2, 6) + 100
-    stats = RunningCovariance(groups=1, dim=6, momentum=0.5)
+    stats = _stats(groups=1, dim=6, momentum=0.5)
     for _ in range(2):
         stats.accumulate(x64.float())
         commit_all([stats])
@@ -153,7 +175,7 @@ def test_float32_covariance_survives_a_large_mean() -> None:
 
 def test_uncentred_second_moment() -> None:
     rows = torch.randn(30, 1, 3, dtype=torch.float64) + 2
-    stats = RunningCovariance(groups=1, dim=3, momentum=0.5, center=False)
+    stats = _stats(groups=1, dim=3, momentum=0.5, center=False)
     stats.accumulate(rows)
     commit_all([stats])
     torch.testing.assert_close(stats.cov[0], rows[:, 0].T @ rows[:, 0] / 30)

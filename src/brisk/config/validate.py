@@ -40,8 +40,7 @@ log = logging.getLogger("brisk")
 RULES: dict[str, dict[str, Range]] = {
     "whitening": {
         "eps": NONNEGATIVE,
-        "eps_abs": NONNEGATIVE,
-        "momentum": MOMENTUM,
+        "eps_min": NONNEGATIVE,
         "stats_every": POSITIVE_INT,
         "inverse_every": POSITIVE_INT,
         "stats_max_rows": OPTIONAL_POSITIVE_INT,
@@ -49,8 +48,6 @@ RULES: dict[str, dict[str, Range]] = {
         "max_block": POSITIVE_INT,
         "max_dim": OPTIONAL_POSITIVE_INT,
         "steps": POSITIVE_INT,
-        "power_iters": POSITIVE_INT,
-        "block": OPTIONAL_POSITIVE_INT,
         "condition_every": NONNEGATIVE_INT,
         "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
     },
@@ -106,6 +103,8 @@ def _schema_problems(cfg: DictConfig) -> list[str]:
     """Build every group that has a schema dataclass, so its ``__post_init__`` checks run."""
     problems = []
     for name in cfg:
+        if name == "whitening":  # with teacher.whitening, by _whitening_settings
+            continue
         node = cfg.get(name)
         if not isinstance(node, DictConfig) or not OmegaConf.is_config(node):
             continue
@@ -128,9 +127,40 @@ def _choices(cfg: DictConfig) -> Iterator[str]:
             yield f"model.name={_show(model.get('name'))} (expected one of {list_models()})"
 
 
+def _whitening_settings(cfg: DictConfig) -> Iterator[str]:
+    """The whitening keys the settings dataclass itself checks (``momentum`` and the rest of its
+    ``__post_init__``), named under the section they were given in."""
+    from dataclasses import fields
+
+    from hydra.utils import get_class
+
+    for section in ("whitening", "teacher.whitening"):
+        node = OmegaConf.select(cfg, section, default=None)
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not target:
+            continue
+        try:
+            settings_type = getattr(get_class(target), "settings_type", None)
+        except (ImportError, ValueError):
+            continue
+        if settings_type is None:
+            continue
+        names = {f.name for f in fields(settings_type)}
+        given = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(given, dict)
+        values = {k: v for k, v in given.items() if k in names}
+        try:
+            settings_type(**values)
+        except UserError as err:
+            yield str(err).replace("whitening.", f"{section}.", 1)
+        except TypeError:
+            continue  # a wrongly typed value: the rules above name it
+
+
 def _cross_checks(cfg: DictConfig) -> list[str]:
     """Constraints between keys, each named by the key a user would change."""
     problems = list(_choices(cfg))
+    problems += list(_whitening_settings(cfg))
     data = cfg.get("dataset")
     if isinstance(data, DictConfig):
         vf, tf = data.get("val_fraction"), data.get("test_fraction")

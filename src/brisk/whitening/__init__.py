@@ -5,7 +5,7 @@ from brisk.whitening.base import NoWhitening, Whitening
 from brisk.whitening.evd import EVDWhitening
 from brisk.whitening.feature import FeatureWhitening
 from brisk.whitening.gradient import GradientWhitening
-from brisk.whitening.layers import LayerWhitening
+from brisk.whitening.orchestrator import LayerWhitening
 from brisk.whitening.recursive import RecursiveWhitening
 
 __all__ = [

@@ -7,9 +7,10 @@ untouched and each weight gradient is transformed once per batch (``S M^2`` work
 ``2 N M^2`` of transforming every sample).
 
 The inverse is the cheapest exact one: a Cholesky factor of ``R + eps I`` in the statistics' dtype
-(retried in float64 when it fails) and ``cholesky_inverse``, about a tenth of a float64
-eigen-decomposition's time.  Eigenvalues are computed only for the condition-number logs, on every
-``condition_every``-th refresh (0, the default, never).
+(with a float64 retry chosen by a device mask) and one triangular solve, about a tenth of a float64
+eigen-decomposition's time, batched over every covariance of one size.  Eigenvalues are computed
+only for the condition-number logs, on every ``condition_every``-th refresh (0, the default,
+never).
 
 ``spectrum: clip`` is an ablation, not whitening: ``Q = U min(1, l_ref / l) U^T`` from an
 eigen-decomposition (``l_ref`` the mean eigenvalue of ``R + eps I``) only shrinks the directions
@@ -24,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from brisk.whitening.covariance import CovarianceGroup
 from brisk.whitening.gradient import GradientWhitening, gradient_state
-from brisk.whitening.layers import WhitenedLayer
-from brisk.whitening.linalg import condition_number, damped_cholesky, inverse_from_cholesky
+from brisk.whitening.linalg import condition_number, damped_inverse
 from brisk.whitening.settings import EVDSettings
 
 __all__ = ["EVDWhitening", "clipped_from_eigh", "inverse_from_eigh"]
@@ -57,7 +58,11 @@ def clipped_from_eigh(evals: Tensor, evecs: Tensor, normalize: bool) -> Tensor:
 
 
 class EVDWhitening(GradientWhitening):
-    """Gradient-transform whitening with an exact damped inverse of the input covariance."""
+    """Gradient-transform whitening with an exact damped inverse of the input covariance.
+
+    A refresh is one batched Cholesky factorisation per covariance group (float64 retry and
+    fallback chosen on the device), then one triangular solve: no host synchronisation.
+    """
 
     name = "evd"
 
@@ -69,48 +74,41 @@ class EVDWhitening(GradientWhitening):
         super().__init__(*args, **kwargs)
         self._timers.setdefault("logging", 0.0)
 
-    def _logged(self, layer: WhitenedLayer) -> bool:
-        return bool(self.condition_every) and layer.refreshes % self.condition_every == 0
-
-    def _refresh(self, layer: WhitenedLayer) -> None:
-        assert layer.stats.cov is not None  # refreshes follow the first statistics
-        dtype = layer.stats.cov.dtype
+    def _refresh_group(self, group: CovarianceGroup) -> None:
+        b = group.buffers
+        damping = self.group_damping(b["trace"], group.dim)
         if self.spectrum == "clip":
+            self._refresh_clipped(group)
+            return
+        q, first, ok = damped_inverse(b["cov"], damping, self.normalize)
+        self._accept(group, q, first, ok)
+
+    def _refresh_clipped(self, group: CovarianceGroup) -> None:
+        """The ``clip`` ablation: an eigen-decomposition per layer (which reads its result on the
+        host; an ablation, not the shipped algorithm)."""
+        for layer in self.layers:
+            if layer.group is not group or int(layer.stats.updates) == 0:
+                continue
             decomposed = self.decompose(layer)
             if decomposed is None:
-                return
-            evals, evecs, damping = decomposed
-            gradient_state(layer).q = clipped_from_eigh(evals, evecs, self.normalize).to(dtype)
-            if self._logged(layer):
-                with self._timed("logging"):
-                    self._log_kappa(layer, evals, damping)
+                group.buffers["failed"][layer.slabs].add_(1)
+                continue
+            evals, evecs, _ = decomposed
+            state = gradient_state(layer)
+            assert state.q is not None and state.mu is not None and layer.stats.mean is not None
+            state.q.copy_(clipped_from_eigh(evals, evecs, self.normalize))
+            state.mu.copy_(layer.stats.mean)
+
+    def _log_condition_numbers(self) -> None:
+        if not self.condition_every:
             return
-        q = damped_inverse(layer.stats.cov, self.damping(layer), self.normalize)
-        if q is None:
-            self.fallbacks += 1
-            return
-        gradient_state(layer).q = q.to(dtype)
-        if self._logged(layer):
-            with self._timed("logging"):
+        with self._timed("logging"):
+            for layer in self.layers:
+                if not layer.group.ready or (layer.refreshes - 1) % self.condition_every:
+                    continue
                 decomposed = self.decompose(layer)
                 if decomposed is not None:
-                    self._log_kappa(layer, decomposed[0], decomposed[2])
-
-    def _log_kappa(self, layer: WhitenedLayer, evals: Tensor, damping: Tensor) -> None:
-        raw = evals - damping.to(evals.dtype)[:, None]
-        layer.kappa_r = condition_number(raw)
-        layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
-
-
-def damped_inverse(cov: Tensor, damping: Tensor, normalize: bool) -> Tensor | None:
-    """``c (R + damping I)^-1`` from a Cholesky factor (``c`` as in :func:`inverse_from_eigh`:
-    the mean eigenvalue, which is ``trace(R + damping I) / M`` and needs no eigenvalues)."""
-    factor = damped_cholesky(cov, damping)
-    if factor is None:
-        return None
-    q = inverse_from_cholesky(factor)
-    if normalize:
-        m = cov.shape[-1]
-        mean = (cov.diagonal(dim1=-2, dim2=-1).sum(-1) + m * damping) / m
-        q = q * mean.to(q.dtype)[:, None, None]
-    return q
+                    evals, _, damping = decomposed
+                    raw = evals - damping.to(evals.dtype)[:, None]
+                    layer.kappa_r = condition_number(raw)
+                    layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)

@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from brisk.whitening.layers import LayerWhitening, WhitenedLayer
 from brisk.whitening.linalg import condition_number, damped_cholesky
+from brisk.whitening.orchestrator import LayerWhitening, WhitenedLayer
 from brisk.whitening.state import FeatureState
 
 __all__ = ["FeatureWhitening"]
@@ -49,6 +49,7 @@ class FeatureWhitening(LayerWhitening):
         self._timers.setdefault("logging", 0.0)
         self._optimizers: list[weakref.ref] = []
         self._refreshed_at: dict[str, int] = {}
+        self._failed: dict[str, int] = {}  # per layer: refreshes whose Cholesky failed
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
         layer.state = FeatureState()
@@ -73,12 +74,13 @@ class FeatureWhitening(LayerWhitening):
             if module.training and torch.is_grad_enabled():
                 if self._collect:
                     with self._timed("stats"):
-                        layer.stats.accumulate(
-                            layer.adapter.rows(x, self.stats_max_rows, self._generator)
-                        )
-                    self._commit([layer])
+                        gen = self.generator(x.device)
+                        layer.stats.accumulate(layer.adapter.rows(x, self.stats_max_rows, gen))
+                    self._commit([layer.group])
                 step = self._step
-                if self._refresh_due(layer, step) and self._refreshed_at.get(layer.name) != step:
+                due = step >= self.start_step and layer.stats.fed
+                due = due and (step % self.inverse_every == 0 or layer.refreshes == 0)
+                if due and self._refreshed_at.get(layer.name) != step:
                     self._refreshed_at[layer.name] = step
                     with self._timed("decomposition"), torch.no_grad():
                         self._refresh(layer)
@@ -115,7 +117,7 @@ class FeatureWhitening(LayerWhitening):
         damping = self.damping(layer)
         factor = damped_cholesky(cov, damping)
         if factor is None:
-            self.fallbacks += 1
+            self._failed[layer.name] = self._failed.get(layer.name, 0) + 1
             return
         m = layer.adapter.dim
         scale = torch.ones_like(damping)
@@ -137,6 +139,11 @@ class FeatureWhitening(LayerWhitening):
                     raw = evals - damping.to(evals.dtype)[:, None]
                     layer.kappa_r = condition_number(raw)
                     layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
+
+    def failure_counts(self) -> dict[str, tuple[int, int]]:
+        """Per layer: ``(0, failed)``; ``feature``'s Cholesky reads its outcome on the host, so a
+        float64 rescue is not told apart (the reference algorithm, not the shipped one)."""
+        return {name: (0, n) for name, n in self._failed.items()}
 
     def _to_plain(self, layer: WhitenedLayer, w_tilde: Tensor) -> Tensor:
         """``W~ P`` as ``(G, S_g, M)`` in the preconditioner's dtype."""

@@ -8,14 +8,16 @@ refreshes are spread over data-parallel ranks is the same for both and lives her
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
 
 from brisk.runtime import is_distributed
-from brisk.whitening.distributed import assign_by_cost, share_from_owners
-from brisk.whitening.layers import LayerWhitening, WhitenedLayer
+from brisk.whitening.covariance import CovarianceGroup
+from brisk.whitening.distributed import assign_by_cost, broadcast_from_owners
+from brisk.whitening.orchestrator import LayerWhitening, WhitenedLayer
 from brisk.whitening.settings import GradientSettings, WhiteningSettings
 from brisk.whitening.state import GradientState
 
@@ -29,6 +31,17 @@ def gradient_state(layer: WhitenedLayer) -> GradientState:
     return state
 
 
+@dataclass
+class Bucket:
+    """Bias-free layers of one group whose gradient matrices share a shape ``(S_g, M)``: one
+    contiguous run ``[lo, hi)`` of the group's slabs, transformed by one batched product."""
+
+    group: CovarianceGroup
+    layers: list[WhitenedLayer]
+    lo: int
+    hi: int
+
+
 class GradientWhitening(LayerWhitening):
     """Whitening by transforming weight gradients: ``grad_W <- (grad_W - g_b mu^T) Q``.
 
@@ -40,12 +53,17 @@ class GradientWhitening(LayerWhitening):
     to the bias (``b = b~ - W mu`` moves when ``W`` decays and ``b~`` does not) is added right
     before the optimizer steps, from the decay that optimizer applies (:meth:`_decay_bias`).
 
-    With several data-parallel ranks each due refresh runs on one rank, chosen by cost, and the
-    result is broadcast (``brisk.whitening.distributed``).
+    Per covariance group the preconditioners are one stacked buffer ``q (N, M, M)`` (and ``mu``),
+    refreshed by one batched call and updated in place; each layer's state holds views into it.
+    A refresh whose result is not usable (a failed factorisation, a layer without accepted
+    statistics) keeps the previous preconditioner by a device mask.  With several data-parallel
+    ranks every rank refreshes every group: the statistics are all-reduced first, so all ranks
+    derive the same preconditioners without another collective.
     """
 
     settings_type: ClassVar[type[WhiteningSettings]] = GradientSettings
     gradient_transform: ClassVar[bool] = True
+    state_type: ClassVar[type[GradientState]] = GradientState
     unpaired_weight_decay: float | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -53,74 +71,186 @@ class GradientWhitening(LayerWhitening):
         self._decay_due: dict[int, WhitenedLayer] = {}
 
     def _init_layer(self, layer: WhitenedLayer) -> None:
-        layer.state = GradientState()
+        layer.state = self.state_type()
 
+    # ---------------------------------------------------------------------------- buffers
+    def _ensure_preconditioners(self, group: CovarianceGroup) -> dict[str, Tensor]:
+        """Create the group's ``q`` (identity), ``mu`` and failure counts once its statistics
+        exist, and point every member's state at its slices."""
+        b = group.buffers
+        if "q" not in b:
+            cov = b["cov"]
+            n, m = cov.shape[0], group.dim
+            b["q"] = torch.eye(m, dtype=cov.dtype, device=cov.device).expand(n, m, m).clone()
+            b["mu"] = torch.zeros(n, m, dtype=cov.dtype, device=cov.device)
+            b["retried"] = torch.zeros(n, dtype=torch.int64, device=cov.device)
+            b["failed"] = torch.zeros(n, dtype=torch.int64, device=cov.device)
+            self._init_group(group)
+            for layer in self.layers:
+                if layer.group is group:
+                    state = gradient_state(layer)
+                    state.q, state.mu = b["q"][layer.slabs], b["mu"][layer.slabs]
+        return b
+
+    def _init_group(self, group: CovarianceGroup) -> None:
+        """The algorithm's own per-group buffers (created with ``q``)."""
+
+    def _has_statistics(self, group: CovarianceGroup) -> Tensor:
+        """Per slab: whether its layer has accepted statistics (a device mask)."""
+        b = group.buffers
+        return (b["updates"] > 0)[b["slab_member"]]
+
+    def _accept(self, group: CovarianceGroup, q: Tensor, first: Tensor, ok: Tensor) -> None:
+        """Store a refresh where it is usable and count the failures, all on the device."""
+        b = group.buffers
+        fed = self._has_statistics(group)
+        valid = ok & fed
+        b["q"].copy_(torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"]))
+        b["mu"].copy_(torch.where(valid[:, None], b["mean"], b["mu"]))
+        b["retried"].add_((fed & ok & ~first).long())
+        b["failed"].add_((fed & ~ok).long())
+
+    def failure_counts(self) -> dict[str, tuple[int, int]]:
+        """Per layer, refreshes rescued by the float64 retry and refreshes that failed (host
+        read of the device counts)."""
+        out = {}
+        for layer in self.layers:
+            b = layer.group.buffers
+            if "failed" in b:
+                sl = layer.slabs
+                out[layer.name] = (int(b["retried"][sl].sum()), int(b["failed"][sl].sum()))
+        return out
+
+    # ----------------------------------------------------------------------------- a step
     def _precondition(self, step: int) -> None:
         if self._collect:
-            self._commit(self.layers)
-        due = [layer for layer in self.layers if self._refresh_due(layer, step)]
-        with self._timed("decomposition"):
-            self._refresh_all(due)
-            for layer in due:
-                layer.refreshes += 1
-                # the centring used by the bias algebra changes together with Q, as in the
-                # forward-pass whitening it is equivalent to
-                assert layer.stats.mean is not None  # refreshed layers have statistics
-                gradient_state(layer).mu = layer.stats.mean.clone()
+            self._commit()
+        if self._refresh_due(step):
+            with self._timed("decomposition"), torch.no_grad():
+                self._refresh_groups([g for g in self.groups if g.ready])
+                for layer in self.layers:
+                    if layer.group.ready:
+                        layer.refreshes += 1
+                self._refreshed = True
+                self._log_condition_numbers()
         self._decay_due = {}
-        if step < self.start_step:
+        if step < self.start_step or not self._refreshed:
             return
         with self._timed("transform"), torch.no_grad():
-            for layer in self.layers:
-                if gradient_state(layer).q is not None:
-                    self._transform(layer)
-                    self._decay_due[id(layer.module.weight)] = layer
+            self._transform_all()
 
-    def _refresh(self, layer: WhitenedLayer) -> None:
+    def _refresh_groups(self, groups: list[CovarianceGroup]) -> None:
+        """Refresh ``groups``: here, or each on the rank the cost-balanced assignment picks."""
+        for group in groups:
+            self._ensure_preconditioners(group)
+        world = torch.distributed.get_world_size() if is_distributed() else 1
+        if world == 1:
+            for group in groups:
+                self._refresh_group(group)
+            return
+        owners = assign_by_cost([float(g.size * g.dim**3) for g in groups], world)
+        rank = torch.distributed.get_rank()
+        for group, owner in zip(groups, owners):
+            if owner == rank:
+                self._refresh_group(group)
+        names = ("q", "mu", "retried", "failed", *self._shared_buffers)
+        shared = [[g.buffers[n] for n in names if n in g.buffers] for g in groups]
+        broadcast_from_owners(shared, owners)
+
+    # the algorithm's own per-group buffers that a refresh changes (broadcast with q)
+    _shared_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _refresh_group(self, group: CovarianceGroup) -> None:
+        """Derive the preconditioners of every slab of ``group`` in one batched pass."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------------- distribution
-    def _refresh_all(self, due: list[WhitenedLayer]) -> None:
-        """Refresh ``due``: here, or each on the rank the cost-balanced assignment picks."""
-        world = torch.distributed.get_world_size() if is_distributed() else 1
-        if world == 1 or len(due) == 0:
-            for layer in due:
-                self._refresh(layer)
+    def _log_condition_numbers(self) -> None:
+        """Condition numbers on every ``condition_every``-th refresh (an ``M^3`` eigen-
+        decomposition with a host read: logging only, off by default)."""
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _layer_state_dict(self, layer: WhitenedLayer) -> dict[str, Any]:
+        """``q`` as its upper triangle (it is exactly symmetric) and ``mu``."""
+        state = gradient_state(layer)
+        if state.q is None or state.mu is None:
+            return {"q": None, "mu": None}
+        m = layer.adapter.dim
+        rows, cols = torch.triu_indices(m, m, device=state.q.device)
+        return {"q": state.q[:, rows, cols].clone(), "mu": state.mu.clone()}
+
+    def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
+        for key in ("q", "mu"):
+            if key not in state:
+                raise ValueError(f"whitening state has no '{key}' for {type(layer.state).__name__}")
+        if state["q"] is None or not layer.group.ready:
             return
-        owners = assign_by_cost([self._refresh_cost(layer) for layer in due], world)
-        rank = torch.distributed.get_rank()
-        fallbacks: dict[int, int] = {}  # the owner's fallbacks per layer, counted on every rank
-        for layer, owner in zip(due, owners):
-            if owner == rank:
-                before = self.fallbacks
-                self._refresh(layer)
-                fallbacks[id(layer)] = self.fallbacks - before
-        cov = due[0].stats.cov
-        assert cov is not None
+        b = self._ensure_preconditioners(layer.group)
+        m = layer.adapter.dim
+        rows, cols = torch.triu_indices(m, m, device=b["q"].device)
+        packed = state["q"].to(b["q"])
+        q = b["q"][layer.slabs]
+        q[:, rows, cols] = packed
+        q[:, cols, rows] = packed
+        b["mu"][layer.slabs].copy_(state["mu"])
 
-        def pack(layer: WhitenedLayer) -> dict[str, Any]:
-            return {**self._pack_refresh(layer), "fallbacks": fallbacks[id(layer)]}
+    # ------------------------------------------------------------------------- transform
+    def _buckets(self) -> list[Bucket]:
+        """Contiguous runs of bias-free, unblocked layers with one gradient shape per group."""
+        cached = getattr(self, "_bucket_cache", None)
+        if cached is not None:
+            return cached
+        buckets: list[Bucket] = []
+        for group in self.groups:
+            members = sorted(
+                (layer for layer in self.layers if layer.group is group),
+                key=lambda layer: layer.stats.lo,
+            )
+            for layer in members:
+                simple = not (layer.has_bias and self.center) and layer.adapter.blocks == 1
+                if not simple:
+                    continue
+                last = buckets[-1] if buckets else None
+                if (
+                    last is not None
+                    and last.group is group
+                    and last.hi == layer.stats.lo
+                    and last.layers[0].rows_out == layer.rows_out
+                ):
+                    last.layers.append(layer)
+                    last.hi = layer.stats.hi
+                else:
+                    buckets.append(Bucket(group, [layer], layer.stats.lo, layer.stats.hi))
+        self._bucket_cache = buckets
+        return buckets
 
-        share_from_owners(due, owners, pack, self._unpack_refresh, cov.device)
-
-    def _refresh_cost(self, layer: WhitenedLayer) -> float:
-        """Relative cost of refreshing ``layer``, for the assignment: a decomposition, ``M^3``
-        per group and block (an algorithm whose refresh scales otherwise overrides this)."""
-        return layer.cost
-
-    def _pack_refresh(self, layer: WhitenedLayer) -> dict[str, Any]:
-        """What a refresh changed: the algorithm state, the (tracked) covariance, the logs."""
-        packed: dict[str, Any] = {f"state.{k}": v for k, v in layer.state.to_dict().items()}
-        packed.update(cov=layer.stats.cov, kappa_r=layer.kappa_r, kappa_white=layer.kappa_white)
-        return packed
-
-    def _unpack_refresh(self, layer: WhitenedLayer, packed: dict[str, Any]) -> None:
-        state = {k.removeprefix("state."): v for k, v in packed.items() if k.startswith("state.")}
-        self.fallbacks += int(packed.get("fallbacks", 0))
-        assert layer.stats.cov is not None
-        layer.stats.cov.copy_(packed["cov"])
-        layer.kappa_r, layer.kappa_white = packed["kappa_r"], packed["kappa_white"]
-        self._load_layer_state(layer, state)
+    def _transform_all(self) -> None:
+        """Every whitened gradient: one batched product per shape bucket, the rest per layer."""
+        done: set[int] = set()
+        for bucket in self._buckets():
+            if "q" not in bucket.group.buffers:
+                continue
+            grads = [cast(Tensor, layer.module.weight).grad for layer in bucket.layers]
+            if any(g is None or not g.is_contiguous() for g in grads):
+                continue  # per layer below
+            mats = [
+                layer.adapter.weight_matrix(cast(Tensor, g))
+                for layer, g in zip(bucket.layers, grads)
+            ]
+            q = bucket.group.buffers["q"][bucket.lo : bucket.hi]
+            stacked = mats[0] if len(mats) == 1 else torch.cat(mats)
+            out = torch.bmm(stacked.to(q.dtype), q)
+            if len(mats) == 1:
+                mats[0].copy_(out)
+            else:
+                parts = out.split([layer.adapter.groups for layer in bucket.layers])
+                torch._foreach_copy_(mats, list(parts))
+            done.update(id(layer) for layer in bucket.layers)
+            for layer in bucket.layers:
+                self._decay_due[id(layer.module.weight)] = layer
+        for layer in self.layers:
+            if id(layer) not in done and gradient_state(layer).q is not None:
+                self._transform(layer)
+                self._decay_due[id(layer.module.weight)] = layer
 
     # ------------------------------------------------------------------------------ algebra
     def _transform(self, layer: WhitenedLayer) -> None:

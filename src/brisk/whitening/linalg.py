@@ -1,7 +1,10 @@
 """Linear algebra shared by the whitening algorithms: damped decompositions and condition numbers.
 
-Kept apart from the per-layer framework (``layers.py``) so that the algebra can be read, tested and
-benchmarked on plain tensors.
+Kept apart from the orchestrator (``orchestrator.py``) so that the algebra can be read, tested and
+benchmarked on plain tensors.  What the training step calls (:func:`damped_inverse`) decides every
+fallback on the device; :func:`damped_eigh`, :func:`damped_cholesky` and
+:func:`condition_number` read their results on the host and serve logging, the ``clip`` ablation
+and ``feature`` (the reference algorithm) only.
 """
 
 from __future__ import annotations
@@ -62,6 +65,42 @@ def damped_cholesky(cov: Tensor, damping: Tensor) -> Tensor | None:
     return None
 
 
-def inverse_from_cholesky(factor: Tensor) -> Tensor:
-    """``(L L^T)^-1`` per group from the lower factor (two triangular solves, no eigenvalues)."""
-    return torch.cholesky_inverse(factor)
+def all_finite(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """Per item: whether every entry over ``dims`` is finite (its sum is, unless it overflows,
+    which is as unusable), as a device mask in two cheap operators."""
+    total = x.sum(dims)
+    return (total - total) == 0  # inf - inf and nan are nan
+
+
+def damped_inverse(cov: Tensor, damping: Tensor, normalize: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``c (R + damping I)^-1`` for a stack ``(N, M, M)``, with no host synchronisation.
+
+    Returns ``(q, first, ok)``: ``first`` marks the covariances whose factor succeeded in their
+    own dtype, ``ok`` those with a usable inverse (possibly from the float64 retry, which is always
+    computed and chosen by a mask: a branch would have to read the outcome on the host).  Where
+    ``ok`` is False, ``q`` is meaningless and the caller keeps its previous preconditioner.
+    ``c`` is the mean eigenvalue ``trace(R + damping I) / M`` when ``normalize`` (it needs no
+    eigenvalues), else 1.  The inverse is ``L^-T L^-1`` from one triangular solve
+    (``cholesky_inverse`` checks its input on the host).
+    """
+    m = cov.shape[-1]
+    damped = cov.clone()
+    damped.diagonal(dim1=-2, dim2=-1).add_(damping.to(cov.dtype)[:, None])
+    # the statistics are finite (non-finite batches are rejected), so info == 0 is a usable factor
+    factor, info = torch.linalg.cholesky_ex(damped)
+    first = info == 0
+    ok = first
+    if cov.dtype != torch.float64:
+        wide, info64 = torch.linalg.cholesky_ex(damped.double())
+        factor = torch.where(first[:, None, None], factor, wide.to(cov.dtype))
+        ok = first | (info64 == 0)
+    eye = torch.eye(m, dtype=cov.dtype, device=cov.device).expand_as(cov)
+    factor = torch.where(ok[:, None, None], factor, eye)
+    l_inv = torch.linalg.solve_triangular(factor, eye, upper=False)
+    q = l_inv.transpose(-1, -2) @ l_inv
+    if normalize:
+        mean = (cov.diagonal(dim1=-2, dim2=-1).sum(-1) + m * damping.to(cov.dtype)) / m
+        q = q * mean[:, None, None]
+    q = 0.5 * (q + q.transpose(-1, -2))  # exactly symmetric: stored as a triangle
+    ok = ok & all_finite(q, (-2, -1))
+    return q, first, ok

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from brisk.whitening.adapters import LAYER_TYPES, LayerAdapter, make_adapter
 from brisk.whitening.settings import WhiteningSettings
-from brisk.whitening.stats import LAYER_TYPES, LayerAdapter, make_adapter
 
 __all__ = ["Candidate", "select", "selection_table"]
 

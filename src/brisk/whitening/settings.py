@@ -32,7 +32,9 @@ class WhiteningSettings:
     """Keys shared by ``feature``, ``evd`` and ``recursive`` (``feature`` uses exactly these)."""
 
     eps: float = 0.3  # damping relative to trace(R)/M; best of 0.1/0.3/1 for evd on CIFAR-10
-    eps_abs: float = 1e-12  # absolute damping floor
+    # the least relative damping, whatever eps says: keeps R + damping I invertible at eps 0, and
+    # scales with the inputs (an absolute floor left layers with tiny inputs unwhitened)
+    eps_min: float = 1e-6
     momentum: float = 0.95  # running average of R, per statistics update
     stats_every: int = 10  # steps between statistics updates (the dominant cost)
     inverse_every: int = 20  # steps between preconditioner refreshes
@@ -45,7 +47,7 @@ class WhiteningSettings:
         4096  # larger layers get a block-diagonal covariance of blocks this size or less
     )
     max_dim: int | None = None  # layers with a larger M are skipped (None: none are)
-    decomposition_dtype: str = "float64"  # float32 | float64 (not used by recursive)
+    decomposition_dtype: str = "float64"  # float32 | float64: condition-number logs and clip
     stats_dtype: str = "float32"  # float64 makes data-parallel ranks agree at small eps
     center: bool = True  # centred covariance; layers with a bias get the exact bias correction
     normalize: bool = True  # scale the inverse by the mean eigenvalue: keeps SGD's step size
@@ -60,9 +62,9 @@ class WhiteningSettings:
                 raise UserError(
                     f"whitening.{key} must be a positive integer, got {getattr(self, key)}"
                 )
-        if self.eps < 0 or self.eps_abs < 0:
+        if self.eps < 0 or self.eps_min < 0:
             raise UserError(
-                f"whitening.eps and eps_abs must be >= 0, got {self.eps}, {self.eps_abs}"
+                f"whitening.eps and eps_min must be >= 0, got {self.eps}, {self.eps_min}"
             )
         if not 0.0 <= self.momentum < 1.0:
             raise UserError(f"whitening.momentum must be in [0, 1), got {self.momentum}")
@@ -121,16 +123,9 @@ class RecursiveSettings(GradientSettings):
     twice its refresh rate."""
 
     inverse_every: int = 10
-    steps: int = 2  # block steps per update
-    power_iters: int = 2  # subspace iterations per block step
-    block: int | None = None  # directions equalised at each end per step (None: ceil(sqrt(M)))
+    steps: int = 2  # Newton-Schulz steps per refresh (each squares the residual I - A Q)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.steps) < 1 or int(self.power_iters) < 1:
-            raise UserError(
-                "whitening.steps and whitening.power_iters must be >= 1, "
-                f"got {self.steps}, {self.power_iters}"
-            )
-        if self.block is not None and int(self.block) < 1:
-            raise UserError(f"whitening.block must be >= 1 or null, got {self.block}")
+        if int(self.steps) < 1:
+            raise UserError(f"whitening.steps must be >= 1, got {self.steps}")

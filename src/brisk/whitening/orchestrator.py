@@ -1,10 +1,17 @@
-"""The per-layer framework of the whitening algorithms: selection, hooks, cadence, guards, state.
+"""The orchestrator of the whitening algorithms: selection, groups, hooks, cadence, guards, state.
 
 The three algorithms differ only in what they derive from a layer's input covariance and where they
 apply it (the forward pass for ``feature``, the weight gradient for ``evd`` and ``recursive``).
 Everything else (which layers, when statistics are gathered, when the preconditioner is refreshed,
 sub-sampling randomness, timing, fallback counting and checkpoint state) lives here so that the
 algorithms stay exactly comparable: the same configuration gathers the same rows at the same steps.
+
+Layers are grouped by the size ``M`` of their covariance blocks (:class:`CovarianceGroup`): the
+statistics of a group live in one stacked buffer and are folded, refreshed and applied by batched
+operators, one call per group or per shape bucket rather than one per layer.  The cadence is
+decided on the host from the step counter alone; everything that depends on a value (a rejected
+batch, a failed factorisation) is decided on the device, so no step waits for it (see
+``brisk.whitening.audit`` for how that is checked).
 """
 
 from __future__ import annotations
@@ -15,19 +22,20 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from brisk.runtime import is_distributed
+from brisk.whitening.adapters import LayerAdapter
 from brisk.whitening.base import Whitening
+from brisk.whitening.covariance import CovarianceGroup, LayerStatistics
 from brisk.whitening.linalg import damped_eigh
 from brisk.whitening.selection import Candidate, select, selection_table
 from brisk.whitening.settings import WhiteningSettings
 from brisk.whitening.state import LayerState
-from brisk.whitening.stats import LayerAdapter, RunningCovariance, commit_all
 
 log = logging.getLogger("brisk.whitening")
 
@@ -46,7 +54,7 @@ class WhitenedLayer:
     name: str
     module: nn.Module
     adapter: LayerAdapter
-    stats: RunningCovariance
+    stats: LayerStatistics
     state: LayerState = field(default_factory=LayerState)  # the algorithm's, typed (state.py)
     kappa_r: float | None = None
     kappa_white: float | None = None
@@ -72,9 +80,21 @@ class WhitenedLayer:
         return bool(self.biases)
 
     @property
-    def cost(self) -> float:
-        """Relative cost of one refresh (an ``M^3`` decomposition per group and block)."""
-        return float(self.adapter.groups * self.adapter.dim**3)
+    def group(self) -> CovarianceGroup:
+        """The covariance group (all layers with blocks of this ``M``) this layer belongs to."""
+        return self.stats.group
+
+    @property
+    def slabs(self) -> slice:
+        """This layer's covariances within its group's stacked buffers."""
+        return slice(self.stats.lo, self.stats.hi)
+
+    @property
+    def rows_out(self) -> int:
+        """Outputs per weight group and block, ``S_g``: the gradient matrices are ``(S_g, M)``."""
+        return (
+            cast(Tensor, self.module.weight).shape[0] * self.adapter.blocks // self.adapter.groups
+        )
 
 
 class LayerWhitening(Whitening):
@@ -102,15 +122,15 @@ class LayerWhitening(Whitening):
     optimizer's pre-step hook with a warning, so a forgotten call never silently turns whitening
     off.
 
-    ``eps`` is relative: the damping added to R is ``eps * trace(R) / M`` (plus ``eps_abs``), so one
-    value suits layers whose inputs differ in scale by orders of magnitude.
+    ``eps`` is relative: the damping added to R is ``max(eps, eps_min) * trace(R) / M``, so one
+    value suits layers whose inputs differ in scale by orders of magnitude, however small.
     """
 
     name = "layer"
     settings_type: ClassVar[type[WhiteningSettings]] = WhiteningSettings
     # the settings, copied onto the instance by __init__ (dtypes as torch dtypes)
     eps: float
-    eps_abs: float
+    eps_min: float
     momentum: float
     stats_every: int
     inverse_every: int
@@ -138,17 +158,21 @@ class LayerWhitening(Whitening):
         self.stats_dtype = _DTYPES[self.settings.stats_dtype]
 
         self.layers: list[WhitenedLayer] = []
+        self.groups: list[CovarianceGroup] = []
         self.skipped: dict[str, str] = {}
         self.candidates: list[Candidate] = []
         self._handles: list[Any] = []
         self._step = 0
         self._collect = True  # step 0 gathers statistics
         self._pending = False  # a training forward pass ran since the last preconditioning
+        self._folded = False  # statistics were folded at least once (host: a refresh can run)
+        self._refreshed = False  # a refresh ran (host: the transform applies)
         self._warned: set[str] = set()
-        self._generator = torch.Generator()
+        self._rank = 0
+        # rows are drawn on the device of the layer inputs: one generator per device
+        self._generators: dict[str, torch.Generator] = {}
+        self._generator_states: dict[str, Tensor] = {}
         self._timers = {"stats": 0.0, "decomposition": 0.0, "transform": 0.0}
-        self.fallbacks = 0
-        self.rejected_stats = 0
         if model is not None:
             self.attach(model)
 
@@ -162,10 +186,13 @@ class LayerWhitening(Whitening):
         if self._handles:
             raise RuntimeError(f"whitening '{self.name}' is already attached; call detach() first")
         rank = torch.distributed.get_rank() if is_distributed() else 0
-        self._generator.manual_seed(self.seed + rank)
+        self._rank = rank
+        self._generators = {}
         self.candidates = select(model, self.settings, gradient_transform=self.gradient_transform)
         self.layers, self.skipped = [], {}
         by_name: dict[str, WhitenedLayer] = {}
+        owners: list[Candidate] = []
+        aliases: list[Candidate] = []
         for cand in self.candidates:
             if cand.skip_reason is not None:
                 if cand.skip_reason != "type not in layer_types":
@@ -173,17 +200,14 @@ class LayerWhitening(Whitening):
                 continue
             assert cand.adapter is not None
             if cand.shares_weight_with is not None:
-                by_name[cand.shares_weight_with].aliases.append(
-                    (cand.name, cand.module, cand.adapter)
-                )
+                aliases.append(cand)
                 continue
-            adapter = cand.adapter
-            stats = RunningCovariance(
-                adapter.groups, adapter.dim, self.momentum, self.center, self.stats_dtype
-            )
-            layer = WhitenedLayer(cand.name, cand.module, adapter, stats)
-            by_name[cand.name] = layer
-            self.layers.append(layer)
+            owners.append(cand)
+        self._build_groups(owners, by_name)
+        for cand in aliases:
+            assert cand.shares_weight_with is not None and cand.adapter is not None
+            by_name[cand.shares_weight_with].aliases.append((cand.name, cand.module, cand.adapter))
+        for layer in self.layers:
             self._init_layer(layer)
         self._register_hooks()
         for layer in self.layers:
@@ -208,6 +232,53 @@ class LayerWhitening(Whitening):
                 len(self.candidates),
                 selection_table(self.candidates),
             )
+
+    def _build_groups(self, owners: list[Candidate], by_name: dict[str, WhitenedLayer]) -> None:
+        """One :class:`CovarianceGroup` per block size ``M``; within a group the layers are ordered
+        by their gradient shape ``(S_g, M)``, so that each shape bucket is one contiguous run of
+        the stacked buffers (and the gradient transform one batched product per bucket)."""
+        by_dim: dict[int, list[Candidate]] = {}
+        for cand in owners:
+            assert cand.adapter is not None
+            by_dim.setdefault(cand.adapter.dim, []).append(cand)
+
+        def out_rows(c: Candidate) -> int:
+            assert c.adapter is not None
+            weight = cast(Tensor, c.module.weight)
+            return weight.shape[0] * c.adapter.blocks // c.adapter.groups
+
+        self.groups, made = [], {}
+        for dim, members in by_dim.items():
+            members = sorted(members, key=out_rows)  # stable: model order within a shape
+            group = CovarianceGroup(
+                dim,
+                [c.adapter.groups for c in members if c.adapter is not None],
+                self.momentum,
+                self.center,
+                self.stats_dtype,
+            )
+            self.groups.append(group)
+            for index, cand in enumerate(members):
+                assert cand.adapter is not None
+                made[cand.name] = WhitenedLayer(
+                    cand.name, cand.module, cand.adapter, group.member(index)
+                )
+        # layers in model order (logs, checkpoints); groups in order of first appearance
+        self.layers = [made[c.name] for c in owners]
+        by_name.update(made)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The row-sampling generator of ``device``, seeded by ``seed`` and the rank."""
+        key = str(device)
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed + self._rank)
+            saved = self._generator_states.pop(key, None)
+            if saved is not None:
+                gen.set_state(saved)
+            self._generators[key] = gen
+        return gen
 
     def selection_table(self) -> str:
         """Every candidate module with its M, groups and blocks, and why it is not whitened."""
@@ -237,7 +308,8 @@ class LayerWhitening(Whitening):
                 with self._timed("stats"):
                     x = adapter.layer_input(args, kwargs)
                     if x is not None:
-                        rows = adapter.rows(x, self.stats_max_rows, self._generator)
+                        gen = self.generator(x.device)
+                        rows = adapter.rows(x, self.stats_max_rows, gen)
                         layer.stats.accumulate(rows)
 
         return hook
@@ -299,26 +371,37 @@ class LayerWhitening(Whitening):
         self.precondition(self._step)
 
     def unfed_layers(self) -> list[str]:
-        """Whitened layers whose weights have gradients but whose inputs were never seen.
+        """Whitened layers whose weights have gradients but whose statistics never arrived.
 
-        Their forward hooks never ran: the weight is used without calling the module (``F.conv2d(x,
-        conv.weight)``), or the forward pass runs a copy, a scripted or a compiled graph that
-        bypasses module hooks. Such a layer would keep its identity preconditioner for ever.
+        Either their forward hooks never ran (the weight is used without calling the module,
+        ``F.conv2d(x, conv.weight)``, or the forward pass runs a copy, a scripted or a compiled
+        graph that bypasses module hooks), or every batch they saw was rejected as not finite.
+        Such a layer keeps its identity preconditioner for ever. Reads the device's update counts
+        (a host synchronisation: call it when logging, not in a step).
         """
+        out = []
+        for layer in self.layers:
+            if layer.module.weight.grad is None or layer.stats.pending:
+                continue
+            if not layer.stats.fed or (
+                self._folded and layer.group.ready and int(layer.stats.updates) == 0
+            ):
+                out.append(layer.name)
+        return out
+
+    def _never_fed(self) -> list[str]:
+        """Layers with gradients whose forward hooks never ran (host facts only: no sync)."""
         return [
             layer.name
             for layer in self.layers
-            if layer.stats.updates == 0
-            and layer.stats.rejected == 0
-            and not layer.stats.pending
-            and layer.module.weight.grad is not None
+            if not layer.stats.fed and layer.module.weight.grad is not None
         ]
 
     def _warn_unfed(self) -> None:
         """After a statistics step: a layer that trains but is never whitened is said, once."""
         if "unfed" in self._warned:
             return
-        unfed = self.unfed_layers()
+        unfed = self._never_fed()
         if unfed:
             self._warn_once(
                 "unfed",
@@ -338,14 +421,33 @@ class LayerWhitening(Whitening):
             self._warned.add(key)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
 
-    def _refresh_due(self, layer: WhitenedLayer, step: int) -> bool:
-        if step < self.start_step or layer.stats.cov is None:
+    def _refresh_due(self, step: int) -> bool:
+        """Host decision from the step counter: a refresh runs at every ``inverse_every``-th step
+        from ``start_step`` on, and at the first step after the first statistics."""
+        if step < self.start_step or not self._folded:
             return False
-        return step % self.inverse_every == 0 or layer.refreshes == 0
+        return step % self.inverse_every == 0 or not self._refreshed
 
-    def _commit(self, layers: list[WhitenedLayer]) -> None:
+    def _commit(self, groups: list[CovarianceGroup] | None = None) -> None:
+        """Fold the pending statistics of ``groups`` (all by default), summed over ranks."""
+        todo = [g for g in (self.groups if groups is None else groups) if g.has_pending]
+        if not todo:
+            return
         with self._timed("stats"):
-            self.rejected_stats += commit_all([layer.stats for layer in layers])
+            if is_distributed():
+                tensors = [t for g in todo for t in g.pending_tensors()]
+                flat = torch.cat([t.reshape(-1) for t in tensors])
+                torch.distributed.all_reduce(flat)
+                torch._foreach_copy_(
+                    tensors,
+                    [
+                        p.view_as(t)
+                        for p, t in zip(flat.split([t.numel() for t in tensors]), tensors)
+                    ],
+                )
+            for g in todo:
+                g.fold()
+            self._folded = True
 
     # ------------------------------------------------------------------------------ helpers
     @contextmanager
@@ -356,28 +458,41 @@ class LayerWhitening(Whitening):
         finally:
             self._timers[key] += time.perf_counter() - t0
 
+    def group_damping(self, trace: Tensor, dim: int) -> Tensor:
+        """Damping ``max(eps, eps_min) * trace / M`` per covariance, never below the dtype's
+        smallest normal number (a zero covariance still factors)."""
+        rel = max(self.eps, self.eps_min)
+        return (rel * trace.clamp_min(0.0) / dim).clamp_min(torch.finfo(trace.dtype).tiny)
+
     def damping(self, layer: WhitenedLayer) -> Tensor:
-        """Per-group damping ``eps * trace(R) / M + eps_abs`` (shape ``(G,)``)."""
+        """Per-group damping of ``layer`` (shape ``(G,)``): see :meth:`group_damping`."""
         assert layer.stats.trace is not None  # refreshes follow the first statistics
-        return self.eps * layer.stats.trace.clamp_min(0.0) / layer.adapter.dim + self.eps_abs
+        return self.group_damping(layer.stats.trace, layer.adapter.dim)
 
     def decompose(self, layer: WhitenedLayer) -> tuple[Tensor, Tensor, Tensor] | None:
-        """``(evals, evecs, damping)`` of the damped covariance, or None (counted as a fallback: the
-        caller keeps its previous preconditioner)."""
+        """``(evals, evecs, damping)`` of the damped covariance, or None when it fails (logging and
+        the ``clip`` ablation only: an eigen-decomposition checks its result on the host)."""
         damping = self.damping(layer)
         assert layer.stats.cov is not None
         decomposed = damped_eigh(layer.stats.cov, damping, self.decomposition_dtype)
         if decomposed is None:
-            self.fallbacks += 1
             return None
         return (*decomposed, damping)
 
     # ----------------------------------------------------------------------------- logging
+    def failure_counts(self) -> dict[str, tuple[int, int]]:
+        """Per layer: refreshes whose factorisation failed in the statistics' dtype and was
+        rescued by a float64 retry, and refreshes that failed both ways (the layer kept its
+        previous preconditioner). Read from the device: call it when logging."""
+        return {}
+
     def metrics(self) -> dict[str, float]:
         """Per-layer condition numbers, seconds per phase, and the fallback and rejection counts.
 
         The per-phase timers restart at zero each call, so a logged value covers one log interval;
-        the counts are cumulative.
+        the counts are cumulative. The counts live on the device and are read here, once per log
+        line; here too each layer whose factorisation failed, or whose statistics were always
+        rejected, is named in one warning.
         """
         out: dict[str, float] = {}
         for layer in self.layers:
@@ -388,27 +503,58 @@ class LayerWhitening(Whitening):
         for key, seconds in self._timers.items():
             out[f"whiten/seconds_{key}"] = seconds
             self._timers[key] = 0.0
-        out["whiten/fallbacks"] = float(self.fallbacks)
-        out["whiten/rejected_stats"] = float(self.rejected_stats)
+        failures = self.failure_counts()
+        out["whiten/fallbacks"] = float(sum(f for _, f in failures.values()))
+        out["whiten/float64_retries"] = float(sum(r for r, _ in failures.values()))
+        out["whiten/rejected_stats"] = float(
+            sum(int(layer.stats.rejected) for layer in self.layers if layer.group.ready)
+        )
         out["whiten/layers"] = float(len(self.layers))
         out["whiten/skipped_layers"] = float(len(self.skipped))
+        for name, (retried, failed) in failures.items():
+            if retried or failed:
+                self._warn_once(
+                    f"factor:{name}",
+                    f"whitening '{self.name}': the factorisation of layer {name}'s damped "
+                    f"covariance failed in {self.stats_dtype} at {retried + failed} refresh(es): "
+                    f"{retried} rescued by a float64 retry, {failed} not (the layer kept its "
+                    "previous preconditioner); larger whitening.eps makes it better conditioned",
+                )
+        if self._folded:
+            starved = [
+                layer.name
+                for layer in self.layers
+                if layer.stats.fed
+                and layer.group.ready
+                and int(layer.stats.updates) == 0
+                and int(layer.stats.rejected) > 0
+            ]
+            if starved:
+                self._warn_once(
+                    "rejected",
+                    f"whitening '{self.name}': every statistics batch of {', '.join(starved)} was "
+                    "rejected as not finite, so they are not whitened (check their inputs)",
+                )
         return out
 
     # ------------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue the same preconditioner: statistics, per-layer
-        state, the sampling generator and the counters.
+        state, the sampling generators and the counters. Symmetric matrices are stored as their
+        upper triangles; pending sums and anything derived from the rest are not stored.
         """
+        generators = {key: gen.get_state() for key, gen in self._generators.items()}
+        generators.update({k: v for k, v in self._generator_states.items() if k not in generators})
         return {
             "algorithm": self.name,
             "step": self._step,
-            "generator": self._generator.get_state(),
-            "fallbacks": self.fallbacks,
-            "rejected_stats": self.rejected_stats,
+            "folded": self._folded,
+            "refreshed": self._refreshed,
+            "generators": generators,
             "layers": {
                 layer.name: {
-                    "stats": layer.stats.state_dict(),
-                    "state": layer.state.to_dict(),
+                    "stats": layer.group.state_dict(layer.stats.index),
+                    "state": self._layer_state_dict(layer),
                     "kappa_r": layer.kappa_r,
                     "kappa_white": layer.kappa_white,
                     "refreshes": layer.refreshes,
@@ -433,12 +579,13 @@ class LayerWhitening(Whitening):
         self._step = int(state["step"])
         self._collect = self._step % self.stats_every == 0
         self._pending = False
-        self._generator.set_state(state["generator"])
-        self.fallbacks = int(state["fallbacks"])
-        self.rejected_stats = int(state["rejected_stats"])
+        self._folded = bool(state["folded"])
+        self._refreshed = bool(state["refreshed"])
+        self._generators = {}
+        self._generator_states = dict(state["generators"])
         for layer in self.layers:
             saved = state["layers"][layer.name]
-            layer.stats.load_state_dict(saved["stats"])
+            layer.group.load_state_dict(layer.stats.index, saved["stats"])
             layer.kappa_r, layer.kappa_white = saved["kappa_r"], saved["kappa_white"]
             layer.refreshes = int(saved["refreshes"])
             self._load_layer_state(layer, saved["state"])
@@ -447,6 +594,10 @@ class LayerWhitening(Whitening):
     def _init_layer(self, layer: WhitenedLayer) -> None:
         """Create the algorithm's per-layer state (identity preconditioner)."""
 
+    def _layer_state_dict(self, layer: WhitenedLayer) -> dict[str, Any]:
+        """The per-layer state for a checkpoint."""
+        return layer.state.to_dict()
+
     def _load_layer_state(self, layer: WhitenedLayer, state: dict[str, Any]) -> None:
-        """Restore the per-layer state from a checkpoint or another rank's refresh."""
+        """Restore the per-layer state from a checkpoint."""
         layer.state.load(state)

@@ -1,4 +1,4 @@
-"""Input statistics of a whitened layer: patch rows and their running covariance.
+"""Layer adapters: what a whitened layer multiplies, as patch rows ``(N, G, M)``.
 
 Every algorithm needs the covariance of the inputs *as the layer multiplies them*: the rows of
 ``X`` in ``y = W x``.  For a convolution those rows are im2col patches, so stride, padding
@@ -22,16 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brisk.runtime import is_distributed
-
 __all__ = [
     "AttentionOutputAdapter",
     "BlockAdapter",
     "ConvAdapter",
     "LayerAdapter",
     "LinearAdapter",
-    "RunningCovariance",
-    "commit_all",
     "make_adapter",
 ]
 
@@ -82,10 +78,20 @@ class LayerAdapter:
         """Covariance blocks per weight group (1: the whole group is one block)."""
         return 1
 
-    def _sample(self, total: int, max_rows: int | None, generator: torch.Generator | None):
-        if max_rows is None or total <= max_rows:
+    @staticmethod
+    def _sample(
+        sizes: tuple[int, ...],
+        max_rows: int | None,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> list[Tensor] | None:
+        """``max_rows`` uniform draws of each coordinate of a row (with replacement), drawn on
+        ``device`` so that no index crosses from the host; None when every row is kept."""
+        if max_rows is None or math.prod(sizes) <= max_rows:
             return None
-        return torch.randint(total, (max_rows,), generator=generator)
+        return [
+            torch.randint(size, (max_rows,), generator=generator, device=device) for size in sizes
+        ]
 
 
 class LinearAdapter(LayerAdapter):
@@ -104,9 +110,9 @@ class LinearAdapter(LayerAdapter):
     def rows(self, x, max_rows=None, generator=None):
         """``(N, 1, M)``: the flattened leading indices; ``max_rows`` samples them uniformly."""
         flat = x.reshape(-1, self.dim)
-        idx = self._sample(flat.shape[0], max_rows, generator)
+        idx = self._sample((flat.shape[0],), max_rows, generator, flat.device)
         if idx is not None:
-            flat = flat[idx.to(flat.device)]
+            flat = flat[idx[0]]
         return flat.unsqueeze(1)
 
     def output_from_rows(self, y, x):
@@ -178,22 +184,16 @@ class ConvAdapter(LayerAdapter):
         w = self._windows(x)
         batch, spatial = w.shape[0], w.shape[2 : 2 + self.nd]
         total = batch * math.prod(spatial)
-        idx = self._sample(total, max_rows, generator)
-        if idx is None:
+        coords = self._sample((batch, *spatial), max_rows, generator, x.device)
+        if coords is None:
             # (B, C, L.., k..) -> (B, L.., C, k..) -> rows
             perm = (0, *range(2, 2 + self.nd), 1, *range(2 + self.nd, 2 + 2 * self.nd))
             flat = w.permute(perm).reshape(total, self.groups, self.dim)
             return flat
-        idx = idx.to(x.device)
-        coords = []
-        rest = idx
-        for size in reversed((batch, *spatial)):
-            coords.append(rest % size)
-            rest = rest // size
-        coords.reverse()
+        # one uniform draw per coordinate is one uniform draw of a (image, position) pair;
         # advanced indices split by the channel slice: result is (n, C, k..)
         picked = w[(coords[0], slice(None), *coords[1:])]
-        return picked.reshape(idx.shape[0], self.groups, self.dim)
+        return picked.reshape(coords[0].shape[0], self.groups, self.dim)
 
     def output_from_rows(self, y, x):
         """Rows back to ``(B, C_out, L_1..L_n)`` (no batch dimension for unbatched ``x``)."""
@@ -352,172 +352,3 @@ def make_adapter(
     raise TypeError(
         f"no whitening adapter for {type(module).__name__}; supported: {', '.join(LAYER_TYPES)}"
     )
-
-
-def stats_dtype(x: Tensor) -> torch.dtype:
-    """Statistics never accumulate in half precision (AMP); float64 inputs stay float64."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-class RunningCovariance:
-    """Exponential moving average of the centred covariance (and mean) of a layer's input rows.
-
-    Rows are first summed into sufficient statistics (``sum x x^T``, ``sum x``, ``sum |x|^2``,
-    count) so that micro-batches of one optimizer step and the ranks of a distributed run combine
-    exactly: :func:`commit_all` all-reduces the sums of every layer in one bucket and only then
-    centres them.  An optional per-group ``transform`` T makes the tracked matrix ``T R T^T``
-    (the recursive algorithm keeps its whitened covariance this way at O(N M^2) per update); the
-    trace of the raw covariance is tracked in any case because it sets damping and step scale.
-
-    Rows are shifted by a reference point before summing (the running mean, identical on every
-    rank; for the very first batch of a single process its own mean): ``sum x x^T / n - mu mu^T``
-    cancels catastrophically in float32 when the mean is large, as it is after a ReLU, and the lost
-    digits are exactly the small eigenvalues that whitening amplifies most.
-    """
-
-    def __init__(
-        self,
-        groups: int,
-        dim: int,
-        momentum: float,
-        center: bool = True,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"whitening.momentum must be in [0, 1), got {momentum}")
-        self.groups, self.dim, self.momentum, self.center = groups, dim, momentum, center
-        # float64 sums agree to double precision however the rows are split over ranks and
-        # micro-batches, which matters when a small eps lets the inverse amplify the rounding
-        self.dtype = dtype
-        self.transform: Tensor | None = None
-        self.cov: Tensor | None = None  # (G, M, M)  T R T^T (R when no transform)
-        self.mean: Tensor | None = None  # (G, M)    raw input mean
-        self.trace: Tensor | None = None  # (G,)      trace of the raw covariance R
-        self.shift: Tensor | None = None  # (G, M) reference point of the pending sums
-        self.updates = 0
-        self.rejected = 0
-        self._reset_pending()
-
-    def _reset_pending(self) -> None:
-        self._sxx: Tensor | None = None
-        self._sx: Tensor | None = None
-        self._sq: Tensor | None = None
-        self._n = 0
-
-    @property
-    def pending(self) -> bool:
-        """Whether rows were accumulated since the last fold (a statistics step is in progress)."""
-        return self._n > 0
-
-    def accumulate(self, rows: Tensor) -> None:
-        """Add rows ``(N, G, M)`` to the pending sums (in ``dtype``; float64 rows as they are)."""
-        rows = rows.detach()
-        rows = rows.to(torch.promote_types(stats_dtype(rows), self.dtype))
-        if self._n == 0:
-            if self.mean is not None:
-                self.shift = self.mean.to(rows.dtype, copy=True)
-            elif not is_distributed():
-                self.shift = rows.mean(0)
-            else:
-                self.shift = torch.zeros_like(rows[0])
-        assert self.shift is not None  # set by the first batch since the last fold
-        by_group = (rows - self.shift).transpose(0, 1)  # (G, N, M)
-        # forward hooks run inside autocast, which would turn these products into bf16/fp16 ones
-        with torch.autocast(rows.device.type, enabled=False):
-            tr = by_group if self.transform is None else by_group @ self.transform.transpose(1, 2)
-            sxx = tr.transpose(1, 2) @ tr
-        sx = by_group.sum(1)
-        sq = by_group.square().sum((1, 2))
-        if self._n == 0:
-            self._sxx, self._sx, self._sq = sxx, sx, sq
-        else:
-            assert self._sxx is not None and self._sx is not None and self._sq is not None
-            self._sxx += sxx
-            self._sx += sx
-            self._sq += sq
-        self._n += rows.shape[0]
-
-    def pending_tensors(self) -> list[Tensor]:
-        """The pending sums and row count, the tensors a distributed run all-reduces before
-        :meth:`fold`."""
-        assert self._sxx is not None and self._sx is not None and self._sq is not None
-        n = torch.full((1,), float(self._n), dtype=self._sxx.dtype, device=self._sxx.device)
-        return [self._sxx, self._sx, self._sq, n]
-
-    def fold(self, sxx: Tensor, sx: Tensor, sq: Tensor, n: float) -> bool:
-        """Centre the (reduced) sums and fold them into the average; reject non-finite batches."""
-        self._reset_pending()
-        assert self.shift is not None  # fold follows accumulate
-        shifted = sx / n  # mean of the shifted rows
-        mean = shifted + self.shift
-        t = self.transform
-        d = shifted if t is None else (t @ shifted.unsqueeze(-1))[..., 0]
-        if self.center:
-            cov = sxx / n - d.unsqueeze(-1) * d.unsqueeze(-2)
-            trace = sq / n - shifted.square().sum(-1)
-        else:  # second moment about 0: undo the shift, x = x' + s
-            s = self.shift if t is None else (t @ self.shift.unsqueeze(-1))[..., 0]
-            cov = sxx / n + d.unsqueeze(-1) * s.unsqueeze(-2) + s.unsqueeze(-1) * d.unsqueeze(-2)
-            cov = cov + s.unsqueeze(-1) * s.unsqueeze(-2)
-            trace = sq / n + 2 * (shifted * self.shift).sum(-1) + self.shift.square().sum(-1)
-            mean = torch.zeros_like(mean)
-        cov = 0.5 * (cov + cov.transpose(1, 2))
-        if not (torch.isfinite(cov).all() and torch.isfinite(mean).all()):
-            self.rejected += 1
-            return False
-        if self.cov is None:
-            self.cov, self.mean, self.trace = cov, mean, trace
-        else:
-            assert self.mean is not None and self.trace is not None
-            b = self.momentum
-            self.cov.mul_(b).add_(cov, alpha=1 - b)
-            self.mean.mul_(b).add_(mean, alpha=1 - b)
-            self.trace.mul_(b).add_(trace, alpha=1 - b)
-        self.updates += 1
-        return True
-
-    def state_dict(self) -> dict[str, Any]:
-        """The running statistics and the reference point; pending sums are not saved (a checkpoint
-        is taken between steps, after the fold).
-        """
-        return {
-            "cov": self.cov,
-            "mean": self.mean,
-            "trace": self.trace,
-            "transform": self.transform,
-            "shift": self.shift,
-            "updates": self.updates,
-            "rejected": self.rejected,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; pending sums start empty."""
-        self.cov, self.mean, self.trace = state["cov"], state["mean"], state["trace"]
-        self.transform, self.shift = state["transform"], state["shift"]
-        self.updates, self.rejected = int(state["updates"]), int(state["rejected"])
-        self._reset_pending()
-
-
-def commit_all(stats: list[RunningCovariance]) -> int:
-    """Fold the pending sums of every layer, summed over ranks in one all-reduce.
-
-    Reducing sums (not covariances) makes the result equal to the covariance of the concatenated
-    global batch, so every rank derives the same preconditioner.  Returns the number of rejected
-    (non-finite) layer updates.
-    """
-    todo = [s for s in stats if s.pending]
-    if not todo:
-        return 0
-    parts = [s.pending_tensors() for s in todo]
-    if is_distributed():
-        flat = torch.cat([t.reshape(-1) for p in parts for t in p])
-        torch.distributed.all_reduce(flat)
-        offset = 0
-        for p in parts:
-            for t in p:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
-    rejected = 0
-    for s, (sxx, sx, sq, n) in zip(todo, parts):
-        rejected += not s.fold(sxx, sx, sq, float(n.item()))
-    return rejected
