@@ -99,3 +99,40 @@ def test_teacher_stage_has_its_own_whitening(video_data: Path, tmp_path: Path) -
     student_header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "whiten/" in teacher_header  # stage 1 was preconditioned ...
     assert "whiten/" not in student_header  # ... and the student, with whitening=none, was not
+
+
+@pytest.mark.slow
+def test_teacher_stage_refuses_another_config_on_resume(video_data: Path, tmp_path: Path) -> None:
+    """Stopped in stage 1, the run continues only with the config its teacher was fitted with."""
+    run = tmp_path / "run"
+    args = [
+        "task=video",
+        "teacher=rgb_i3d",
+        *TINY,
+        "trainer.checkpoint_every=2",
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={run}",
+    ]
+    killed = run_train(*args, env={"BRISK_FAULT_AT_STEP": "3"}, check=False)
+    assert killed.returncode != 0
+    assert (run / "teacher" / "checkpoints" / "last.pt").is_file()
+    assert not (run / "teacher" / "done").is_file()
+
+    refused = run_train(*args, "teacher.dropout=0.1", check=False)
+    assert refused.returncode == 2, refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("brisk: error:")]
+    assert len(lines) == 1 and "Traceback" not in refused.stderr
+    assert "stage 'teacher'" in lines[0] and "teacher.dropout: 0.0 -> 0.1" in lines[0]
+    assert "resume_strict=false" in lines[0]
+
+    narrower = run_train(*args, "teacher.width_mult=0.125", check=False)
+    assert narrower.returncode == 2 and "teacher.width_mult: 0.25 -> 0.125" in narrower.stderr
+    # resume_strict=false cannot load a teacher of another shape: one line, no traceback
+    reshaped = run_train(*args, "teacher.width_mult=0.125", "resume_strict=false", check=False)
+    assert reshaped.returncode == 2 and "Traceback" not in reshaped.stderr
+    assert "cannot continue" in reshaped.stderr
+
+    applied = run_train(*args, "teacher.dropout=0.1", "resume_strict=false")
+    assert "continuing stage 'teacher'" in applied.stdout + applied.stderr
+    assert (run / "teacher" / "done").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"

@@ -2,8 +2,9 @@
 
 Registered in Hydra's ConfigStore and listed first in each YAML's defaults, so a misspelt key
 (``optimizer.lrr=0.1``) or a wrongly typed value (``trainer.epochs=ten``) fails at composition time,
-before any work starts. Plugin groups (whitening, teacher, dataset, model) are validated by the same
-struct mode: their YAML defines the keys, and ``instantiate`` checks them against the constructor.
+before any work starts. Whitening and teacher options extend their settings dataclasses the same
+way; other plugin groups (dataset, model) are validated by struct mode: their YAML defines the keys,
+and ``instantiate`` checks them against the constructor.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from brisk.config.teacher import register_teacher_schemas
 from brisk.config.whitening import register_whitening_schemas
 
 
@@ -212,3 +214,4 @@ def register_schemas() -> None:
     cs.store(group="scheduler", name="base_cosine", node=CosineConfig)
     cs.store(group="scheduler", name="base_multistep", node=MultiStepConfig)
     register_whitening_schemas(cs)
+    register_teacher_schemas(cs)

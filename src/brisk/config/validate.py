@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +128,6 @@ RULES: dict[str, dict[str, Range]] = {
         "condition_every": NONNEGATIVE_INT,
         "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
     },
-    "teacher": {
-        "alpha": NONNEGATIVE,
-        "temperature": POSITIVE,
-        "ce_weight": NONNEGATIVE,
-        "beta": NONNEGATIVE,
-        "num_frames": POSITIVE_INT,
-        "width_mult": POSITIVE,
-        "dropout": MOMENTUM,
-        "epochs": OPTIONAL_POSITIVE_INT,
-    },
     "model": {
         "width": POSITIVE_INT,
         "width_mult": POSITIVE,
@@ -176,6 +166,7 @@ def validate_config(cfg: DictConfig) -> None:
     Runs on the composed config before any data is read or any model is built.
     """
     problems = [f"{key}={_show(value)} (expected {rule})" for key, value, rule in _violations(cfg)]
+    problems += _settings_checks(cfg)
     problems += _cross_checks(cfg)
     if problems:
         head = "invalid config value" if len(problems) == 1 else "invalid config values"
@@ -202,6 +193,24 @@ def _violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
                         yield f"{key}[{i}]", item, rule.describe()
             elif not rule.accepts(value):
                 yield key, value, rule.describe()
+
+
+# groups whose options extend a settings dataclass that checks itself (brisk.teacher.settings)
+SETTINGS_GROUPS = ("teacher",)
+
+
+def _settings_checks(cfg: DictConfig) -> list[str]:
+    """Run the ``__post_init__`` checks of the settings dataclasses the composed groups extend."""
+    problems = []
+    for group in SETTINGS_GROUPS:
+        node = OmegaConf.select(cfg, group, default=None)
+        if not isinstance(node, DictConfig) or not is_dataclass(OmegaConf.get_type(node)):
+            continue
+        try:
+            OmegaConf.to_object(node)
+        except UserError as err:
+            problems.append(str(err))
+    return problems
 
 
 def _choices(cfg: DictConfig) -> Iterator[str]:
