@@ -7,6 +7,8 @@ the argmax of that sum, the protocol of CoViAR and MFCD-Net.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -62,7 +64,9 @@ class EvalAccumulator:
             scores, labels = self._gather_videos()
             top = scores.topk(min(5, scores.shape[1]), dim=1).indices
             self.confusion = _confusion(top[:, 0], labels, self.num_classes)
-            metrics["video_acc1"] = (top[:, 0] == labels).float().mean().item()
+            metrics["video_acc1"] = acc = (top[:, 0] == labels).float().mean().item()
+            # binomial standard error of video_acc1: what one evaluation can resolve
+            metrics["video_acc1_se"] = math.sqrt(acc * (1 - acc) / max(len(labels), 1))
             metrics["video_acc5"] = (top == labels[:, None]).any(1).float().mean().item()
             metrics["videos"] = float(len(labels))
         else:
