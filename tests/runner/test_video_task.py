@@ -11,7 +11,13 @@ import pytest
 from tests.conftest import run_train
 
 # 16 videos per class (the default is 48): these tests check the wiring, not the accuracy
-TINY = ["debug=fast", "model.width_mult=0.25", "trainer.batch_size=8", "dataset.train_per_class=16"]
+TINY = [
+    "debug=fast",
+    "model.width_mult=0.25",
+    "trainer.batch_size=8",
+    "dataset.train_per_class=16",
+    "dataset.test_per_class=6",
+]
 
 
 @pytest.fixture(scope="module")
