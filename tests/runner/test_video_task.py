@@ -124,17 +124,20 @@ def test_teacher_stage_refuses_another_config_on_resume(video_data: Path, tmp_pa
     assert (run / "teacher" / "checkpoints" / "last.pt").is_file()
     assert not (run / "teacher" / "done").is_file()
 
-    refused = run_train(*args, "teacher.dropout=0.1", check=False)
+    as_a_user = {"HYDRA_FULL_ERROR": "0"}  # the one-line error a user sees, no traceback
+    refused = run_train(*args, "teacher.dropout=0.1", env=as_a_user, check=False)
     assert refused.returncode == 2, refused.stderr
     lines = [line for line in refused.stderr.splitlines() if line.startswith("brisk: error:")]
     assert len(lines) == 1 and "Traceback" not in refused.stderr
     assert "stage 'teacher'" in lines[0] and "teacher.dropout: 0.0 -> 0.1" in lines[0]
     assert "resume_strict=false" in lines[0]
 
-    narrower = run_train(*args, "teacher.width_mult=0.125", check=False)
+    narrower = run_train(*args, "teacher.width_mult=0.125", env=as_a_user, check=False)
     assert narrower.returncode == 2 and "teacher.width_mult: 0.25 -> 0.125" in narrower.stderr
     # resume_strict=false cannot load a teacher of another shape: one line, no traceback
-    reshaped = run_train(*args, "teacher.width_mult=0.125", "resume_strict=false", check=False)
+    reshaped = run_train(
+        *args, "teacher.width_mult=0.125", "resume_strict=false", env=as_a_user, check=False
+    )
     assert reshaped.returncode == 2 and "Traceback" not in reshaped.stderr
     assert "cannot continue" in reshaped.stderr
 
