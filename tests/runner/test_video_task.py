@@ -11,7 +11,13 @@ import pytest
 from tests.conftest import run_train
 
 # 16 videos per class (the default is 48): these tests check the wiring, not the accuracy
-TINY = ["debug=fast", "model.width_mult=0.25", "trainer.batch_size=8", "dataset.train_per_class=16"]
+TINY = [
+    "debug=fast",
+    "model.width_mult=0.25",
+    "trainer.batch_size=8",
+    "dataset.train_per_class=16",
+    "dataset.test_per_class=6",
+]
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +141,43 @@ def test_a_video_run_records_per_class_results_and_its_speed(
     counts = [[int(x) for x in row[1:]] for row in table[1:]]
     assert [counts[i][i] for i in range(8)] == [int(r["correct"]) for r in rows]
     assert sum(map(sum, counts)) == speed["videos"]
+
+
+@pytest.mark.slow
+def test_teacher_stage_refuses_another_config_on_resume(video_data: Path, tmp_path: Path) -> None:
+    """Stopped in stage 1, the run continues only with the config its teacher was fitted with."""
+    run = tmp_path / "run"
+    args = [
+        "task=video",
+        "teacher=rgb_i3d",
+        *TINY,
+        "trainer.checkpoint_every=2",
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={run}",
+    ]
+    killed = run_train(*args, env={"BRISK_FAULT_AT_STEP": "3"}, check=False)
+    assert killed.returncode != 0
+    assert (run / "teacher" / "checkpoints" / "last.pt").is_file()
+    assert not (run / "teacher" / "done").is_file()
+
+    as_a_user = {"HYDRA_FULL_ERROR": "0"}  # the one-line error a user sees, no traceback
+    refused = run_train(*args, "teacher.dropout=0.1", env=as_a_user, check=False)
+    assert refused.returncode == 2, refused.stderr
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("brisk: error:")]
+    assert len(lines) == 1 and "Traceback" not in refused.stderr
+    assert "stage 'teacher'" in lines[0] and "teacher.dropout: 0.0 -> 0.1" in lines[0]
+    assert "resume_strict=false" in lines[0]
+
+    narrower = run_train(*args, "teacher.width_mult=0.125", env=as_a_user, check=False)
+    assert narrower.returncode == 2 and "teacher.width_mult: 0.25 -> 0.125" in narrower.stderr
+    # resume_strict=false cannot load a teacher of another shape: one line, no traceback
+    reshaped = run_train(
+        *args, "teacher.width_mult=0.125", "resume_strict=false", env=as_a_user, check=False
+    )
+    assert reshaped.returncode == 2 and "Traceback" not in reshaped.stderr
+    assert "cannot continue" in reshaped.stderr
+
+    applied = run_train(*args, "teacher.dropout=0.1", "resume_strict=false")
+    assert "continuing stage 'teacher'" in applied.stdout + applied.stderr
+    assert (run / "teacher" / "done").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"

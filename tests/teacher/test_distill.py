@@ -15,7 +15,7 @@ from torch import nn
 from brisk.errors import UserError
 from brisk.models import create_model
 from brisk.teacher import (
-    DistillConfig,
+    RGBI3DSettings,
     RGBI3DTeacher,
     RGBMFNetTeacher,
     TeacherContext,
@@ -191,12 +191,56 @@ def test_gate_never_follows_a_teacher_that_predicts_one_class_for_everything(
 
 
 def test_gate_is_a_teacher_config_knob() -> None:
-    with pytest.raises(ValueError, match="teacher.gate must be one of"):
+    with pytest.raises(UserError, match="teacher.gate must be one of"):
         RGBMFNetTeacher(gate="sometimes")
-    config = DistillConfig(alpha=0.3, gate="none")
+    config = RGBI3DSettings(alpha=0.3, gate="none")
     teacher = RGBI3DTeacher(config)
-    assert teacher.config is config and teacher.alpha == 0.3 and teacher.dropout == 0.0
-    assert RGBI3DTeacher().dropout == 0.5  # I3D's published dropout when built from fields
+    assert teacher.config is config and teacher.config.alpha == 0.3
+
+
+def test_python_and_yaml_share_the_teachers_defaults() -> None:
+    """conf/teacher/*.yaml extends the settings dataclasses: one set of defaults for both."""
+    from dataclasses import asdict
+
+    from brisk.config.schema import register_schemas
+
+    register_schemas()
+    for option, cls in (("rgb_i3d", RGBI3DTeacher), ("rgb_mfnet", RGBMFNetTeacher)):
+        with initialize_config_module("brisk.conf", version_base=None):
+            cfg = compose("config", overrides=["task=video", f"teacher={option}"])
+        from_yaml = asdict(instantiate(cfg.teacher).config)
+        assert from_yaml == asdict(cls().config), option
+    i3d = RGBI3DTeacher().config  # the preset fitted from scratch in stage 1 (docs/video.md)
+    assert (i3d.input_transform, i3d.bn_momentum, i3d.dropout) == ("diff", 0.1, 0.0)
+    assert i3d.lr is not None and i3d.warmup_epochs
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher.temperature=0", "teacher.temperature must be > 0"),
+        ("teacher.dropout=1.0", r"teacher.dropout must be in \[0, 1\)"),
+        ("teacher.lr=-0.1", "teacher.lr must be > 0"),
+        ("teacher.bn_momentum=2", r"teacher.bn_momentum must be in \[0, 1\]"),
+        ("teacher.input_transform=flow", "teacher.input_transform must be one of"),
+        ("teacher.epochs=0", "teacher.epochs must be a positive integer"),
+        ("teacher.beta=0.5", "needs teacher.layers"),
+    ],
+)
+def test_teacher_values_are_checked_before_any_work(override: str, message: str) -> None:
+    """The dataclass's checks run when the composed config is validated, as one user error."""
+    from brisk.config.schema import register_schemas
+    from brisk.config.validate import validate_config
+    from brisk.errors import ConfigValueError
+
+    register_schemas()
+    with initialize_config_module("brisk.conf", version_base=None):
+        cfg = compose("config", overrides=["task=video", "teacher=rgb_i3d", override])
+    with pytest.raises(ConfigValueError, match=message):
+        validate_config(cfg)
+    fields = {k: v for k, v in cfg.teacher.items() if k not in ("_target_", "whitening")}
+    with pytest.raises(UserError, match=message):
+        RGBI3DTeacher(**fields)  # and the constructor, for Python callers
 
 
 def test_loss_without_rgb_names_the_missing_key(tmp_path: Path) -> None:
@@ -211,13 +255,43 @@ def test_loss_without_rgb_names_the_missing_key(tmp_path: Path) -> None:
 
 
 def test_i3d_teacher_sees_rgb_scaled_to_minus_one_one(tmp_path: Path) -> None:
-    teacher = RGBI3DTeacher(width_mult=0.25)
+    teacher = RGBI3DTeacher(width_mult=0.25, input_transform="rgb")
     teacher.setup(FakeRunner(tmp_path).context)
     seen: list[torch.Tensor] = []
     teacher.network.Conv3d_1a_7x7.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
     rgb = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1, 1).expand(1, 3, 2, 16, 16)
     teacher.teacher_logits({"rgb": rgb})
     assert torch.allclose(seen[0][0, :, 0, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    assert torch.allclose(seen[0][0, :, 1, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_difference_input_keeps_the_first_frame_and_scales_the_changes(tmp_path: Path) -> None:
+    """input_transform=diff: [n_0, k (x_1 - x_0), k (x_2 - x_1)], an invertible re-basing."""
+    teacher = RGBI3DTeacher(input_transform="diff", diff_scale=4.0)
+    teacher.setup(FakeRunner(tmp_path).context)
+    seen: list[torch.Tensor] = []
+    teacher.network.Conv3d_1a_7x7.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    frames = torch.tensor([0.2, 0.3, 0.25]).view(1, 1, 3, 1, 1).expand(1, 3, 3, 8, 8)
+    teacher.teacher_logits({"rgb": frames})
+    pixel = seen[0][0, 0, :, 0, 0]
+    assert torch.allclose(pixel, torch.tensor([(0.2 - 0.5) / 0.5, 4 * 0.1, 4 * -0.05]), atol=1e-6)
+    # the same weights' checkpoint layout as the rgb transform: a stage's best.pt loads either way
+    assert set(teacher.model.state_dict()) == set(
+        RGBI3DTeacher(input_transform="rgb").build_model(CLASSES).state_dict()
+    )
+
+
+def test_teacher_bn_momentum_and_dropout_reach_the_network() -> None:
+    net = RGBI3DTeacher(bn_momentum=0.1, dropout=0.2).build_model(CLASSES).net
+    momenta = {m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm3d)}
+    assert momenta == {0.1} and net.dropout.p == 0.2
+    published = RGBI3DTeacher(bn_momentum=None).build_model(CLASSES).net
+    assert {m.momentum for m in published.modules() if isinstance(m, nn.BatchNorm3d)} == {0.01}
+
+
+def public_i3d(**kw) -> RGBI3DTeacher:
+    """The I3D teacher as the public weights need it: full width, RGB frames as they are."""
+    return RGBI3DTeacher(width_mult=1.0, input_transform="rgb", **kw)
 
 
 def save_pytorch_i3d_file(path: Path, classes: int) -> dict[str, torch.Tensor]:
@@ -237,7 +311,7 @@ def test_i3d_teacher_uses_a_file_with_its_own_label_set_as_is(tmp_path: Path) ->
     context = TeacherContext(
         tmp_path, torch.device("cpu"), CLASSES, must_not_fit, log=lambda _m: None
     )
-    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_same.pt"))
+    teacher = public_i3d(checkpoint=str(tmp_path / "rgb_same.pt"))
     teacher.setup(context)
     for key in (
         "Mixed_4e.b1b.conv3d.weight",
@@ -259,7 +333,7 @@ def test_i3d_teacher_with_a_replaced_classifier_is_fine_tuned_from_the_file(tmp_
         seen_at_fit.append(m.net.Mixed_4e.b1b.conv3d.weight.clone()),
         fit(m, k, st),
     )[1]
-    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"))
+    teacher = public_i3d(checkpoint=str(tmp_path / "rgb_charades.pt"))
     teacher.setup(runner.context)
     assert [(key, stage) for _, key, stage in runner.calls] == [("rgb", "teacher")]
     assert torch.equal(seen_at_fit[0], state["Mixed_4e.b1b.conv3d.weight"])  # starts from the file
@@ -271,11 +345,11 @@ def test_i3d_teacher_with_a_replaced_classifier_is_fine_tuned_from_the_file(tmp_
 def test_i3d_teacher_finetune_false_keeps_the_fresh_head_and_warns(tmp_path: Path, caplog) -> None:
     save_pytorch_i3d_file(tmp_path / "rgb_charades.pt", 157)
     runner = FakeRunner(tmp_path)
-    teacher = RGBI3DTeacher(checkpoint=str(tmp_path / "rgb_charades.pt"), finetune=False)
+    teacher = public_i3d(checkpoint=str(tmp_path / "rgb_charades.pt"), finetune=False)
     with caplog.at_level("WARNING", logger="brisk"):
         teacher.setup(runner.context)
     assert runner.calls == [] and "untrained head" in caplog.text
-    with pytest.raises(ValueError, match="teacher.finetune must be auto, true or false"):
+    with pytest.raises(UserError, match="teacher.finetune must be auto, true or false"):
         RGBI3DTeacher(finetune="sometimes")
 
 
@@ -360,6 +434,8 @@ def test_untrained_adapters_are_reported(tmp_path: Path, caplog, optimizer_first
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        assert "optimizer was built" not in caplog.text  # no step waits to find out ...
+        teacher.state_dict()  # ... the run's next checkpoint reads the device-side check
     assert ("optimizer was built before teacher.attach" in caplog.text) == optimizer_first
 
 
@@ -384,7 +460,7 @@ def test_feature_mimicking_rejects_unknown_layers(tmp_path: Path) -> None:
     teacher.setup(FakeRunner(tmp_path).context)
     with pytest.raises(ValueError, match="student has no feature layer 'conv9'"):
         teacher.attach(create_model("mfcd_net", num_classes=CLASSES, width_mult=0.25))
-    with pytest.raises(ValueError, match="needs teacher.layers"):
+    with pytest.raises(UserError, match="needs teacher.layers"):
         small_mfnet_teacher(beta=1.0)
 
 
@@ -410,15 +486,11 @@ def test_teacher_configs_instantiate(option: str, cls: type) -> None:
         )
     teacher = instantiate(cfg.teacher)
     assert isinstance(teacher, cls)
-    assert (teacher.alpha, teacher.temperature, teacher.beta, teacher.checkpoint) == (
-        0.3,
-        2,
-        0.5,
-        None,
-    )
-    assert teacher.layers == {"conv5": "conv4"}
+    c = teacher.config
+    assert (c.alpha, c.temperature, c.beta, teacher.checkpoint) == (0.3, 2, 0.5, None)
+    assert teacher.layers == {"conv5": "conv4"}  # a mapping can replace the default null
     assert cfg.teacher.epochs == teacher.epochs == 3  # the runner reads it for stage 1
-    assert teacher.finetune == "auto"  # a mapping can replace the default null
+    assert c.finetune == "auto"
 
 
 @pytest.mark.parametrize(

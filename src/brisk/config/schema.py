@@ -3,8 +3,9 @@
 Registered in Hydra's ConfigStore and listed first in each YAML's defaults, so a misspelt key
 (``optimizer.lrr=0.1``) or a wrongly typed value (``trainer.epochs=ten``) fails at composition time,
 before any work starts. Each schema also holds its keys' valid values (``RANGES`` and
-``__post_init__``), which ``validate_config`` checks on the composed config before any work starts.
-Plugin groups without a schema are validated by the same struct mode: their YAML defines the keys,
+``__post_init__``), which ``validate_config`` checks on the composed config before any work starts;
+whitening, teacher and video data set options extend their settings dataclasses the same way.
+Plugin groups without a schema (model) are validated by struct mode: their YAML defines the keys,
 and ``instantiate`` checks them against the constructor.
 """
 
@@ -29,6 +30,7 @@ from brisk.config.ranges import (
     check_ranges,
     show,
 )
+from brisk.config.teacher import register_teacher_schemas
 from brisk.config.whitening import register_whitening_schemas
 
 
@@ -318,3 +320,4 @@ def register_schemas() -> None:
     cs.store(name="schema_scheduler_cosine", node=CosineConfig)
     cs.store(name="schema_scheduler_multistep", node=MultiStepConfig)
     register_whitening_schemas(cs)
+    register_teacher_schemas(cs)

@@ -51,16 +51,6 @@ RULES: dict[str, dict[str, Range]] = {
         "condition_every": NONNEGATIVE_INT,
         "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
     },
-    "teacher": {
-        "alpha": NONNEGATIVE,
-        "temperature": POSITIVE,
-        "ce_weight": NONNEGATIVE,
-        "beta": NONNEGATIVE,
-        "num_frames": POSITIVE_INT,
-        "width_mult": POSITIVE,
-        "dropout": MOMENTUM,
-        "epochs": OPTIONAL_POSITIVE_INT,
-    },
     "model": {
         "width": POSITIVE_INT,
         "width_mult": POSITIVE,
@@ -68,8 +58,8 @@ RULES: dict[str, dict[str, Range]] = {
         "num_frames": POSITIVE_INT,
         "in_channels": POSITIVE_INT,
     },
-    # the image data sets' keys; the video data sets check theirs in their settings dataclass
-    # (brisk.video.settings), when the data module is built
+    # the image data sets' keys; the video data sets' are checked by their settings dataclass
+    # (brisk.video.settings), which _schema_problems builds
     "dataset": {
         "image_size": POSITIVE_INT,
         "resize_size": POSITIVE_INT,

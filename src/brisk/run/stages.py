@@ -10,6 +10,7 @@ finished. Stage 2 (:func:`fit_student`) continues or starts the student's traini
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,7 +24,7 @@ from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
 from brisk.run.records import RunRecord, score_keys, write_status
-from brisk.run.resume import ResumePlan, load_weights
+from brisk.run.resume import RUNTIME_KEYS, ResumePlan, config_diff, load_weights
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.evaluation import format_metrics, monitored
@@ -41,14 +42,20 @@ def build_trainer(
     teacher: Teacher,
     input_key: str = "input",
     trainer_cfg: DictConfig | None = None,
+    optimizer: dict[str, float] | None = None,
+    scheduler: dict[str, float] | None = None,
 ) -> Trainer:
-    """A Trainer with the run's optimizer and schedule (fresh instances for every stage)."""
+    """A Trainer with the run's optimizer and schedule (fresh instances for every stage).
+
+    ``optimizer`` and ``scheduler`` replace some of the run's values for one stage (the teacher's
+    own ``teacher.lr``, ``teacher.weight_decay``, ``teacher.warmup_epochs``).
+    """
     return Trainer(
         ctx,
         model,
         trainer_cfg if trainer_cfg is not None else cfg.trainer,
-        instantiate(cfg.optimizer),
-        instantiate(cfg.scheduler),
+        instantiate(cfg.optimizer, **(optimizer or {})),
+        instantiate(cfg.scheduler, **(scheduler or {})),
         whitening,
         teacher,
         input_key,
@@ -66,29 +73,83 @@ class TeacherStage:
         self.cfg, self.ctx, self.teacher = cfg, ctx, teacher
 
     def __call__(self, net: nn.Module, input_key: str, stage: str) -> nn.Module:
-        """Train ``net`` on the batches' ``input_key`` under ``run_dir/stage``; its best weights."""
+        """Train ``net`` on the batches' ``input_key`` under ``run_dir/stage``; its best weights.
+
+        A stage that started earlier in this run directory is continued (or reused, once done)
+        only when its checkpoint was written with this config, as the student's stage is; with
+        ``resume_strict=false`` the new values apply.
+        """
         ctx = self.ctx.for_stage(stage)
+        state = load_checkpoint(ctx.paths.last) if ctx.paths.last.is_file() else None
+        new_hparams = self._check_resume(state, ctx.paths.last, stage)
         stage_cfg = self.cfg.trainer.copy()
         if self.teacher.epochs:
             stage_cfg.epochs = self.teacher.epochs
         # stage 1 has its own preconditioner (teacher.whitening), independent of the student's
         whitening = self.teacher.whitening or NoWhitening()
         trainer = build_trainer(
-            self.cfg, ctx, net, whitening, NoTeacher(), input_key, trainer_cfg=stage_cfg
+            self.cfg,
+            ctx,
+            net,
+            whitening,
+            NoTeacher(),
+            input_key,
+            trainer_cfg=stage_cfg,
+            optimizer=self.teacher.stage_optimizer(),
+            scheduler=self.teacher.stage_scheduler(),
         )
         done = ctx.paths.root / "done"
         if done.is_file():
             log.info("stage '%s' finished earlier in this run: reusing %s", stage, ctx.paths.best)
         else:
+            if state is not None:
+                self._load(trainer, state, new_hparams, ctx.paths.last)
             self._fit(trainer, ctx, stage, input_key)
         whitening.detach()  # the frozen teacher keeps no statistics hooks
         kept = ctx.paths.best if selected_on(ctx.datamodule) == "val" else ctx.paths.last
-        trainer.model.load_state_dict(load_checkpoint(kept)["model"])
+        try:
+            trainer.model.load_state_dict(load_checkpoint(kept)["model"])
+        except RuntimeError as err:
+            raise UserError(
+                f"{kept}: the teacher's weights do not fit this config's teacher network ({err}); "
+                "start a new run directory to fit it again"
+            ) from err
         return trainer.model
 
+    def _check_resume(self, state: dict[str, Any] | None, path: Path, stage: str) -> bool:
+        """Refuse a stage checkpoint written with another config, naming every differing key,
+        unless ``resume_strict=false``; True when the new values are to apply."""
+        saved = state.get("config_yaml") if isinstance(state, dict) else None
+        if not isinstance(saved, str):
+            return False
+        changed = config_diff(saved, self.ctx.config_yaml, ignore=RUNTIME_KEYS)
+        if not changed:
+            return False
+        if self.cfg.get("resume_strict", True):
+            raise UserError(
+                f"{path} (stage '{stage}' of this run) was written with another config; "
+                f"differing keys: {'; '.join(changed)}. Rerun with the checkpoint's values, use "
+                "another run directory, or apply the new values with resume_strict=false"
+            )
+        log.warning(
+            "resume_strict=false: continuing stage '%s' (%s) with the new values of %s",
+            stage,
+            path,
+            "; ".join(changed),
+        )
+        return True
+
+    @staticmethod
+    def _load(trainer: Trainer, state: dict[str, Any], new_hparams: bool, path: Path) -> None:
+        try:
+            trainer.load_state_dict(state, new_hparams=new_hparams)
+        except (RuntimeError, ValueError) as err:
+            raise UserError(
+                f"{path}: stage 1 cannot continue from it with this config ({err}); "
+                "use another run directory to fit the teacher again"
+            ) from err
+
     def _fit(self, trainer: Trainer, ctx: RunContext, stage: str, input_key: str) -> None:
-        if ctx.paths.last.is_file():
-            trainer.load_state_dict(load_checkpoint(ctx.paths.last))
         log.info("stage '%s': training on '%s'", stage, input_key)
         trainer.fit()
         metrics = trainer.evaluate("val")

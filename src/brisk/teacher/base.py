@@ -41,7 +41,7 @@ class TeacherContext:
 class Teacher:
     """Base class and the ``teacher=none`` implementation.
 
-    The runner reads these attributes, which subclasses set in ``__init__`` / :meth:`setup`:
+    The runner reads these attributes and properties, which subclasses set or override:
     ``model`` (the frozen network once set up, None for no teacher), ``input_key`` (the batch field
     it reads), ``whitening`` (the preconditioner of its stage-1 training, None for plain SGD) and
     ``epochs`` (length of stage 1; None trains for ``trainer.epochs``).
@@ -50,18 +50,31 @@ class Teacher:
     name: str = "none"
     model: nn.Module | None = None
     whitening: Whitening | None = None
-    # Declared without a class value, so a subclass may serve them from its config (__getattr__);
-    # a teacher that sets neither gets the defaults below.
-    input_key: str
-    epochs: int | None
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _DEFAULTS:
-            return _DEFAULTS[name]
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    @property
+    def input_key(self) -> str:
+        """The batch field the teacher reads; the student's own input for no teacher."""
+        return "input"
+
+    @property
+    def epochs(self) -> int | None:
+        """Length of stage 1; None trains for ``trainer.epochs``."""
+        return None
 
     def setup(self, context: TeacherContext) -> None:
         """Load or train the teacher before the student's training starts."""
+
+    def stage_optimizer(self) -> dict[str, float]:
+        """Stage 1's own optimizer values (``lr``, ``weight_decay``) over the run's ``optimizer``.
+
+        A teacher fitted from scratch in a short run needs other settings than the student it
+        teaches; empty keeps the run's.
+        """
+        return {}
+
+    def stage_scheduler(self) -> dict[str, float]:
+        """Stage 1's own schedule values (``warmup_epochs``) over the run's ``scheduler``."""
+        return {}
 
     def attach(self, student: nn.Module) -> None:
         """Register hooks on the student (feature mimicking); called after :meth:`setup`."""
@@ -83,9 +96,6 @@ class Teacher:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` on resume; a teacher may refuse state that is not its own."""
         pass
-
-
-_DEFAULTS: dict[str, Any] = {"input_key": "input", "epochs": None}
 
 
 class NoTeacher(Teacher):

@@ -1,16 +1,11 @@
 """Knowledge distillation from a frozen raw-RGB teacher into the compressed-domain student.
 
-The student is trained on
-
-    L = ce_weight * CE(z_s, y) + alpha * T^2 * mean_i g_i KL_i(softmax(z_t / T) || softmax(z_s / T))
-        + beta * sum_l mean((A_l(f_s^l) - f_t^l)^2)
-
-(Hinton et al., 2015; the T^2 keeps the soft-label gradients at the scale of the hard ones when T
-changes). The gate g_i (``teacher.gate``) is 1 where the teacher may be followed: by default only
-where its prediction is the label, so a weak teacher cannot teach its errors. The last term is
-optional feature mimicking: a 1x1x1 conv adapter A_l maps a student stage to the teacher's width,
-and both maps are average-pooled to their common size. The teacher sees ``batch["rgb"]``, the
-decoded RGB frames of the student's GOP in [0, 1], and normalises them itself.
+The student is trained on the loss of :mod:`brisk.teacher.losses`. The gate g_i (``teacher.gate``)
+is 1 where the teacher may be followed: by default only where its prediction is the label, so a
+weak teacher cannot teach its errors. Feature mimicking is optional: a 1x1x1 conv adapter A_l maps a
+student stage to the teacher's width, and both maps are average-pooled to their common size. The
+teacher sees ``batch["rgb"]``, the decoded RGB frames of the student's GOP in [0, 1], and
+normalises them itself.
 
 The teacher is never part of the student: it is not in the optimizer, not wrapped by DDP and not
 in the student's checkpoint. Its :meth:`~DistillationTeacher.state_dict` records where the weights
@@ -21,84 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from brisk.models.i3d import InceptionI3d
-from brisk.models.mfnet3d import NormalizedInput, mfnet_rgb
+from brisk.models.mfnet3d import NormalizedInput
 from brisk.models.pretrained import file_sha256, load_checkpoint_into, read_state_dict
 from brisk.teacher.base import Teacher, TeacherContext
+from brisk.teacher.losses import distillation_kl, feature_mimic_loss, teacher_gate
+from brisk.teacher.settings import TeacherSettings
 from brisk.whitening.base import Whitening
 
 log = logging.getLogger("brisk")
-
-
-def distillation_kl(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float,
-    weight: Tensor | None = None,
-) -> Tensor:
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch.
-
-    ``weight`` (B,) scales each sample's term (the gate: 0 drops a sample); the mean is still over
-    the whole batch.
-    """
-    t = float(temperature)
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=1)
-    per_sample = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)
-    if weight is not None:
-        per_sample = per_sample * weight
-    return per_sample.mean() * t * t
-
-
-def teacher_gate(
-    teacher_logits: Tensor,
-    target: Tensor,
-    gate: str,
-    confidence: float = 0.5,
-    reliable: Tensor | None = None,
-) -> Tensor:
-    """1 for the samples the student may follow the teacher on, else 0 (see DistillConfig.gate).
-
-    ``reliable`` (one bool per class): whether the teacher's predictions of that class have been
-    right often enough to follow; a sample counts only when its predicted class is reliable.
-    """
-    if gate == "none":
-        return torch.ones(len(teacher_logits), device=teacher_logits.device)
-    predicted = teacher_logits.argmax(1)
-    keep = predicted == target
-    if reliable is not None:
-        keep &= reliable[predicted]
-    if gate == "confident":
-        p_label = teacher_logits.float().softmax(1).gather(1, target[:, None]).squeeze(1)
-        keep &= p_label >= confidence
-    return keep.float()
-
-
-def feature_mimic_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
-    """Mean squared difference after pooling both (B, C, T, H, W) maps to their common size.
-
-    Student and teacher may downsample differently (I3D halves time three times, MFNet once);
-    pooling to the elementwise-smaller size compares the same regions of the clip.
-    """
-    if student_feature.shape[:2] != teacher_feature.shape[:2]:
-        raise ValueError(
-            f"feature mimicking: adapted student map {tuple(student_feature.shape)} "
-            f"and teacher map {tuple(teacher_feature.shape)} differ in batch or channels"
-        )
-    size = tuple(min(a, b) for a, b in zip(student_feature.shape[2:], teacher_feature.shape[2:]))
-    s = F.adaptive_avg_pool3d(student_feature.float(), size)
-    t = F.adaptive_avg_pool3d(teacher_feature.float(), size)
-    return F.mse_loss(s, t)
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -118,86 +52,13 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-GATES = ("none", "correct", "confident")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """The knobs of ``conf/teacher/*.yaml`` (same names), checked once here.
-
-    - ``checkpoint``: weights to load (a pytorch-i3d file, an MFNet-3D file, or a brisk run's
-      ``checkpoints/best.pt``). Without one, the runner trains the teacher first (stage 1).
-    - ``alpha``: weight of the KL term; ``temperature``: the softening T; ``ce_weight``: weight of
-      the student's hard-label loss (0.5 with alpha 0.5 is Hinton's weighting).
-    - ``gate``: which samples the KL term uses. ``none``: all. ``correct``: those whose label the
-      teacher predicts (its argmax), provided its predictions of that class have been right at
-      least ``gate_precision`` of the time over the training batches so far. ``confident``: as
-      ``correct``, and with probability of the label at least ``gate_confidence``. A teacher is
-      followed only where it is right, and never on a class it merely predicts for everything (a
-      collapsed teacher is "right" on that class by accident); the KL is still averaged over the
-      whole batch, so its weight shrinks with the share of samples the teacher may be followed on.
-    - ``beta``: weight of feature mimicking (0 disables it); ``layers``: ``{student_module:
-      teacher_module}`` pairs to mimic, e.g. ``{conv5: Mixed_5c}``.
-    - ``num_frames``, ``width_mult``, ``dropout``: the teacher network's shape (width_mult < 1 for
-      CPU runs). ``keep_time``: I3D without temporal strides (a 12-frame GOP keeps 12 time steps
-      to Mixed_5c instead of 2); the public weights load either way.
-    - ``input_key``: the batch field the teacher reads. ``epochs``: length of stage 1 (None:
-      trainer.epochs). ``finetune``: with a checkpoint, also train the teacher in stage 1: ``auto``
-      when its classifier was replaced, ``true`` always, ``false`` never.
-    - ``init_student``: start the student from the teacher's weights wherever names and shapes agree
-      (MFCD-Net's stage B starts from the raw-RGB MFNet; ``teacher=rgb_mfnet`` at the student's
-      width matches every tensor).
-    """
-
-    checkpoint: str | None = None
-    alpha: float = 1.0
-    temperature: float = 4.0
-    ce_weight: float = 1.0
-    gate: str = "correct"
-    gate_confidence: float = 0.5
-    gate_precision: float = 0.5
-    beta: float = 0.0
-    layers: Mapping[str, str] | None = None
-    num_frames: int = 12
-    width_mult: float = 1.0
-    dropout: float = 0.0
-    keep_time: bool = False
-    input_key: str = "rgb"
-    epochs: int | None = None
-    finetune: bool | str = "auto"
-    init_student: bool = False
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"teacher.temperature must be > 0, got {self.temperature}")
-        if self.alpha < 0 or self.beta < 0 or self.ce_weight < 0:
-            raise ValueError(
-                "teacher.alpha, teacher.beta, teacher.ce_weight must be >= 0, got "
-                f"{self.alpha}, {self.beta}, {self.ce_weight}"
-            )
-        if self.beta > 0 and not self.layers:
-            raise ValueError(
-                "teacher.beta > 0 needs teacher.layers, e.g. {conv5: conv5}: the layers to mimic"
-            )
-        if self.finetune not in ("auto", True, False):
-            raise ValueError(f"teacher.finetune must be auto, true or false, got {self.finetune!r}")
-        if self.gate not in GATES:
-            raise ValueError(f"teacher.gate must be one of {GATES}, got {self.gate!r}")
-        if not 0.0 <= self.gate_precision <= 1.0:
-            raise ValueError(f"teacher.gate_precision must be in [0, 1], got {self.gate_precision}")
-        if not 0.0 <= self.gate_confidence <= 1.0:
-            raise ValueError(
-                f"teacher.gate_confidence must be in [0, 1], got {self.gate_confidence}"
-            )
-
-
 class DistillationTeacher(Teacher):
     """A frozen RGB network whose logits (and optionally features) the student mimics.
 
-    Subclasses say which network (:meth:`build_model`, returning a module that takes [0, 1] RGB) and
-    how its classifier is named (``head_prefix``); everything else is shared. The knobs are a
-    :class:`DistillConfig`, given whole (``config=``) or as its fields (what Hydra passes from
-    ``conf/teacher/*.yaml``); they read as attributes (``teacher.alpha``).
+    Subclasses say which network (:meth:`build_model`, returning a module that takes [0, 1] RGB)
+    and which settings class holds their defaults (``settings_class``); everything else is shared.
+    The knobs are a :class:`~brisk.teacher.settings.TeacherSettings`, given whole (``config=``)
+    or as its fields (what Hydra passes from ``conf/teacher/*.yaml``): ``teacher.config.alpha``.
 
     ``whitening`` preconditions stage 1 (``whitening@teacher.whitening=recursive``), independently
     of the student's ``whitening=``. RGB networks trained from scratch on a small set memorise
@@ -205,23 +66,23 @@ class DistillationTeacher(Teacher):
     appearance, so the teacher learns motion (docs/video.md).
     """
 
-    head_prefix = ""
-    # Per-network defaults that differ from DistillConfig's (I3D was published with dropout 0.5).
-    config_defaults: dict[str, Any] = {}
+    # the dataclass whose defaults this network's teacher starts from (conf/teacher/<name>.yaml)
+    settings_class: type[TeacherSettings] = TeacherSettings
 
     def __init__(
         self,
-        config: DistillConfig | None = None,
+        config: TeacherSettings | None = None,
         whitening: Whitening | None = None,
         **fields: Any,
     ) -> None:
+        fields.pop("_target_", None)
         if config is None:
-            config = DistillConfig(**{**self.config_defaults, **fields})
+            config = self.settings_class(**fields)
         elif fields:
             config = replace(config, **fields)
         self.config = config
         self.checkpoint = str(config.checkpoint) if config.checkpoint else None
-        self.layers = dict(config.layers or {})
+        self.layers: dict[str, str] = dict(config.layers or {})
         # Read by the runner: the preconditioner of stage 1 (None: plain SGD).
         self.whitening = whitening
         self.model: nn.Module | None = None
@@ -233,17 +94,30 @@ class DistillationTeacher(Teacher):
         self.adapters: nn.ModuleDict | None = None
         self._adapter_snapshot: list[Tensor] = []
         self._mimic_steps = 0
+        self._adapters_moved: Tensor | None = None
         # Per class: how often the teacher predicted it on training batches, and how often rightly.
         self._predicted: Tensor | None = None
         self._right: Tensor | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        # The config's fields read as attributes: teacher.alpha, teacher.epochs (read by the
-        # runner).
-        config = self.__dict__.get("config")
-        if config is not None and name in DistillConfig.__dataclass_fields__:
-            return getattr(config, name)
-        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    @property
+    def input_key(self) -> str:
+        """The batch field the teacher reads (``teacher.input_key``)."""
+        return self.config.input_key
+
+    @property
+    def epochs(self) -> int | None:
+        """Length of stage 1 (``teacher.epochs``; None: ``trainer.epochs``)."""
+        return self.config.epochs
+
+    def stage_optimizer(self) -> dict[str, float]:
+        """``teacher.lr`` and ``teacher.weight_decay`` where set (None keeps the run's)."""
+        c = self.config
+        return {k: v for k, v in (("lr", c.lr), ("weight_decay", c.weight_decay)) if v is not None}
+
+    def stage_scheduler(self) -> dict[str, float]:
+        """``teacher.warmup_epochs`` where set (None keeps the run's)."""
+        w = self.config.warmup_epochs
+        return {} if w is None else {"warmup_epochs": w}
 
     # ------------------------------------------------------------------ building
     def build_model(self, num_classes: int) -> nn.Module:
@@ -283,7 +157,7 @@ class DistillationTeacher(Teacher):
                 "file_sha256": file_sha256(self.checkpoint),
             }
             replaced = report.replaced_classifier
-            finetune = replaced if self.finetune == "auto" else bool(self.finetune)
+            finetune = replaced if self.config.finetune == "auto" else bool(self.config.finetune)
             context.log(
                 f"teacher {self.name}: loaded {self.checkpoint}"
                 + (
@@ -328,9 +202,9 @@ class DistillationTeacher(Teacher):
         like any other student parameter.
         """
         self.detach()
-        if self.init_student:
+        if self.config.init_student:
             self._initialise_student(student)
-        if not self.layers or self.beta == 0:
+        if not self.layers or self.config.beta == 0:
             return
         student_channels = getattr(student, "feature_channels", None)
         teacher_channels = getattr(self.network, "feature_channels", None)
@@ -400,7 +274,7 @@ class DistillationTeacher(Teacher):
             else "",
         )
 
-    def _student_hook(self, layer: str, key: str):
+    def _student_hook(self, layer: str, key: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
             # Skip evaluation passes and shape-only (meta) passes such as FLOP counting.
             if (
@@ -412,7 +286,7 @@ class DistillationTeacher(Teacher):
 
         return hook
 
-    def _teacher_hook(self, layer: str):
+    def _teacher_hook(self, layer: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
             if output.device.type != "meta":
                 self._teacher_features[layer] = output
@@ -446,11 +320,13 @@ class DistillationTeacher(Teacher):
 
     def loss(
         self, student_out: Tensor, batch: dict[str, Any], hard_loss: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor | float]]:
         """The training loss that replaces ``hard_loss`` (the student's CE), and its parts to log.
 
         Called by the training loop once per step after the student's forward, which is when the
-        feature hooks have recorded this batch's maps; it clears them for the next step.
+        feature hooks have recorded this batch's maps; it clears them for the next step. Nothing
+        here waits for the device: the parts are detached 0-d tensors and the gate's counters stay
+        on the device, read only when the loop logs.
         """
         teacher_out = self.teacher_logits(batch)
         if teacher_out.shape != student_out.shape:
@@ -459,20 +335,20 @@ class DistillationTeacher(Teacher):
                 f"{tuple(student_out.shape)}: teacher and student must share the label set"
             )
         c = self.config
-        logs: dict[str, float] = {"distill/ce": hard_loss.item()}
+        logs: dict[str, Tensor | float] = {"distill/ce": hard_loss.detach()}
         weight = None
         if c.gate != "none":
             if "target" not in batch:
                 raise KeyError(f"teacher.gate={c.gate} needs batch['target'] (the labels)")
-            target = batch["target"].to(teacher_out.device)
+            target = batch["target"].to(teacher_out.device, non_blocking=True)
             weight = teacher_gate(
                 teacher_out, target, c.gate, c.gate_confidence, self._reliable(teacher_out, target)
             )
-            logs["distill/followed"] = weight.mean().item()
+            logs["distill/followed"] = weight.mean()
         kl = distillation_kl(student_out, teacher_out, c.temperature, weight)
         loss = c.ce_weight * hard_loss + c.alpha * kl
-        logs["distill/kl"] = kl.item()
-        if self.beta > 0:
+        logs["distill/kl"] = kl.detach()
+        if c.beta > 0:
             missing = [
                 s
                 for s in self.layers
@@ -487,9 +363,10 @@ class DistillationTeacher(Teacher):
                 feature_mimic_loss(self._student_features[s], self._teacher_features[s])
                 for s in self.layers
             )
-            loss = loss + self.beta * mimic
-            logs["distill/feat"] = mimic.item()
-            self._check_adapters_train()
+            assert isinstance(mimic, Tensor)
+            loss = loss + c.beta * mimic
+            logs["distill/feat"] = mimic.detach()
+            self._snapshot_adapters()
         self._student_features.clear()
         self._teacher_features.clear()
         return loss, logs
@@ -501,24 +378,36 @@ class DistillationTeacher(Teacher):
         if self._predicted is None or self._predicted.device != teacher_out.device:
             self._predicted = torch.zeros(n, device=teacher_out.device)
             self._right = torch.zeros(n, device=teacher_out.device)
+        assert self._right is not None
         predicted = teacher_out.argmax(1)
         ones = torch.ones_like(predicted, dtype=self._predicted.dtype)
         self._predicted.index_add_(0, predicted, ones)
         self._right.index_add_(0, predicted, (predicted == target).to(ones.dtype))
         return self._right >= self.config.gate_precision * self._predicted.clamp(min=1)
 
-    def _check_adapters_train(self) -> None:
-        """Warn once if the adapters never move.
+    def _snapshot_adapters(self) -> None:
+        """After 2 optimizer steps, record on the device whether the adapters moved.
 
-        That happens when the student's optimizer was built before attach().
+        They do not when the student's optimizer was built before attach(). The flag is read (and
+        warned about) only when the run checkpoints, in :meth:`state_dict`, so no step waits.
         """
         self._mimic_steps += 1
         if self._mimic_steps != 3 or self.adapters is None:
             return
         params = list(self.adapters.parameters())
-        if any(p.grad is not None for p in params) and all(
-            torch.equal(p.detach(), s.to(p.device)) for p, s in zip(params, self._adapter_snapshot)
-        ):
+        if any(p.grad is not None for p in params):
+            moved = [
+                (p.detach() != s.to(p.device, non_blocking=True)).any()
+                for p, s in zip(params, self._adapter_snapshot)
+            ]
+            self._adapters_moved = torch.stack(moved).any()
+        self._adapter_snapshot = []
+
+    def _warn_if_adapters_still(self) -> None:
+        if self._adapters_moved is None:
+            return
+        moved, self._adapters_moved = bool(self._adapters_moved), None
+        if not moved:
             log.warning(
                 "teacher '%s': feature-mimicking adapters are unchanged after 2 steps "
                 "although they receive gradients: the student's optimizer was built before "
@@ -526,11 +415,15 @@ class DistillationTeacher(Teacher):
                 "teacher.beta has no trained adapter to work through",
                 self.name,
             )
-        self._adapter_snapshot = []
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Where the teacher came from and a hash of its weights; never the weights themselves."""
+        """Where the teacher came from and a hash of its weights; never the weights themselves.
+
+        Called when the run checkpoints, which is also when the device-side check of the
+        adapters is read.
+        """
+        self._warn_if_adapters_still()
         return {"name": self.name, **self.source}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -544,39 +437,3 @@ class DistillationTeacher(Teacher):
                 f"({state.get('path')}) but now has {current[:12]}... ({self.source.get('path')}); "
                 "resuming would switch teachers mid-run: restore that file or start a new run"
             )
-
-
-class RGBI3DTeacher(DistillationTeacher):
-    """Inception-v1 I3D on RGB (``teacher=rgb_i3d``).
-
-    Public pytorch-i3d files load via ``checkpoint``.
-    """
-
-    name = "rgb_i3d"
-    head_prefix = "logits."
-
-    config_defaults = {"dropout": 0.5}
-
-    def build_model(self, num_classes: int) -> nn.Module:
-        """I3D behind a [-1, 1] input scaling, the range its public weights were trained on."""
-        c = self.config
-        net = InceptionI3d(num_classes, 3, c.num_frames, c.width_mult, c.dropout, c.keep_time)
-        # I3D was trained on RGB scaled to [-1, 1]: (x - 0.5) / 0.5.
-        return NormalizedInput(net, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-
-
-class RGBMFNetTeacher(DistillationTeacher):
-    """MFNet-3D on RGB (``teacher=rgb_mfnet``).
-
-    It is the student's own architecture, so features align 1:1.
-    """
-
-    name = "rgb_mfnet"
-    head_prefix = "classifier."
-
-    def build_model(self, num_classes: int) -> nn.Module:
-        """The student's RGB MFNet; ``keep_time`` is refused, it exists only in I3D."""
-        if self.config.keep_time:
-            raise ValueError("teacher.keep_time applies to teacher=rgb_i3d only")
-        c = self.config
-        return mfnet_rgb(num_classes, c.num_frames, c.width_mult, c.dropout)

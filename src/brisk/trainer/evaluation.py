@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -69,7 +70,9 @@ class EvalAccumulator:
             scores, labels = self._gather_videos()
             top = scores.topk(min(5, scores.shape[1]), dim=1).indices
             self.confusion = _confusion(top[:, 0], labels, self.num_classes)
-            metrics["video_acc1"] = (top[:, 0] == labels).float().mean().item()
+            metrics["video_acc1"] = acc = (top[:, 0] == labels).float().mean().item()
+            # binomial standard error of video_acc1: what one evaluation can resolve
+            metrics["video_acc1_se"] = math.sqrt(acc * (1 - acc) / max(len(labels), 1))
             if top5:
                 metrics["video_acc5"] = (top == labels[:, None]).any(1).float().mean().item()
             metrics["video_mean_class_acc1"] = mean_class_accuracy(self.confusion)
