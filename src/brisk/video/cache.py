@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import numpy.lib.format as npy_format
 
-from brisk.errors import UserError
+from brisk.errors import UnsafeFileError, UserError
 from brisk.progress import TaskProgress
 from brisk.video.codec import KeyframeIndex, reencode
 from brisk.video.reader import Gop, GopReader
@@ -564,6 +564,11 @@ class ClipStore:
         try:
             return self._get(f"{rel}.{kind}", lambda: _load_npy(path))
         except (OSError, ValueError, EOFError) as exc:  # cut off: "mmap length is greater ..."
+            if "Python objects" in str(exc) or "allow_pickle" in str(exc):
+                raise UnsafeFileError(
+                    f"the cached file {path} holds Python objects (a pickle), which brisk never "
+                    "loads: it was not written by brisk; delete it and run prepare-video"
+                ) from exc
             raise self._damaged(path, exc) from exc
 
     def _damaged(self, path: Path, exc: BaseException) -> DamagedCacheError:
