@@ -79,6 +79,12 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
         with lock_run_dir(paths, dist), StopSignals() as stop:
             record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
             try:
+                seed_everything(
+                    cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads
+                )
+                data = setup_data(cfg.dataset, dist)
+                check_data(cfg, data, dist.world_size)
+                # after the data checks, so a missing data set leaves no W&B or MLflow run behind
                 loggers = open_loggers(
                     cfg.get("logger"),
                     paths.root,
@@ -87,11 +93,6 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                     *_sweep_grouping(),
                     enabled=dist.is_main,
                 )
-                seed_everything(
-                    cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads
-                )
-                data = setup_data(cfg.dataset, dist)
-                check_data(cfg, data, dist.world_size)
                 ctx = RunContext(
                     data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop, loggers
                 )
