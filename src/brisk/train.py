@@ -26,6 +26,7 @@ from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.validate import check_data, validate_run
 from brisk.errors import USER_ERROR_EXIT, UserError
 from brisk.models.cost import count_params, log_clip_costs
+from brisk.run.checkpoint import rng_state, set_rng_state
 from brisk.run.context import RunContext
 from brisk.run.distributed import broadcast_object, cleanup, init_distributed
 from brisk.run.failures import (
@@ -84,7 +85,9 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                 )
                 data = setup_data(cfg.dataset, dist)
                 check_data(cfg, data, dist.world_size)
-                # after the data checks, so a missing data set leaves no W&B or MLflow run behind
+                # after the data checks, so a missing data set leaves no W&B or MLflow run behind;
+                # the random streams are kept, so the choice of loggers never changes the training
+                streams = rng_state()
                 loggers = open_loggers(
                     cfg.get("logger"),
                     paths.root,
@@ -93,6 +96,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                     *_sweep_grouping(),
                     enabled=dist.is_main,
                 )
+                set_rng_state(streams)
                 ctx = RunContext(
                     data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop, loggers
                 )
