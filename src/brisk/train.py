@@ -27,6 +27,7 @@ from brisk.config import CONFIG_NAME, CONFIG_PATH
 from brisk.config.diagnose import exit_on_composition_error
 from brisk.config.validate import check_data, validate_run
 from brisk.models.cost import count_params, log_clip_costs
+from brisk.run.checkpoint import rng_state, set_rng_state
 from brisk.run.context import RunContext
 from brisk.run.distributed import broadcast_object, cleanup, init_distributed, launch_rank
 from brisk.run.failures import log_failure_to_file, run_command, task_wrapper, user_error_in
@@ -76,6 +77,14 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                     follow_run(run_dir, paths.root)
             with StopSignals() as stop:
                 record.begin(name=cfg.name, slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+                seed_everything(
+                    cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads
+                )
+                data = setup_data(cfg.dataset, dist)
+                check_data(cfg, data, dist.world_size)
+                # after the data checks, so a missing data set leaves no W&B or MLflow run behind;
+                # the random streams are kept, so the choice of loggers never changes the training
+                streams = rng_state()
                 loggers = open_loggers(
                     cfg.get("logger"),
                     paths.root,
@@ -84,11 +93,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None) -> float:
                     *_sweep_grouping(),
                     enabled=dist.is_main,
                 )
-                seed_everything(
-                    cfg.seed + dist.rank, cfg.trainer.deterministic, cfg.trainer.threads
-                )
-                data = setup_data(cfg.dataset, dist)
-                check_data(cfg, data, dist.world_size)
+                set_rng_state(streams)
                 ctx = RunContext(
                     data, paths, device, dist, cfg.seed, identity, cfg.task.monitor, stop, loggers
                 )

@@ -267,3 +267,26 @@ def test_tensorboard_hparams_carry_the_group_and_the_ema_figures(cfg_digits, tmp
         "hparam/best_val_ema_acc1",
         "hparam/test_ema_acc1",
     }
+
+
+def test_the_choice_of_loggers_does_not_change_the_training(
+    cfg_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening and feeding W&B and MLflow leaves the training as it is: the same rows as with
+    metrics.csv alone (their random ids are drawn with the run's streams saved and restored)."""
+    pytest.importorskip("wandb")
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    train(cfg_digits(*FAST, "logger=csv"), tmp_path / "csv")
+    store = f"logger.mlflow.tracking_uri=file://{tmp_path / 'mlruns'}"
+    train(cfg_digits(*FAST, "logger=[wandb,mlflow]", store), tmp_path / "many")
+    columns = ("step", "split", "loss", "acc1", "lr")
+    for a, b in zip(_rows(tmp_path / "csv"), _rows(tmp_path / "many"), strict=True):
+        assert [a[c] for c in columns] == [b[c] for c in columns]
+    assert json.loads((tmp_path / "many" / "loggers.json").read_text()).keys() == {
+        "wandb",
+        "mlflow",
+    }
