@@ -2,9 +2,10 @@
 
 Every whitened layer of torchvision's ResNet-50 (53 convolutions and the fc; the three M = 4608
 convolutions as two blocks of 2304) gets a random covariance of its real size, and one refresh of
-every layer is timed: on one process, and on ``--world`` processes that split the layers by the
-cost-balanced assignment of covariance groups and broadcast the results.  The runs are started from this one script
-one after the other, so the ratio compares like with like; absolute times depend on the machine.
+every layer is timed: on one process, and on ``--world`` processes that split the covariance
+groups (one batched refresh each) by the cost-balanced assignment and broadcast the results.  The
+runs are started from this one script one after the other, so the ratio compares like with like;
+absolute times depend on the machine.
 
     python scripts/bench_whitening_ddp.py --algorithm evd --world 2 --threads 1
     python scripts/bench_whitening_ddp.py --device cuda --world 2     # NCCL, one GPU per rank
