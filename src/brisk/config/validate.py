@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from brisk.config.ranges import (
     MOMENTUM,
-    NONNEGATIVE,
     NONNEGATIVE_INT,
     OPEN_FRACTION,
     OPTIONAL_POSITIVE_INT,
@@ -38,19 +37,6 @@ log = logging.getLogger("brisk")
 
 # "key[]" applies the range to every element of a list value.
 RULES: dict[str, dict[str, Range]] = {
-    "whitening": {
-        "eps": NONNEGATIVE,
-        "eps_min": NONNEGATIVE,
-        "stats_every": POSITIVE_INT,
-        "inverse_every": POSITIVE_INT,
-        "stats_max_rows": OPTIONAL_POSITIVE_INT,
-        "start_step": NONNEGATIVE_INT,
-        "max_block": POSITIVE_INT,
-        "max_dim": OPTIONAL_POSITIVE_INT,
-        "steps": POSITIVE_INT,
-        "condition_every": NONNEGATIVE_INT,
-        "unpaired_weight_decay": Range(0, optional=True),  # null: read from the optimizer
-    },
     "model": {
         "width": POSITIVE_INT,
         "width_mult": POSITIVE,
@@ -69,8 +55,7 @@ RULES: dict[str, dict[str, Range]] = {
         "train_subset": OPTIONAL_POSITIVE_INT,
     },
 }
-# the teacher's own preconditioner (stage 1) has the whitening keys
-SECTIONS = {**{name: name for name in RULES}, "teacher.whitening": "whitening"}
+SECTIONS = {name: name for name in RULES}
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -84,8 +84,9 @@ class WhiteningSettings:
                 raise UserError(
                     f"whitening.{key} must be one of {list(DTYPES)}, got {getattr(self, key)!r}"
                 )
-        if int(self.condition_every) < 0:
-            raise UserError(f"whitening.condition_every must be >= 0, got {self.condition_every}")
+        for key in ("condition_every", "start_step"):
+            if int(getattr(self, key)) < 0:
+                raise UserError(f"whitening.{key} must be >= 0, got {getattr(self, key)}")
         # Hydra hands lists over as ListConfig: keep plain Python values
         self.layer_types = list(self.layer_types)
         self.include, self.exclude = list(self.include), list(self.exclude)
@@ -99,6 +100,14 @@ class GradientSettings(WhiteningSettings):
     # bias correction; None reads it from the optimizer that steps the layer (coupled L2 for SGD
     # and Adam, decoupled for AdamW); a number forces a coupled (gradient) correction of that size
     unpaired_weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unpaired_weight_decay is not None and self.unpaired_weight_decay < 0:
+            raise UserError(
+                "whitening.unpaired_weight_decay must be >= 0 or null, "
+                f"got {self.unpaired_weight_decay}"
+            )
 
 
 @dataclass
