@@ -113,3 +113,12 @@ def test_killed_run_resumes_to_identical_averaged_weights(tmp_path: Path) -> Non
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     assert resumed["best_val_ema"] == full["best_val_ema"]
+
+
+def test_the_average_leaves_the_raw_training_unchanged(cfg_digits, tmp_path: Path) -> None:
+    """Same train, val and test rows for the raw weights with and without trainer.ema."""
+    train(cfg_digits(*FAST, "trainer.epochs=2"), tmp_path / "off")
+    train(cfg_digits(*FAST, "trainer.epochs=2", "trainer.ema.enabled=true"), tmp_path / "on")
+    columns = ("step", "split", "loss", "acc1", "lr")
+    off, on = _rows(tmp_path / "off"), _rows(tmp_path / "on")
+    assert [[r[c] for c in columns] for r in off] == [[r[c] for c in columns] for r in on]
