@@ -236,6 +236,7 @@ class CovarianceGroup:
         full[:, cols, rows] = packed.to(full)
         b["cov"][lo:hi].copy_(full)
         b["mean"][lo:hi].copy_(state["mean"])
+        b["shift"][lo:hi].copy_(state["mean"])  # the reference point every fold leaves behind
         b["trace"][lo:hi].copy_(state["trace"])
         b["updates"][index].copy_(torch.as_tensor(state["updates"]))
         self._fed_folds[index] = int(state["folds"])
