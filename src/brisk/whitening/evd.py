@@ -28,6 +28,7 @@ from torch import Tensor
 from brisk.whitening.covariance import CovarianceGroup
 from brisk.whitening.gradient import GradientWhitening, gradient_state
 from brisk.whitening.linalg import condition_number, damped_inverse
+from brisk.whitening.orchestrator import WhitenedLayer
 from brisk.whitening.settings import EVDSettings
 
 __all__ = ["EVDWhitening", "clipped_from_eigh", "inverse_from_eigh"]
@@ -99,16 +100,11 @@ class EVDWhitening(GradientWhitening):
             state.q.copy_(clipped_from_eigh(evals, evecs, self.normalize))
             state.mu.copy_(layer.stats.mean)
 
-    def _log_condition_numbers(self) -> None:
-        if not self.condition_every:
-            return
-        with self._timed("logging"):
-            for layer in self.layers:
-                if not layer.group.ready or (layer.refreshes - 1) % self.condition_every:
-                    continue
-                decomposed = self.decompose(layer)
-                if decomposed is not None:
-                    evals, _, damping = decomposed
-                    raw = evals - damping.to(evals.dtype)[:, None]
-                    layer.kappa_r = condition_number(raw)
-                    layer.kappa_white = condition_number(raw.clamp_min(0.0) / evals)
+    def _condition_numbers(self, layer: WhitenedLayer) -> tuple[float, float] | None:
+        """kappa(R) and kappa(Q R) from the damped eigenvalues ``decompose`` gives."""
+        decomposed = self.decompose(layer)
+        if decomposed is None:
+            return None
+        evals, _, damping = decomposed
+        raw = evals - damping.to(evals.dtype)[:, None]
+        return condition_number(raw), condition_number(raw.clamp_min(0.0) / evals)

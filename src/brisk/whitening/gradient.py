@@ -165,8 +165,22 @@ class GradientWhitening(LayerWhitening):
         raise NotImplementedError
 
     def _log_condition_numbers(self) -> None:
-        """Condition numbers on every ``condition_every``-th refresh (an ``M^3`` eigen-
-        decomposition with a host read: logging only, off by default)."""
+        """kappa(R) and kappa of the whitened statistics on every ``condition_every``-th refresh
+        of a layer (an ``M^3`` eigen-decomposition with a host read: logging only, off by
+        default)."""
+        if not self.condition_every:
+            return
+        with self._timed("logging"):
+            for layer in self.layers:
+                if not layer.group.ready or (layer.refreshes - 1) % self.condition_every:
+                    continue
+                kappas = self._condition_numbers(layer)
+                if kappas is not None:
+                    layer.kappa_r, layer.kappa_white = kappas
+
+    def _condition_numbers(self, layer: WhitenedLayer) -> tuple[float, float] | None:
+        """kappa(R) and kappa(Q R) of ``layer``, or None when they cannot be had now."""
+        return None
 
     # ------------------------------------------------------------------------ checkpoints
     def _layer_state_dict(self, layer: WhitenedLayer) -> dict[str, Any]:

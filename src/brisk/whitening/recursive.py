@@ -36,6 +36,7 @@ from torch import Tensor
 from brisk.whitening.covariance import CovarianceGroup
 from brisk.whitening.gradient import GradientWhitening
 from brisk.whitening.linalg import all_finite, condition_number
+from brisk.whitening.orchestrator import WhitenedLayer
 from brisk.whitening.settings import RecursiveSettings
 from brisk.whitening.state import RecursiveState
 
@@ -105,21 +106,16 @@ class RecursiveWhitening(GradientWhitening):
             q = q / c[:, None, None]
         self._accept(group, q, ok, ok)
 
-    def _log_condition_numbers(self) -> None:
-        """kappa(R) and kappa(Q R) from eigenvalues (M^3, host reads: logging only)."""
-        if not self.condition_every:
-            return
-        with self._timed("logging"):
-            for layer in self.layers:
-                if not layer.group.ready or (layer.refreshes - 1) % self.condition_every:
-                    continue
-                q, cov = layer.state.q, layer.stats.cov  # type: ignore[attr-defined]
-                if q is None or cov is None:
-                    continue
-                r = cov.to(torch.float64)
-                root = torch.linalg.cholesky(q.to(torch.float64))
-                white = root.transpose(-1, -2) @ r @ root
-                layer.kappa_r = condition_number(torch.linalg.eigvalsh(r))
-                layer.kappa_white = condition_number(
-                    torch.linalg.eigvalsh(0.5 * (white + white.transpose(-1, -2)))
-                )
+    def _condition_numbers(self, layer: WhitenedLayer) -> tuple[float, float] | None:
+        """kappa(R) and kappa(Q R) from eigenvalues; None while Q is not positive definite."""
+        q, cov = layer.state.q, layer.stats.cov  # type: ignore[attr-defined]
+        if q is None or cov is None:
+            return None
+        r = cov.to(torch.float64)
+        root, info = torch.linalg.cholesky_ex(q.to(torch.float64))
+        if int(info) != 0:  # a logging read: a preconditioner that is not yet SPD is skipped
+            return None
+        white = root.transpose(-1, -2) @ r @ root
+        return condition_number(torch.linalg.eigvalsh(r)), condition_number(
+            torch.linalg.eigvalsh(0.5 * (white + white.transpose(-1, -2)))
+        )
