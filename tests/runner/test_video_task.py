@@ -181,3 +181,31 @@ def test_teacher_stage_refuses_another_config_on_resume(video_data: Path, tmp_pa
     assert "continuing stage 'teacher'" in applied.stdout + applied.stderr
     assert (run / "teacher" / "done").is_file()
     assert json.loads((run / "status.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_teacher_stage_continues_from_best_when_last_is_unreadable(
+    video_data: Path, tmp_path: Path
+) -> None:
+    """A kill that leaves stage 1's last.pt unreadable loses only the steps after its best.pt."""
+    run = tmp_path / "run"
+    args = [
+        "task=video",
+        "teacher=rgb_i3d",
+        *TINY,
+        "teacher.epochs=2",
+        "trainer.checkpoint_every=2",
+        f"paths.data_dir={video_data}",
+        f"hydra.run.dir={run}",
+    ]
+    killed = run_train(*args, env={"BRISK_FAULT_AT_STEP": "6"}, check=False)
+    assert killed.returncode != 0
+    ckpts = run / "teacher" / "checkpoints"
+    assert (ckpts / "best.pt").is_file() and not (run / "teacher" / "done").is_file()
+    (ckpts / "last.pt").unlink()  # a new file, as a rename would leave it: best.pt is kept
+    (ckpts / "last.pt").write_bytes(b"cut off")
+    resumed = run_train(*args)
+    out = resumed.stdout + resumed.stderr
+    assert "continuing from" in out and "best.pt at step 4" in out
+    assert (run / "teacher" / "done").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"

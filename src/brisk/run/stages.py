@@ -24,7 +24,7 @@ from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
 from brisk.run.records import RunRecord, score_keys, write_status
-from brisk.run.resume import RUNTIME_KEYS, ResumePlan, config_diff, load_weights
+from brisk.run.resume import RUNTIME_KEYS, ResumePlan, config_diff, continue_point, load_weights
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
 from brisk.trainer.evaluation import format_metrics, monitored
@@ -80,8 +80,12 @@ class TeacherStage:
         ``resume_strict=false`` the new values apply.
         """
         ctx = self.ctx.for_stage(stage)
-        state = load_checkpoint(ctx.paths.last) if ctx.paths.last.is_file() else None
-        new_hparams = self._check_resume(state, ctx.paths.last, stage)
+        done = ctx.paths.root / "done"
+        # the newest readable checkpoint: last.pt, or best.pt when a kill left last.pt unreadable
+        found, state = (
+            continue_point(ctx.paths) if ctx.paths.last.is_file() else (ctx.paths.last, None)
+        )
+        new_hparams = self._check_resume(state, found, stage)
         stage_cfg = self.cfg.trainer.copy()
         if self.teacher.epochs:
             stage_cfg.epochs = self.teacher.epochs
@@ -98,12 +102,11 @@ class TeacherStage:
             optimizer=self.teacher.stage_optimizer(),
             scheduler=self.teacher.stage_scheduler(),
         )
-        done = ctx.paths.root / "done"
         if done.is_file():
             log.info("stage '%s' finished earlier in this run: reusing %s", stage, ctx.paths.best)
         else:
             if state is not None:
-                self._load(trainer, state, new_hparams, ctx.paths.last)
+                self._load(trainer, state, new_hparams, found)
             self._fit(trainer, ctx, stage, input_key)
         whitening.detach()  # the frozen teacher keeps no statistics hooks
         kept = ctx.paths.best if selected_on(ctx.datamodule) == "val" else ctx.paths.last

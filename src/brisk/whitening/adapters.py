@@ -40,6 +40,7 @@ class LayerAdapter:
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self._sizes: dict[tuple, Tensor] = {}  # sampling moduli per input shape and device
 
     @property
     def hook_module(self) -> nn.Module:
@@ -78,20 +79,28 @@ class LayerAdapter:
         """Covariance blocks per weight group (1: the whole group is one block)."""
         return 1
 
-    @staticmethod
     def _sample(
+        self,
         sizes: tuple[int, ...],
         max_rows: int | None,
         generator: torch.Generator | None,
         device: torch.device,
-    ) -> list[Tensor] | None:
-        """``max_rows`` uniform draws of each coordinate of a row (with replacement), drawn on
-        ``device`` so that no index crosses from the host; None when every row is kept."""
+    ) -> Tensor | None:
+        """``(len(sizes), max_rows)`` uniform draws of each coordinate of a row (with
+        replacement), drawn on ``device`` so that no index crosses from the host, in two operators
+        whatever the number of coordinates: one draw of wide integers, reduced modulo each size
+        (the bias is below ``size / 2**62``); None when every row is kept."""
         if max_rows is None or math.prod(sizes) <= max_rows:
             return None
-        return [
-            torch.randint(size, (max_rows,), generator=generator, device=device) for size in sizes
-        ]
+        if len(sizes) == 1:
+            return torch.randint(sizes[0], (1, max_rows), generator=generator, device=device)
+        key = (sizes, device)
+        if key not in self._sizes:  # once per input shape: the moduli, resident on the device
+            self._sizes[key] = torch.tensor(sizes, device=device)[:, None]
+        wide = torch.randint(
+            2**62, (len(sizes), max_rows), generator=generator, device=device
+        )
+        return wide.remainder_(self._sizes[key])
 
 
 class LinearAdapter(LayerAdapter):

@@ -87,6 +87,8 @@ class CovarianceGroup:
             "shift": zeros(n, m),
             # per member, counted on the device
             "updates": torch.zeros(len(self.slabs), dtype=torch.int64, device=device),
+            # per slab, the weight of its next accepted batch: 1 until its first, then 1 - momentum
+            "rate": torch.ones(n, device=device, dtype=dtype),
             "slab_member": torch.tensor(self._slab_member, dtype=torch.int64, device=device),
         }
 
@@ -161,41 +163,37 @@ class CovarianceGroup:
         fed = n_rows > 0
         n = n_rows.clamp_min(1.0)
         shifted = sx / n[:, None]  # mean of the shifted rows
-        new_mean = shifted + shift
-        diag = sxx.diagonal(dim1=-2, dim2=-1).sum(-1) / n
         if self.center:
+            new_mean = shifted + shift
             new_cov = torch.baddbmm(
                 sxx / n[:, None, None], shifted.unsqueeze(2), shifted.unsqueeze(1), alpha=-1
             )
-            new_trace = diag - shifted.square().sum(-1)
         else:  # second moment about 0: undo the shift, x = x' + s
-            outer = shifted.unsqueeze(2) * shift.unsqueeze(1)
-            new_cov = sxx / n[:, None, None] + outer + outer.transpose(1, 2)
-            new_cov = new_cov + shift.unsqueeze(2) * shift.unsqueeze(1)
-            new_trace = diag + 2 * (shifted * shift).sum(-1) + shift.square().sum(-1)
-            new_mean = torch.zeros_like(new_mean)
+            outer = torch.baddbmm(
+                sxx / n[:, None, None], shifted.unsqueeze(2), shift.unsqueeze(1), alpha=2.0
+            )  # sxx/n + 2 m' s^T: symmetrised below, where it becomes m' s^T + s m'^T
+            new_cov = torch.baddbmm(outer, shift.unsqueeze(2), shift.unsqueeze(1))
+            new_mean = torch.zeros_like(shifted)
         new_cov = 0.5 * (new_cov + new_cov.transpose(1, 2))
-        # one finite sum per slab is finite exactly when every entry is (or it overflows: reject)
-        total = new_cov.sum((1, 2)) + new_mean.sum(1)
+        new_trace = new_cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+        # Cauchy-Schwarz bounds every entry of a covariance by its diagonal, so a finite trace
+        # (plus a finite mean) is a finite update; a non-finite one is rejected
+        total = new_trace + new_mean.sum(1)
         finite = (total - total) == 0  # inf - inf and nan are nan
-        updates = b["updates"]
         if self._one_slab_each:
-            member_ok = finite & fed
-            ok, seen = member_ok, updates
+            ok = member_ok = finite & fed
         else:
-            member = b["slab_member"]
+            updates, member = b["updates"], b["slab_member"]
             bad = torch.zeros_like(updates).index_add(0, member, (fed & ~finite).long())
             member_ok = (updates.index_add(0, member, fed.long()) > updates) & (bad == 0)
-            ok, seen = member_ok[member], updates[member]
-        # the first accepted batch is the average; later ones move it by 1 - momentum
-        weight = torch.where(seen > 0, 1.0 - self.momentum, 1.0).to(trace.dtype) * ok
-        new_cov = torch.where(ok[:, None, None], new_cov, cov)
-        new_mean = torch.where(ok[:, None], new_mean, mean)
-        new_trace = torch.where(ok, new_trace, trace)
-        cov.lerp_(new_cov, weight[:, None, None])
-        mean.lerp_(new_mean, weight[:, None])
-        trace.lerp_(new_trace, weight)
-        updates.add_(member_ok)
+            ok = member_ok[member]
+        # the first accepted batch is the average (rate 1); later ones move it by 1 - momentum
+        weight = torch.where(ok, b["rate"], 0.0)
+        cov.lerp_(torch.where(ok[:, None, None], new_cov, cov), weight[:, None, None])
+        mean.lerp_(torch.where(ok[:, None], new_mean, mean), weight[:, None])
+        trace.lerp_(torch.where(ok, new_trace, trace), weight)
+        b["rate"].masked_fill_(ok, 1.0 - self.momentum)
+        b["updates"].add_(member_ok)
         # the next step's reference point is the running mean; the sums start again at zero
         torch._foreach_copy_([shift], [mean])
         torch._foreach_zero_([sxx, sx, n_rows])
@@ -239,6 +237,7 @@ class CovarianceGroup:
         b["shift"][lo:hi].copy_(state["mean"])  # the reference point every fold leaves behind
         b["trace"][lo:hi].copy_(state["trace"])
         b["updates"][index].copy_(torch.as_tensor(state["updates"]))
+        b["rate"][lo:hi].fill_(1.0 - self.momentum if int(state["updates"]) > 0 else 1.0)
         self._fed_folds[index] = int(state["folds"])
         b["sxx"].zero_()
         b["sx"].zero_()

@@ -98,17 +98,24 @@ class GradientWhitening(LayerWhitening):
     def _has_statistics(self, group: CovarianceGroup) -> Tensor:
         """Per slab: whether its layer has accepted statistics (a device mask)."""
         b = group.buffers
-        return (b["updates"] > 0)[b["slab_member"]]
+        fed = b["updates"] > 0
+        return fed if len(fed) == group.size else fed[b["slab_member"]]
 
-    def _accept(self, group: CovarianceGroup, q: Tensor, first: Tensor, ok: Tensor) -> None:
-        """Store a refresh where it is usable and count the failures, all on the device."""
+    def _accept(
+        self, group: CovarianceGroup, q: Tensor, first: Tensor | None, ok: Tensor
+    ) -> None:
+        """Store a refresh where it is usable and count the failures, all on the device.
+
+        ``first`` marks the slabs that succeeded without a retry (None: the algorithm has none).
+        """
         b = group.buffers
         fed = self._has_statistics(group)
         valid = ok & fed
         b["q"].copy_(torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"]))
         b["mu"].copy_(torch.where(valid[:, None], b["mean"], b["mu"]))
-        b["retried"].add_((fed & ok & ~first).long())
-        b["failed"].add_((fed & ~ok).long())
+        if first is not None:
+            b["retried"].add_(valid & ~first)
+        b["failed"].add_(fed & ~ok)
 
     def failure_counts(self) -> dict[str, tuple[int, int]]:
         """Per layer, refreshes rescued by the float64 retry and refreshes that failed (host

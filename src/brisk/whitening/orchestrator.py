@@ -452,6 +452,9 @@ class LayerWhitening(Whitening):
     # ------------------------------------------------------------------------------ helpers
     @contextmanager
     def _timed(self, key: str):
+        if torch.compiler.is_compiling():  # a host clock inside a traced graph would break it
+            yield
+            return
         t0 = time.perf_counter()
         try:
             yield
@@ -462,7 +465,7 @@ class LayerWhitening(Whitening):
         """Damping ``max(eps, eps_min) * trace / M`` per covariance, never below the dtype's
         smallest normal number (a zero covariance still factors)."""
         rel = max(self.eps, self.eps_min)
-        return (rel * trace.clamp_min(0.0) / dim).clamp_min(torch.finfo(trace.dtype).tiny)
+        return (trace * (rel / dim)).clamp_min(torch.finfo(trace.dtype).tiny)
 
     def damping(self, layer: WhitenedLayer) -> Tensor:
         """Per-group damping of ``layer`` (shape ``(G,)``): see :meth:`group_damping`."""

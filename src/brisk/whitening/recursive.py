@@ -43,13 +43,18 @@ from brisk.whitening.state import RecursiveState
 __all__ = ["RecursiveWhitening", "newton_schulz", "normalised"]
 
 
-def normalised(cov: Tensor, damping: Tensor) -> tuple[Tensor, Tensor]:
-    """``(A, c)``: ``A = (R + damping I) / c`` with mean eigenvalue 1, ``c`` the mean eigenvalue."""
+def normalised(
+    cov: Tensor, damping: Tensor, trace: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(A, c)``: ``A = (R + damping I) / c`` with mean eigenvalue 1, ``c`` the mean eigenvalue
+    ``trace(R) / M + damping`` (``trace``: the running trace the statistics keep, or computed)."""
     m = cov.shape[-1]
-    a = cov.clone()
-    a.diagonal(dim1=-2, dim2=-1).add_(damping.to(cov.dtype)[:, None])
-    c = a.diagonal(dim1=-2, dim2=-1).sum(-1) / m
-    a = a / c.clamp_min(torch.finfo(cov.dtype).tiny)[:, None, None]
+    damping = damping.to(cov.dtype)
+    if trace is None:
+        trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
+    c = torch.add(damping, trace, alpha=1.0 / m)
+    a = cov / c[:, None, None]
+    a.diagonal(dim1=-2, dim2=-1).add_((damping / c)[:, None])
     return a, c
 
 
@@ -69,8 +74,7 @@ def newton_schulz(a: Tensor, q: Tensor, steps: int) -> Tensor:
         if i:
             aq = torch.bmm(a, q)
         q = torch.baddbmm(q, q, aq, beta=2.0, alpha=-1.0)  # 2Q - Q A Q
-        q = 0.5 * (q + q.transpose(-1, -2))
-    return q
+    return 0.5 * (q + q.transpose(-1, -2))
 
 
 class RecursiveWhitening(GradientWhitening):
@@ -96,7 +100,7 @@ class RecursiveWhitening(GradientWhitening):
     def _refresh_group(self, group: CovarianceGroup) -> None:
         b = group.buffers
         damping = self.group_damping(b["trace"], group.dim)
-        a, c = normalised(b["cov"], damping)
+        a, c = normalised(b["cov"], damping, b["trace"])
         current = b["q"] if self.normalize else b["iterate"]
         q = newton_schulz(a, current, self.steps)
         ok = all_finite(q, (-2, -1))
@@ -104,7 +108,7 @@ class RecursiveWhitening(GradientWhitening):
             fed = self._has_statistics(group)
             b["iterate"].copy_(torch.where((ok & fed)[:, None, None], q, b["iterate"]))
             q = q / c[:, None, None]
-        self._accept(group, q, ok, ok)
+        self._accept(group, q, None, ok)
 
     def _condition_numbers(self, layer: WhitenedLayer) -> tuple[float, float] | None:
         """kappa(R) and kappa(Q R) from eigenvalues; None while Q is not positive definite."""
