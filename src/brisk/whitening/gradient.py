@@ -111,11 +111,12 @@ class GradientWhitening(LayerWhitening):
         b = group.buffers
         fed = self._has_statistics(group)
         valid = ok & fed
-        b["q"].copy_(torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"]))
-        b["mu"].copy_(torch.where(valid[:, None], b["mean"], b["mu"]))
+        # written in place (out= the kept buffer itself): one operator each, no copy
+        torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"], out=b["q"])
+        torch.where(valid[:, None], b["mean"], b["mu"], out=b["mu"])
         if first is not None:
-            b["retried"].add_(valid & ~first)
-        b["failed"].add_(fed & ~ok)
+            b["retried"].add_(valid > first)  # valid and not first
+        b["failed"].add_(fed > ok)  # fed and not ok
 
     def failure_counts(self) -> dict[str, tuple[int, int]]:
         """Per layer, refreshes rescued by the float64 retry and refreshes that failed (host

@@ -106,7 +106,7 @@ class RecursiveWhitening(GradientWhitening):
         ok = all_finite(q, (-2, -1))
         if not self.normalize:
             fed = self._has_statistics(group)
-            b["iterate"].copy_(torch.where((ok & fed)[:, None, None], q, b["iterate"]))
+            torch.where((ok & fed)[:, None, None], q, b["iterate"], out=b["iterate"])
             q = q / c[:, None, None]
         self._accept(group, q, None, ok)
 
