@@ -145,6 +145,8 @@ def _run(cfg: DictConfig, ctx: RunContext, plan: ResumePlan, record: RunRecord) 
     stage_one = TeacherStage(cfg, ctx, teacher)
     num_classes = ctx.datamodule.num_classes
     teacher.setup(TeacherContext(ctx.paths.root, ctx.device, num_classes, stage_one, log.info))
+    if stage_one.figures:
+        record.update(teacher=stage_one.figures)
     trainer = build_trainer(cfg, ctx, model, whitening, teacher)
     if trainer.memory_format is not None and teacher.model is not None:
         teacher.model.to(memory_format=trainer.memory_format)  # the frozen teacher too

@@ -63,7 +63,13 @@ def test_teacher_stage_then_student_and_resume_skips_the_teacher(
         "adapters are unchanged" not in proc.stdout + proc.stderr
     )  # the optimizer trains the adapters
     teacher_rows = (run / "teacher" / "metrics.csv").read_text()
-    teacher_best = json.loads((run / "teacher" / "status.json").read_text())["best_val_acc1"]
+    teacher_status = json.loads((run / "teacher" / "status.json").read_text())
+    teacher_best = teacher_status["best_val_video_acc1"]
+    # the teacher's own test figure (kept weights chosen on validation), also in the run's record
+    assert 0 <= teacher_status["test_video_acc1"] <= 1
+    assert status["teacher"] == {
+        k: teacher_status[k] for k in ("best_val_video_acc1", "test_video_acc1")
+    }
     warned = "ended near chance" in proc.stdout + proc.stderr
     assert warned == (teacher_best < 1.5 / 8)  # 8 classes: a useless teacher is called out
 

@@ -23,7 +23,7 @@ from brisk.errors import UserError
 from brisk.run.checkpoint import load_checkpoint
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
-from brisk.run.records import RunRecord, score_keys, write_status
+from brisk.run.records import RunRecord, read_status, score_keys, write_status
 from brisk.run.resume import RUNTIME_KEYS, ResumePlan, config_diff, continue_point, load_weights
 from brisk.teacher.base import NoTeacher, Teacher
 from brisk.trainer.ema import PREFIX as EMA_PREFIX
@@ -71,6 +71,8 @@ class TeacherStage:
 
     def __init__(self, cfg: DictConfig, ctx: RunContext, teacher: Teacher) -> None:
         self.cfg, self.ctx, self.teacher = cfg, ctx, teacher
+        # the fitted teacher's validation and test figures (its status.json), for the run's record
+        self.figures: dict[str, Any] = {}
 
     def __call__(self, net: nn.Module, input_key: str, stage: str) -> nn.Module:
         """Train ``net`` on the batches' ``input_key`` under ``run_dir/stage``; its best weights.
@@ -117,6 +119,8 @@ class TeacherStage:
                 f"{kept}: the teacher's weights do not fit this config's teacher network ({err}); "
                 "start a new run directory to fit it again"
             ) from err
+        status = read_status(ctx.paths.root / "status.json")
+        self.figures = {k: v for k, v in status.items() if k.startswith(("best_val_", "test_"))}
         return trainer.model
 
     def _check_resume(self, state: dict[str, Any] | None, path: Path, stage: str) -> bool:
@@ -155,11 +159,25 @@ class TeacherStage:
     def _fit(self, trainer: Trainer, ctx: RunContext, stage: str, input_key: str) -> None:
         log.info("stage '%s': training on '%s'", stage, input_key)
         trainer.fit()
+        if selected_on(ctx.datamodule) == "val" and ctx.paths.best.is_file():
+            trainer.load_weights(load_checkpoint(ctx.paths.best))
+        # the teacher's own figures, as a user of the teacher alone would report them: the kept
+        # weights (chosen on validation) tested once
         metrics = trainer.evaluate("val")
+        test = trainer.evaluate("test")
         trainer.close()
+        log.info("stage '%s': test %s", stage, format_metrics(test))
         warn_if_near_chance(stage, ctx.monitor, trainer.best_val, ctx.datamodule.num_classes)
         if ctx.dist.is_main:
-            write_status(ctx.paths.root, status="ok", best_val_acc1=trainer.best_val, val=metrics)
+            best_key, test_key = score_keys(ctx.monitor)
+            write_status(
+                ctx.paths.root,
+                status="ok",
+                monitor=ctx.monitor,
+                **{best_key: trainer.best_val, test_key: monitored(test, ctx.monitor)},
+                val=metrics,
+                test=test,
+            )
             (ctx.paths.root / "done").write_text("finished\n")
         barrier()
 
