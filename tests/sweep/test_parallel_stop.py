@@ -148,3 +148,15 @@ def test_a_killed_job_is_recorded_as_failed_and_the_other_jobs_finish(tmp_path: 
         assert status["status"] == "ok" and _trained_steps(sweep / job) == 36, (job, status)
     summary = (sweep / "summary.md").read_text()
     assert "3 jobs: 1 failed, 2 ok." in summary and "killed by SIGKILL" in summary, summary
+
+
+def test_a_user_error_in_a_parallel_job_ends_the_sweep_with_status_2(tmp_path: Path) -> None:
+    """As a sweep in one process does: the other jobs finish, the bad one says why in one line."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = _sweep(sweep, "debug=fast", "trainer.epochs=1,-1", "seed=0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert "brisk: error: invalid config value: trainer.epochs=-1" in err
+    assert "Traceback" not in err, err[-3000:]
+    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "ok"

@@ -22,7 +22,8 @@ a traceback for any exception that leaves the task function, so a single run exi
 ``SystemExit(2)`` (which Hydra lets through), and a job of a sweep fails as a Hydra job
 (:class:`FailedJob`): the sweep runs its other jobs, its summary lists the failure, Hydra
 re-raises the first failure at the end without a traceback, and the sweep exits with 2 when that
-first failure is a user error of this process (1 otherwise). ``HYDRA_FULL_ERROR=1`` prints the
+first failure is a user error (1 otherwise), whether the job ran in this process or, with
+``hydra/launcher=parallel``, in a worker of its own. ``HYDRA_FULL_ERROR=1`` prints the
 traceback as well.
 """
 
@@ -185,6 +186,12 @@ def fail_sweep(err: UserError) -> NoReturn:
 def note_other_failure() -> None:
     """Count a job that failed on something else (a bug keeps Hydra's traceback and status 1)."""
     _failures.append(False)
+
+
+def note_job_failure(user_error: bool) -> None:
+    """Count a sweep job that failed in a process of its own (``hydra/launcher=parallel``): its
+    worker counted it there, but the exit status is decided here."""
+    _failures.append(user_error)
 
 
 def first_failure_was_user_error() -> bool:

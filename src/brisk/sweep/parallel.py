@@ -12,7 +12,8 @@ process dies:
   written under its run directory's lock; its ``last.pt`` stays, and the same command continues it;
 - the other jobs run on, and the jobs not started yet start as usual;
 - the sweep's summary is written once more at the end (``summary.md`` lists the job as failed);
-- Hydra reports the failed job last, in one line, and the sweep exits with status 1.
+- Hydra reports the failed job last, in one line, and the sweep exits with status 1 (2 when the
+  first failed job stopped on a user error, as a sweep run in one process does).
 
 A stopped sweep (``brisk.sweep.stop``) starts no new process. A process per job costs its imports
 (a few seconds) per job rather than per worker.
@@ -36,6 +37,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.errors import CompactHydraException
 from omegaconf import open_dict
 
+from brisk.run.failures import FailedJob, note_job_failure
 from brisk.run.records import RunRecord, read_status
 from brisk.run.run_dir import RunDirectoryBusy, RunLock, RunPaths
 from brisk.run.signals import signal_name, sweep_stop_signal
@@ -109,6 +111,9 @@ def launch(
     with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="brisk-job") as threads:
         returns = list(threads.map(run_one, range(len(job_overrides))))
     summarize_sweep(config)  # a dead job's status is in no summary its siblings wrote
+    first = next((r for r in returns if r.status == JobStatus.FAILED), None)
+    if first is not None:  # Hydra re-raises this one: a user error there makes the exit status 2
+        note_job_failure(isinstance(first._return_value, FailedJob))
     return returns
 
 
