@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from brisk.errors import UserError
@@ -134,6 +134,9 @@ class RGBI3DSettings(TeacherSettings):
     """
 
     width_mult: float = 0.25
+    # logits and features: the best of the three variants measured on moving_shapes (docs/video.md)
+    beta: float = 0.1
+    layers: Any = field(default_factory=lambda: {"conv5": "Mixed_5c"})
     epochs: int | None = 24
     lr: float | None = 0.01
     weight_decay: float | None = 1e-4
