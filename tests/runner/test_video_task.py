@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tests.conftest import run_train
 
 # 16 videos per class (the default is 48): these tests check the wiring, not the accuracy
@@ -215,3 +216,23 @@ def test_teacher_stage_continues_from_best_when_last_is_unreadable(
     assert "continuing from" in out and "best.pt at step 4" in out
     assert (run / "teacher" / "done").is_file()
     assert json.loads((run / "status.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_fitting_the_teacher_in_the_run_leaves_the_students_training_unchanged(
+    video_data: Path, tmp_path: Path
+) -> None:
+    """Stage 1 keeps its random draws to itself: the student trained after it equals the student
+    of a run given that teacher's checkpoint, seed for seed."""
+    common = ["task=video", "teacher=rgb_i3d", *TINY, "teacher.epochs=1"]
+    common.append(f"paths.data_dir={video_data}")
+    run_train(*common, f"hydra.run.dir={tmp_path / 'fitted'}")
+    teacher = tmp_path / "fitted" / "teacher" / "checkpoints" / "best.pt"
+    run_train(*common, f"teacher.checkpoint={teacher}", f"hydra.run.dir={tmp_path / 'given'}")
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        for run in ("fitted", "given")
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0, msg=key)

@@ -20,7 +20,7 @@ from torch import nn
 
 from brisk.data.base import DataModule
 from brisk.errors import UserError
-from brisk.run.checkpoint import load_checkpoint
+from brisk.run.checkpoint import load_checkpoint, rng_state, set_rng_state
 from brisk.run.context import RunContext
 from brisk.run.distributed import barrier
 from brisk.run.records import RunRecord, read_status, score_keys, write_status
@@ -81,6 +81,15 @@ class TeacherStage:
         only when its checkpoint was written with this config, as the student's stage is; with
         ``resume_strict=false`` the new values apply.
         """
+        # the student's random streams do not depend on whether stage 1 ran in this process: a
+        # run that fits its teacher equals one given that teacher's checkpoint, seed for seed
+        streams = rng_state()
+        try:
+            return self._stage(net, input_key, stage)
+        finally:
+            set_rng_state(streams)
+
+    def _stage(self, net: nn.Module, input_key: str, stage: str) -> nn.Module:
         ctx = self.ctx.for_stage(stage)
         done = ctx.paths.root / "done"
         # the newest readable checkpoint: last.pt, or best.pt when a kill left last.pt unreadable
