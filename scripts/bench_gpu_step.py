@@ -1,4 +1,4 @@
-"""Side-by-side step time of SGD, ``evd``, ``recursive`` and Muon on one accelerator (issue 21).
+"""Side-by-side step time of SGD, ``evd``, ``recursive`` and Muon on one accelerator.
 
 Two models in one process: brisk's CIFAR ResNet-20 at batch 128 on 32x32 inputs, and torchvision's
 ResNet-50 at batch 64 on 224x224.  For each model the four arms (SGD with no whitening, SGD with

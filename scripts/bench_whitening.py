@@ -403,8 +403,9 @@ def _resnet_parts(run: dict, x: torch.Tensor, y: torch.Tensor, device: str) -> d
 
 def bench_ops(methods: list[str], batch: int) -> dict:
     """Compute operators per step and host synchronisations, ResNet-20 at ``batch``: the table
-    of issue 21, counted by ``brisk.whitening.audit`` (CPU profiler, leaf ``aten`` compute ops,
-    views and allocations excluded; ``_foreach_*`` once) over one cycle of the shipped cadence."""
+    of docs/whitening.md, counted by ``brisk.whitening.audit`` (CPU profiler, leaf ``aten``
+    compute ops, views and allocations excluded; ``_foreach_*`` once) over one cycle of the
+    shipped cadence."""
     out: dict = {"batch": batch, "methods": {}}
     period = 1
     made = {}

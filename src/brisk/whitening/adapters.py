@@ -97,9 +97,7 @@ class LayerAdapter:
         key = (sizes, device)
         if key not in self._sizes:  # once per input shape: the moduli, resident on the device
             self._sizes[key] = torch.tensor(sizes, device=device)[:, None]
-        wide = torch.randint(
-            2**62, (len(sizes), max_rows), generator=generator, device=device
-        )
+        wide = torch.randint(2**62, (len(sizes), max_rows), generator=generator, device=device)
         return wide.remainder_(self._sizes[key])
 
 

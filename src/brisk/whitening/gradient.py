@@ -101,9 +101,7 @@ class GradientWhitening(LayerWhitening):
         fed = b["updates"] > 0
         return fed if len(fed) == group.size else fed[b["slab_member"]]
 
-    def _accept(
-        self, group: CovarianceGroup, q: Tensor, first: Tensor | None, ok: Tensor
-    ) -> None:
+    def _accept(self, group: CovarianceGroup, q: Tensor, first: Tensor | None, ok: Tensor) -> None:
         """Store a refresh where it is usable and count the failures, all on the device.
 
         ``first`` marks the slabs that succeeded without a retry (None: the algorithm has none).

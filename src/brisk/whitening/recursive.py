@@ -48,9 +48,7 @@ from brisk.whitening.state import RecursiveState
 __all__ = ["RecursiveWhitening", "newton_schulz", "normalised"]
 
 
-def normalised(
-    cov: Tensor, damping: Tensor, trace: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def normalised(cov: Tensor, damping: Tensor, trace: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(A, c)``: ``A = (R + damping I) / c`` with mean eigenvalue 1, ``c`` the mean eigenvalue
     ``trace(R) / M + damping`` (``trace``: the running trace the statistics keep, or computed)."""
     m = cov.shape[-1]
