@@ -132,7 +132,9 @@ class RecursiveSettings(GradientSettings):
     twice its refresh rate."""
 
     inverse_every: int = 10
-    steps: int = 2  # Newton-Schulz steps per refresh (each squares the residual I - A Q)
+    # Newton-Schulz steps per refresh (each squares the residual I - A Q); a group's first
+    # refresh, from the identity, runs RecursiveWhitening.first_steps(M) instead
+    steps: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
