@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from brisk.whitening import EVDWhitening, RecursiveWhitening
-from brisk.whitening.distributed import assign_by_cost
+from brisk.whitening.distributed import assign_by_cost, slab_runs
 
 ALGORITHMS = {"evd": EVDWhitening, "recursive": RecursiveWhitening}
 
@@ -140,7 +140,6 @@ def main() -> None:
 
     # the same groups for either algorithm: one batched refresh per covariance size
     groups = EVDWhitening(torchvision.models.resnet50(), max_dim=args.max_m).groups
-    costs = [float(group.size * group.dim**3) for group in groups]
     result: dict = {
         "algorithm": args.algorithm,
         "layers": one["layers"],
@@ -159,9 +158,12 @@ def main() -> None:
     print(f"| 1 | {one['seconds']:.3f} | 1.00 | {one['cpu']:.3f} | 1.00 | 1.000 |")
     for world in args.world:
         many = _run(world, args)
-        owners = assign_by_cost(costs, world)
-        shares = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
-        top = max(shares) / sum(costs)
+        # the runner's assignment: each group cut into at most `world` runs of slabs
+        parts = [(g, run) for g in groups for run in slab_runs(g.size, world)]
+        part_costs = [float((run.stop - run.start) * g.dim**3) for g, run in parts]
+        owners = assign_by_cost(part_costs, world)
+        shares = [sum(c for c, o in zip(part_costs, owners) if o == r) for r in range(world)]
+        top = max(shares) / sum(part_costs)
         result["seconds"][str(world)] = many["seconds"]
         result["cpu_seconds_slowest_rank"][str(world)] = many["cpu"]
         speedup, cpu_speedup = one["seconds"] / many["seconds"], one["cpu"] / many["cpu"]

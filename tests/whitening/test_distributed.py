@@ -1,7 +1,8 @@
 """Two gloo processes precondition exactly as one process on the same global batch.
 
-Refreshes are spread over the ranks (each layer decomposed on one rank, then broadcast), and
-``DDP.no_sync`` gradient accumulation with the plain ``step()`` API gives the same result.
+Refreshes are spread over the ranks (each run of a group's slabs refreshed on one rank, then
+broadcast), and ``DDP.no_sync`` gradient accumulation with the plain ``step()`` API gives the same
+result.
 """
 
 from __future__ import annotations
@@ -90,3 +91,18 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path: Path, name: str) -> Non
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
         for a, b in zip(got["params"], single["params"]):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_a_dominant_group_is_split_over_the_ranks() -> None:
+    """A group of equal-size blocks that holds most of the refresh cost is cut into runs of slabs,
+    so two ranks share it instead of one rank carrying it alone."""
+    from brisk.whitening.distributed import assign_by_cost, slab_runs
+
+    assert slab_runs(5, 2) == [slice(0, 2), slice(2, 5)]
+    assert slab_runs(1, 4) == [slice(0, 1)]
+    groups = {2304: 6, 576: 3, 64: 1}  # M: slabs, the largest group 94 % of the cost
+    parts = [(m, run) for m, n in groups.items() for run in slab_runs(n, 2)]
+    costs = [(run.stop - run.start) * m**3 for m, run in parts]
+    owners = assign_by_cost(costs, 2)
+    loads = [sum(c for c, o in zip(costs, owners) if o == rank) for rank in (0, 1)]
+    assert max(loads) / sum(costs) < 0.55

@@ -33,6 +33,13 @@ def assign_by_cost(costs: Sequence[float], world: int) -> list[int]:
     return owners
 
 
+def slab_runs(size: int, parts: int) -> list[slice]:
+    """``size`` slabs cut into at most ``parts`` consecutive runs of near-equal length."""
+    parts = max(1, min(parts, size))
+    bounds = [size * i // parts for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
 def broadcast_from_owners(buffers: Sequence[Sequence[Tensor]], owners: Sequence[int]) -> None:
     """Send each item's tensors from its owner rank to every other rank, in place."""
     for tensors, owner in zip(buffers, owners):

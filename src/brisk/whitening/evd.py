@@ -75,14 +75,17 @@ class EVDWhitening(GradientWhitening):
         super().__init__(*args, **kwargs)
         self._timers.setdefault("logging", 0.0)
 
-    def _refresh_group(self, group: CovarianceGroup) -> None:
-        b = group.buffers
-        damping = self.group_damping(b["trace"], group.dim)
+    @property
+    def _splittable(self) -> bool:
+        return self.spectrum != "clip"  # the ablation refreshes layer by layer
+
+    def _refresh_group(self, group: CovarianceGroup, slabs: slice) -> None:
         if self.spectrum == "clip":
             self._refresh_clipped(group)
             return
-        q, first, ok = damped_inverse(b["cov"], damping, self.normalize)
-        self._accept(group, q, first, ok)
+        cov, trace = group.buffers["cov"][slabs], group.buffers["trace"][slabs]
+        q, first, ok = damped_inverse(cov, self.group_damping(trace, group.dim), self.normalize)
+        self._accept(group, slabs, q, first, ok)
 
     def _refresh_clipped(self, group: CovarianceGroup) -> None:
         """The ``clip`` ablation: an eigen-decomposition per layer (which reads its result on the

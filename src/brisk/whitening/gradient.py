@@ -16,7 +16,7 @@ from torch import Tensor
 
 from brisk.runtime import is_distributed
 from brisk.whitening.covariance import CovarianceGroup
-from brisk.whitening.distributed import assign_by_cost, broadcast_from_owners
+from brisk.whitening.distributed import assign_by_cost, broadcast_from_owners, slab_runs
 from brisk.whitening.orchestrator import LayerWhitening, WhitenedLayer
 from brisk.whitening.settings import GradientSettings, WhiteningSettings
 from brisk.whitening.state import GradientState
@@ -101,20 +101,24 @@ class GradientWhitening(LayerWhitening):
         fed = b["updates"] > 0
         return fed if len(fed) == group.size else fed[b["slab_member"]]
 
-    def _accept(self, group: CovarianceGroup, q: Tensor, first: Tensor | None, ok: Tensor) -> None:
+    def _accept(
+        self, group: CovarianceGroup, slabs: slice, q: Tensor, first: Tensor | None, ok: Tensor
+    ) -> None:
         """Store a refresh where it is usable and count the failures, all on the device.
 
-        ``first`` marks the slabs that succeeded without a retry (None: the algorithm has none).
+        ``slabs``: the part of the group refreshed; ``first`` marks the slabs that succeeded
+        without a retry (None: the algorithm has none).
         """
-        b = group.buffers
-        fed = self._has_statistics(group)
+        b = {k: v[slabs] for k, v in group.buffers.items() if k in ("q", "mu", "mean")}
+        counts = {k: group.buffers[k][slabs] for k in ("retried", "failed")}
+        fed = self._has_statistics(group)[slabs]
         valid = ok & fed
         # written in place (out= the kept buffer itself): one operator each, no copy
         torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"], out=b["q"])
         torch.where(valid[:, None], b["mean"], b["mu"], out=b["mu"])
         if first is not None:
-            b["retried"].add_(valid > first)  # valid and not first
-        b["failed"].add_(fed > ok)  # fed and not ok
+            counts["retried"].add_(valid > first)  # valid and not first
+        counts["failed"].add_(fed > ok)  # fed and not ok
 
     def failure_counts(self) -> dict[str, tuple[int, int]]:
         """Per layer, refreshes rescued by the float64 retry and refreshes that failed (host
@@ -146,28 +150,45 @@ class GradientWhitening(LayerWhitening):
             self._transform_all()
 
     def _refresh_groups(self, groups: list[CovarianceGroup]) -> None:
-        """Refresh ``groups``: here, or each on the rank the cost-balanced assignment picks."""
+        """Refresh ``groups``: here, or in parts on the ranks the cost-balanced assignment picks.
+
+        With several ranks each group's stack is cut into at most ``world`` runs of slabs (a
+        group of equal-size blocks can hold most of the cost), each run is refreshed by one rank
+        in one batched call, and its slices of the buffers are broadcast.
+        """
         for group in groups:
             self._ensure_preconditioners(group)
         world = torch.distributed.get_world_size() if is_distributed() else 1
         if world == 1:
             for group in groups:
-                self._refresh_group(group)
+                self._refresh_group(group, slice(None))
             return
-        owners = assign_by_cost([float(g.size * g.dim**3) for g in groups], world)
+        parts = [
+            (group, part)
+            for group in groups
+            for part in slab_runs(group.size, world if self._splittable else 1)
+        ]
+        owners = assign_by_cost(
+            [float((part.stop - part.start) * group.dim**3) for group, part in parts], world
+        )
         rank = torch.distributed.get_rank()
-        for group, owner in zip(groups, owners):
+        for (group, part), owner in zip(parts, owners):
             if owner == rank:
-                self._refresh_group(group)
+                self._refresh_group(group, part)
         names = ("q", "mu", "retried", "failed", *self._shared_buffers)
-        shared = [[g.buffers[n] for n in names if n in g.buffers] for g in groups]
+        shared = [[g.buffers[n][part] for n in names if n in g.buffers] for g, part in parts]
         broadcast_from_owners(shared, owners)
 
     # the algorithm's own per-group buffers that a refresh changes (broadcast with q)
     _shared_buffers: ClassVar[tuple[str, ...]] = ()
 
-    def _refresh_group(self, group: CovarianceGroup) -> None:
-        """Derive the preconditioners of every slab of ``group`` in one batched pass."""
+    @property
+    def _splittable(self) -> bool:
+        """Whether a refresh of part of a group's slabs is possible (not for per-layer work)."""
+        return True
+
+    def _refresh_group(self, group: CovarianceGroup, slabs: slice) -> None:
+        """Derive the preconditioners of the slabs ``slabs`` of ``group`` in one batched pass."""
         raise NotImplementedError
 
     def _log_condition_numbers(self) -> None:

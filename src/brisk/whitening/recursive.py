@@ -111,8 +111,8 @@ class RecursiveWhitening(GradientWhitening):
         rel = max(self.eps, self.eps_min, 1e-12)
         return max(self.steps, min(40, math.ceil(math.log2(dim / rel + 1.0)) + 4))
 
-    def _refresh_group(self, group: CovarianceGroup) -> None:
-        b = group.buffers
+    def _refresh_group(self, group: CovarianceGroup, slabs: slice) -> None:
+        b = {k: v[slabs] for k, v in group.buffers.items() if k in ("cov", "trace", "q", "iterate")}
         damping = self.group_damping(b["trace"], group.dim)
         a, c = normalised(b["cov"], damping, b["trace"])
         current = b["q"] if self.normalize else b["iterate"]
@@ -121,10 +121,10 @@ class RecursiveWhitening(GradientWhitening):
         q = newton_schulz(a, current, self.first_steps(group.dim) if cold else self.steps)
         ok = all_finite(q, (-2, -1))
         if not self.normalize:
-            fed = self._has_statistics(group)
+            fed = self._has_statistics(group)[slabs]
             torch.where((ok & fed)[:, None, None], q, b["iterate"], out=b["iterate"])
             q = q / c[:, None, None]
-        self._accept(group, q, None, ok)
+        self._accept(group, slabs, q, None, ok)
 
     def _condition_numbers(self, layer: WhitenedLayer) -> tuple[float, float] | None:
         """kappa(R) and kappa(Q R) from eigenvalues; None while Q is not positive definite."""
