@@ -21,8 +21,8 @@ statistics, batched over every covariance of one size.
   ``log2(kappa) + 4`` steps in one run, so a group's first refresh takes that many
   (:meth:`RecursiveWhitening.first_steps`).  Two steps per refresh would not get there: while
   ``A Q`` is far from ``I`` its row-sum bound exceeds 2 although its eigenvalues do not, and each
-  refresh would scale ``Q`` down again (on the anchor CIFAR-10 workload the large layers were
-  still under-whitened after 300 steps).
+  refresh would scale ``Q`` down again (for a 576 x 576 covariance of condition number 190, 28
+  steps' worth of two-step refreshes against 11 steps in one run).
 * Where the result is not finite (or the layer has no accepted statistics) the previous ``Q`` is
   kept by a device mask.
 
