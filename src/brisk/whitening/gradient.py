@@ -109,16 +109,17 @@ class GradientWhitening(LayerWhitening):
         ``slabs``: the part of the group refreshed; ``first`` marks the slabs that succeeded
         without a retry (None: the algorithm has none).
         """
-        b = {k: v[slabs] for k, v in group.buffers.items() if k in ("q", "mu", "mean")}
-        counts = {k: group.buffers[k][slabs] for k in ("retried", "failed")}
+        kept_q, mu, mean, retried, failed = (
+            group.buffers[k][slabs] for k in ("q", "mu", "mean", "retried", "failed")
+        )
         fed = self._has_statistics(group)[slabs]
         valid = ok & fed
         # written in place (out= the kept buffer itself): one operator each, no copy
-        torch.where(valid[:, None, None], q.to(b["q"].dtype), b["q"], out=b["q"])
-        torch.where(valid[:, None], b["mean"], b["mu"], out=b["mu"])
+        torch.where(valid[:, None, None], q.to(kept_q.dtype), kept_q, out=kept_q)
+        torch.where(valid[:, None], mean, mu, out=mu)
         if first is not None:
-            counts["retried"].add_(valid > first)  # valid and not first
-        counts["failed"].add_(fed > ok)  # fed and not ok
+            retried.add_(valid > first)  # valid and not first
+        failed.add_(fed > ok)  # fed and not ok
 
     def failure_counts(self) -> dict[str, tuple[int, int]]:
         """Per layer, refreshes rescued by the float64 retry and refreshes that failed (host

@@ -112,17 +112,16 @@ class RecursiveWhitening(GradientWhitening):
         return max(self.steps, min(40, math.ceil(math.log2(dim / rel + 1.0)) + 4))
 
     def _refresh_group(self, group: CovarianceGroup, slabs: slice) -> None:
-        b = {k: v[slabs] for k, v in group.buffers.items() if k in ("cov", "trace", "q", "iterate")}
-        damping = self.group_damping(b["trace"], group.dim)
-        a, c = normalised(b["cov"], damping, b["trace"])
-        current = b["q"] if self.normalize else b["iterate"]
+        cov, trace = group.buffers["cov"][slabs], group.buffers["trace"][slabs]
+        a, c = normalised(cov, self.group_damping(trace, group.dim), trace)
+        current = group.buffers["q" if self.normalize else "iterate"][slabs]
         # a host decision from host counters: the group's first refresh climbs from the identity
         cold = all(layer.refreshes == 0 for layer in self.layers if layer.group is group)
         q = newton_schulz(a, current, self.first_steps(group.dim) if cold else self.steps)
         ok = all_finite(q, (-2, -1))
         if not self.normalize:
             fed = self._has_statistics(group)[slabs]
-            torch.where((ok & fed)[:, None, None], q, b["iterate"], out=b["iterate"])
+            torch.where((ok & fed)[:, None, None], q, current, out=current)
             q = q / c[:, None, None]
         self._accept(group, slabs, q, None, ok)
 
